@@ -1,0 +1,5 @@
+import sys
+
+from moe2sim.cli import main
+
+sys.exit(main())

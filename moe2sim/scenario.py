@@ -1,0 +1,239 @@
+"""Scenario schema (pydantic) and loading: YAML file + `--set` overrides -> validated Scenario.
+
+Every model forbids unknown keys, so a typo is an error, never a silently ignored
+setting. Relative paths are resolved against the scenario file's directory
+(`data_dir` first, then the trace and profile paths against `data_dir`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from moe2sim.errors import InputError
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Link(Strict):
+    """A user<->edge-server link as a pure delay: bytes / rate + one-way propagation."""
+
+    uplink_Mbps: PositiveFloat = 100.0
+    downlink_Mbps: PositiveFloat = 100.0
+    propagation_s: NonNegativeFloat = 0.002
+
+
+class TraceService(Strict):
+    """Replay per-query device-trace rows (traces/README.md, device trace schema)."""
+
+    file: str
+    model: str | None = Field(None, description="rows whose `model` column equals this; all rows if unset")
+
+
+class Expert(Strict):
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="expert id in the quality trace")
+    profile: str = Field(min_length=1, description="device profile: name in data_dir/profiles or a YAML path")
+    slots: Annotated[int, Field(ge=1)] = 1
+    link: Link = Link()
+    service: Literal["profile"] | TraceService = "profile"
+
+
+class FixedTokens(Strict):
+    dist: Literal["fixed"] = "fixed"
+    mean: Annotated[int, Field(ge=1)]
+
+
+class LognormalTokens(Strict):
+    """Token count ~ round(lognormal) with the given mean and coefficient of variation."""
+
+    dist: Literal["lognormal"]
+    mean: PositiveFloat
+    cv: PositiveFloat
+    max: Annotated[int, Field(ge=1)] = 4096
+
+
+TokenLengths = Annotated[Union[FixedTokens, LognormalTokens], Field(discriminator="dist")]
+
+
+class Category(Strict):
+    name: str = Field(min_length=1)
+    task: str | None = Field(None, description="task in the prompt trace; defaults to the name")
+    mix: PositiveFloat = Field(description="relative share of arrivals")
+    latency_budget_s: PositiveFloat
+    prompt_tokens: Literal["trace"] | TokenLengths = "trace"
+    output_tokens: TokenLengths
+
+    @property
+    def trace_task(self) -> str:
+        return self.task or self.name
+
+
+class Poisson(Strict):
+    process: Literal["poisson"]
+    rate_per_s: PositiveFloat
+
+
+class Diurnal(Strict):
+    """Non-homogeneous Poisson: rate(t) = mean_rate * (1 + amplitude * sin(2π (t - phase_s) / period_s))."""
+
+    process: Literal["diurnal"]
+    mean_rate_per_s: PositiveFloat
+    amplitude: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    period_s: PositiveFloat = 86_400.0
+    phase_s: float = 0.0
+
+
+class Replay(Strict):
+    """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
+
+    process: Literal["replay"]
+    file: str
+    time_scale: PositiveFloat = 1.0
+
+
+Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
+
+
+class PolicyConfig(Strict):
+    name: Literal["prior_accuracy", "fixed_subset"] = "prior_accuracy"
+    k: Annotated[int, Field(ge=1)] = 2
+    subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
+    aggregation: Literal["highest_weight"] = "highest_weight"
+    aggregation_s: NonNegativeFloat = 0.005
+
+
+class Traces(Strict):
+    prompts: str = "prompts.parquet"
+    quality: str = "quality.parquet"
+    split: Literal["train", "test"] = "test"
+
+
+class Outputs(Strict):
+    format: Literal["parquet", "csv"] = "parquet"
+    report: bool = True
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    data_dir: str = "../traces"
+    duration_s: PositiveFloat | None = None
+    queries: Annotated[int, Field(ge=1)] | None = None
+    traces: Traces = Traces()
+    experts: list[Expert] = Field(min_length=1)
+    categories: list[Category] = Field(min_length=1)
+    energy_budget_J: PositiveFloat
+    arrivals: Arrivals
+    policy: PolicyConfig = PolicyConfig()
+    outputs: Outputs = Outputs()
+    # Set by the loader, not by users: where relative paths are resolved from.
+    base_dir: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scenario":
+        if (self.duration_s is None) == (self.queries is None):
+            raise ValueError("give exactly one of duration_s or queries")
+        for what, names in (("experts", [e.name for e in self.experts]),
+                            ("categories", [c.name for c in self.categories])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"duplicate {what} name(s): {sorted(dup)}")
+        known = {e.name for e in self.experts}
+        allowed = self.policy.subset if self.policy.subset is not None else sorted(known)
+        unknown = sorted(set(allowed) - known)
+        if unknown:
+            raise ValueError(f"policy.subset names unknown expert(s) {unknown}; experts are {sorted(known)}")
+        if self.policy.k > len(allowed):
+            raise ValueError(f"policy.k = {self.policy.k} is larger than the {len(allowed)} allowed experts")
+        return self
+
+    def path(self, relative: str) -> Path:
+        """Resolve a data path: absolute as is, else under data_dir (itself relative to the scenario)."""
+        p = Path(relative).expanduser()
+        if p.is_absolute():
+            return p
+        return (self.base_dir / self.data_dir / p).resolve()
+
+    @property
+    def allowed_experts(self) -> list[str]:
+        return self.policy.subset if self.policy.subset is not None else [e.name for e in self.experts]
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` to the raw YAML tree (value parsed as YAML).
+
+    A list element is addressed by index (`experts.0.slots=2`) or by its `name`
+    (`categories.gsm8k.latency_budget_s=4`).
+    """
+    if "=" not in assignment:
+        raise InputError("--set", assignment, "expected dotted.key=value")
+    dotted, text = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    value = yaml.safe_load(text)
+    node: Any = raw
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, key, dotted)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise InputError("--set", dotted, f"'{'.'.join(keys[:i])}' is not a mapping or list")
+
+
+def _list_index(items: list[Any], key: str, dotted: str) -> int:
+    if key.isdigit() and int(key) < len(items):
+        return int(key)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise InputError("--set", dotted, f"no list element with index or name '{key}'")
+
+
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read, override and validate a scenario; any problem raises InputError naming file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(path, None, "file not found") from None
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
+        raise InputError(path, where, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, None, "a scenario must be a YAML mapping")
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    raw.pop("base_dir", None)
+    try:
+        return Scenario.model_validate({**raw, "base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        errors = exc.errors()
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        field = ".".join(str(p) for p in err["loc"]) or None
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise InputError(path, field, message + more) from None
