@@ -60,7 +60,14 @@ class LognormalTokens(Strict):
     max: Annotated[int, Field(ge=1)] = 4096
 
 
-TokenLengths = Annotated[Union[FixedTokens, LognormalTokens], Field(discriminator="dist")]
+class GeometricTokens(Strict):
+    """Token count ~ geometric on {1, 2, ...} with the given mean (memoryless lengths: M/M/c-like service)."""
+
+    dist: Literal["geometric"]
+    mean: Annotated[float, Field(ge=1)]
+
+
+TokenLengths = Annotated[Union[FixedTokens, LognormalTokens, GeometricTokens], Field(discriminator="dist")]
 
 
 class Category(Strict):

@@ -9,13 +9,14 @@ Per query i routed to experts S_i (|S_i| = k), each leg j on expert n:
     energy_i  = Σ_j active energy of leg j;   idle energy = Σ_devices P_idle · run length.
 Links are pure delays (no contention). Arrivals are planned a chunk at a time: the policy
 is stateless in time, so deciding a chunk at its first arrival equals deciding each query
-at its own arrival. Each leg is a chain of SimPy event callbacks (no generator process per
-leg), which is what keeps the model fast.
+at its own arrival. Each leg is two SimPy events (reach the expert, finish service) with
+callbacks into a small FIFO slot server instead of a generator process and simpy.Resource
+request/release events per leg, which is what keeps the model fast.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
+from collections import deque
 from typing import Callable, Iterator
 
 import numpy as np
@@ -54,9 +55,11 @@ class Plan:
     decode_s: np.ndarray       # (n, k)
     energy_J: np.ndarray       # (n, k) active energy
     start_s: np.ndarray = field(init=False)
+    service_s: list[list[float]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.start_s = np.full(self.experts.shape, np.nan)
+        self.service_s = (self.ttft_s + self.decode_s).tolist()
 
 
 @dataclass
@@ -65,6 +68,42 @@ class SimResult:
     experts: list[ExpertServer]
     run_s: float
     aggregation_s: float
+
+
+class SlotServer:
+    """One expert: a FIFO queue in front of `slots` identical servers (a G/G/c station).
+
+    Driven by SimPy events: a job is (plan, i, j); its service is a Timeout, and a finished
+    job hands its slot to the head of the queue. Observable state: `queued` and `busy`.
+    """
+
+    def __init__(self, env: simpy.Environment, slots: int):
+        self.env = env
+        self.slots = slots
+        self.busy = 0
+        self.waiting: deque[tuple[Plan, int, int]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def arrive(self, event: simpy.Event) -> None:
+        if self.busy < self.slots:
+            self.busy += 1
+            self._start(event.value)
+        else:
+            self.waiting.append(event.value)
+
+    def _start(self, job: tuple[Plan, int, int]) -> None:
+        plan, i, j = job
+        plan.start_s[i, j] = self.env.now
+        Timeout(self.env, plan.service_s[i][j]).callbacks.append(self._finish)
+
+    def _finish(self, _event: simpy.Event) -> None:
+        if self.waiting:
+            self._start(self.waiting.popleft())
+        else:
+            self.busy -= 1
 
 
 class EdgeSimulation:
@@ -78,7 +117,7 @@ class EdgeSimulation:
         self.prompt_ids = prompt_ids
         self.rng = rng
         self.env = simpy.Environment()
-        self.servers = [simpy.Resource(self.env, capacity=e.slots) for e in experts]
+        self.servers = [SlotServer(self.env, e.slots) for e in experts]
         self.plans: list[Plan] = []
 
     def plan(self, batch: QueryBatch) -> Plan:
@@ -110,23 +149,11 @@ class EdgeSimulation:
             plan = self.plan(batch)
             self.plans.append(plan)
             reach = (batch.arrival_s[:, None] + plan.uplink_s - env.now).tolist()
-            experts = plan.experts.tolist()
-            for i, row in enumerate(reach):
+            arrive = [self.servers[n].arrive for n in range(len(self.servers))]
+            for i, (row, experts) in enumerate(zip(reach, plan.experts.tolist())):
                 for j, delay in enumerate(row):
-                    Timeout(env, delay).callbacks.append(partial(self._request, plan, i, j, experts[i][j]))
+                    Timeout(env, delay, (plan, i, j)).callbacks.append(arrive[experts[j]])
             on_batch(batch)
-
-    def _request(self, plan: Plan, i: int, j: int, n: int, _event: simpy.Event) -> None:
-        req = self.servers[n].request()
-        req.callbacks.append(partial(self._start, plan, i, j, n, req))
-
-    def _start(self, plan: Plan, i: int, j: int, n: int, req: simpy.Event, _event: simpy.Event) -> None:
-        plan.start_s[i, j] = self.env.now
-        service = plan.ttft_s[i, j] + plan.decode_s[i, j]
-        Timeout(self.env, service).callbacks.append(partial(self._finish, n, req))
-
-    def _finish(self, n: int, req: simpy.Event, _event: simpy.Event) -> None:
-        self.servers[n].release(req)
 
     def run(self, batches: Iterator[QueryBatch],
             on_batch: Callable[[QueryBatch], None] = lambda b: None) -> SimResult:

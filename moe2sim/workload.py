@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from moe2sim.errors import InputError
-from moe2sim.scenario import Diurnal, FixedTokens, LognormalTokens, Poisson, Replay, Scenario
+from moe2sim.scenario import Diurnal, FixedTokens, GeometricTokens, LognormalTokens, Poisson, Replay, Scenario
 from moe2sim.traces import QualityData, read_table
 
 CHUNK = 8192
@@ -76,9 +76,12 @@ def _replayed(cfg: Replay, scenario: Scenario) -> tuple[np.ndarray, np.ndarray |
     return times, labels.map(index).to_numpy(np.int64)
 
 
-def _token_lengths(spec: FixedTokens | LognormalTokens, n: int, rng: np.random.Generator) -> np.ndarray:
+def _token_lengths(spec: FixedTokens | LognormalTokens | GeometricTokens, n: int,
+                   rng: np.random.Generator) -> np.ndarray:
     if isinstance(spec, FixedTokens):
         return np.full(n, spec.mean, dtype=np.int64)
+    if isinstance(spec, GeometricTokens):
+        return rng.geometric(1.0 / spec.mean, n).astype(np.int64)
     sigma2 = np.log1p(spec.cv ** 2)
     mu = np.log(spec.mean) - sigma2 / 2
     return np.clip(np.rint(rng.lognormal(mu, np.sqrt(sigma2), n)), 1, spec.max).astype(np.int64)
