@@ -1,0 +1,96 @@
+"""Shared helpers: scenario and profile YAML files written into tmp_path.
+
+Scenarios start from scenarios/quickstart.yaml with `data_dir` pointed at the repository's
+traces/ folder (absolute path computed from this file), so a scenario written anywhere under
+tmp_path finds the bundled traces and profiles.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT / "traces"
+SCENARIOS = ROOT / "scenarios"
+QUICKSTART = SCENARIOS / "quickstart.yaml"
+PAPER = SCENARIOS / "paper.yaml"
+
+# A model id that exists in traces/quality.parquet (any works for single-expert set-ups).
+MODEL = "mistralai/Mistral-7B-v0.1"
+
+
+def quickstart_raw() -> dict[str, Any]:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["data_dir"] = str(TRACES)
+    return raw
+
+
+def sourced(value: float, provenance: str = "assumed", source: str = "test fixture") -> dict[str, Any]:
+    return {"value": value, "provenance": provenance, "source": source}
+
+
+def profile_dict(name: str = "test-profile", *, ttft_base_s: float = 0.0, prefill_tokens_per_s: float = 1e12,
+                 decode_tokens_per_s: float = 1000.0, prefill_power_W: float = 20.0,
+                 decode_power_W: float = 20.0, idle_power_W: float = 10.0) -> dict[str, Any]:
+    return {
+        "name": name, "device": "test device", "model": "test model",
+        "ttft_base_s": sourced(ttft_base_s),
+        "prefill_tokens_per_s": sourced(prefill_tokens_per_s),
+        "decode_tokens_per_s": sourced(decode_tokens_per_s),
+        "prefill_power_W": sourced(prefill_power_W),
+        "decode_power_W": sourced(decode_power_W),
+        "idle_power_W": sourced(idle_power_W, "measured", "test fixture meter"),
+    }
+
+
+@pytest.fixture
+def write_scenario(tmp_path: Path) -> Callable[..., Path]:
+    """write_scenario(name="scenario.yaml", base=None, **fields) -> path of a scenario YAML.
+
+    Starts from quickstart (or `base`, a raw dict), points data_dir at traces/, and replaces the
+    given top-level fields.
+    """
+
+    def write(name: str = "scenario.yaml", base: dict[str, Any] | None = None, **fields: Any) -> Path:
+        raw = copy.deepcopy(base) if base is not None else quickstart_raw()
+        raw.setdefault("data_dir", str(TRACES))
+        raw.update(fields)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def write_profile(tmp_path: Path) -> Callable[..., Path]:
+    """write_profile(name="profile", **values) -> path of a device profile YAML (see profile_dict)."""
+
+    def write(name: str = "profile", **values: Any) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(profile_dict(name, **values), sort_keys=False))
+        return path
+
+    return write
+
+
+def single_expert_raw(profile: Path, output_tokens: dict[str, Any], *, rate: float, queries: int,
+                      slots: int = 1, seed: int = 1) -> dict[str, Any]:
+    """One expert, k=1, fixed_subset, 1-token prompts: a G/G/c queue whose service is output/decode rate."""
+    return {
+        "name": "queue",
+        "seed": seed,
+        "data_dir": str(TRACES),
+        "queries": queries,
+        "experts": [{"name": "e", "model": MODEL, "profile": str(profile), "slots": slots}],
+        "categories": [{"name": "mmlu", "mix": 1.0, "latency_budget_s": 10.0,
+                        "prompt_tokens": {"dist": "fixed", "mean": 1}, "output_tokens": output_tokens}],
+        "energy_budget_J": 1000.0,
+        "arrivals": {"process": "poisson", "rate_per_s": rate},
+        "policy": {"name": "fixed_subset", "k": 1, "aggregation_s": 0.0},
+        "outputs": {"report": False},
+    }
