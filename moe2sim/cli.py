@@ -37,6 +37,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise InputError(flag, item, "expected NAME=VALUE")
+        out.append((key, value))
+    return out
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from moe2sim.embed import embed_texts, save_embeddings
+    from moe2sim.outcomes import OutcomeFile, outcome_tables, write_parquet_atomic
+
+    sources = [OutcomeFile(task, split, Path(f)) for split, flag in (("train", "--train"), ("test", "--test"))
+               for task, f in _pairs(getattr(args, split), flag)]
+    if not any(s.split == "train" for s in sources) or not any(s.split == "test" for s in sources):
+        raise InputError("moe2sim embed", "--train/--test", "give at least one train and one test outcome file")
+    prompts, quality = outcome_tables(sources)
+    matrix = embed_texts(prompts["question"].tolist(), progress=not args.quiet)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_embeddings(out / "embeddings.npz", prompts["prompt_id"].to_numpy(), matrix)
+    write_parquet_atomic(quality, out / "quality.parquet")
+    write_parquet_atomic(prompts, out / "prompts.parquet")
+    print(f"{len(prompts)} prompts, {quality['expert'].nunique()} models, embeddings {matrix.shape[1]}-d -> {out}/")
+    return 0
+
+
+def cmd_train_gate(args: argparse.Namespace) -> int:
+    from moe2sim.gate import TrainConfig
+    from moe2sim.gate_eval import train_on
+
+    data = Path(args.data)
+    config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
+    gate = train_on(data, config)
+    out = Path(args.out) if args.out else data / "gate.pt"
+    gate.save(out)
+    info = gate.info
+    print(f"gate over {len(gate.experts)} experts: validation top-1 accuracy {info['val_top1_accuracy']:.3f} "
+          f"(epoch {info['best_epoch']} of {info['epochs_run']}, {info['train_seconds']} s) -> {out}")
+    return 0
+
+
+def cmd_eval_gate(args: argparse.Namespace) -> int:
+    import json
+
+    from moe2sim.gate import Gate
+    from moe2sim.gate_eval import DEFAULT_OPTIONS, evaluate, format_table
+
+    data = Path(args.data)
+    gate = Gate.load(Path(args.gate) if args.gate else data / "gate.pt")
+    options = {**DEFAULT_OPTIONS, **{t: int(m) for t, m in _pairs(args.options, "--options")}}
+    table = evaluate(gate, data, options)
+    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +113,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", **overrides)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("embed", help="outcome JSON files -> prompt, quality and embedding tables for train-gate/run")
+    p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")
+    p.add_argument("--test", action="append", default=[], metavar="TASK=FILE", help="test-split outcome file")
+    p.add_argument("--out", required=True, help="data folder to write")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("train-gate", help="train the gating network on a data folder's train split")
+    p.add_argument("--data", default="traces", help="folder with prompts/quality parquet and embeddings.npz")
+    p.add_argument("--out", help="checkpoint path (default DATA/gate.pt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
+                   help="per-expert correctness (default) or MoE²'s mixture cross-entropy; see moe2sim/gate.py")
+    p.add_argument("--epochs", type=int, default=60, help="maximum epochs (early stopping on validation)")
+    p.set_defaults(func=cmd_train_gate)
+
+    p = sub.add_parser("eval-gate", help="test-split accuracy of the gate and the baselines, pooled and per task")
+    p.add_argument("--data", default="traces")
+    p.add_argument("--gate", help="checkpoint (default DATA/gate.pt)")
+    p.add_argument("--options", action="append", default=[], metavar="TASK=M",
+                   help="choices of a multiple-choice task for the vote (default mmlu=4, arc_challenge=4)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_gate)
     return parser
 
 

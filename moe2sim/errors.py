@@ -6,6 +6,10 @@ wrong is a bug and keeps its traceback.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pydantic
 
 
 class InputError(Exception):
@@ -15,8 +19,18 @@ class InputError(Exception):
         self.file = str(file) if file is not None else None
         self.field = field
         self.message = message
-        super().__init__(str(self))
+        super().__init__(file, field, message)  # args must rebuild the error (SimPy re-raises copies)
 
     def __str__(self) -> str:
         where = ": ".join(p for p in (self.file, self.field) if p)
         return f"{where}: {self.message}" if where else self.message
+
+
+def from_validation(path: str | Path, exc: "pydantic.ValidationError") -> InputError:
+    """The first pydantic error as an InputError; an unknown key is reported before anything else."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    field = ".".join(str(p) for p in err["loc"]) or None
+    message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return InputError(path, field, message + more)

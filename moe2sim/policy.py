@@ -1,8 +1,16 @@
 """The policy object: which k experts answer a query, with what weights, and how answers combine.
 
-One object serves the simulator, the gym environment and the live runner; it sees
-queries (category, prompt) and never the clock. `decide` is vectorised over a batch;
-the live runner calls it with batches of one.
+MixturePolicy = router (one logit per expert for a prompt) + allowed subset S + k + aggregator.
+The fine level of MoE²: top-k of S by logit, softmax weights renormalised over those k. One
+object serves the simulator, the gym environment and the live runner; it sees queries
+(category, prompt row) and never the clock. `decide` is vectorised over a batch; the live
+runner calls it with batches of one. The coarse level (choosing S) calls `set_subset`.
+
+Routers:
+- GateRouter: the trained gating network's logits on the prompt's embedding (precomputed once).
+- PriorRouter: log of each expert's train accuracy on the query's category, so weights are
+  proportional to prior accuracy (the baseline before the gate).
+- FixedRouter: the subset's listed order, near-equal weights.
 """
 from __future__ import annotations
 
@@ -11,7 +19,24 @@ from typing import Protocol
 
 import numpy as np
 
+from moe2sim.aggregation import Aggregator
 from moe2sim.workload import QueryBatch
+
+
+def topk_in_subset(logits: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k experts of the allowed subset by logit, weights = softmax renormalised over those k.
+
+    Returns experts (n, k) by descending weight and weights (n, k) summing to 1.
+    """
+    masked = np.where(allowed[None, :], logits, -np.inf)
+    top = np.argpartition(-masked, k - 1, axis=1)[:, :k] if k < logits.shape[1] else \
+        np.tile(np.arange(logits.shape[1]), (len(logits), 1))
+    top_logits = np.take_along_axis(masked, top, axis=1)
+    order = np.argsort(-top_logits, axis=1, kind="stable")
+    experts = np.take_along_axis(top, order, axis=1)
+    z = np.take_along_axis(top_logits, order, axis=1)
+    w = np.exp(z - z[:, :1])
+    return experts, w / w.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)
@@ -22,58 +47,52 @@ class Decision:
     weights: np.ndarray  # (n, k) float
 
 
-def highest_weight(weights: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Aggregate by returning the answer of the highest-weighted expert (first on ties)."""
-    return scores[np.arange(len(scores)), np.argmax(weights, axis=1)]
-
-
-class Policy(Protocol):
-    k: int
-    aggregation_s: float
-
-    def decide(self, batch: QueryBatch) -> Decision: ...
-
-    def aggregate(self, decision: Decision, chosen_scores: np.ndarray) -> np.ndarray:
-        """Score of the combined answer per query, from the (n, k) scores of the chosen experts."""
+class Router(Protocol):
+    def logits(self, batch: QueryBatch) -> np.ndarray:
+        """(n, n_experts) ranking logits for the batch's queries."""
         ...
 
 
+@dataclass(frozen=True)
+class GateRouter:
+    prompt_logits: np.ndarray  # (n_prompts, n_experts), gate output per prompt row
+
+    def logits(self, batch: QueryBatch) -> np.ndarray:
+        return self.prompt_logits[batch.prompt]
+
+
+@dataclass(frozen=True)
+class PriorRouter:
+    prior: np.ndarray  # (n_categories, n_experts) train accuracy
+
+    def logits(self, batch: QueryBatch) -> np.ndarray:
+        return np.log(self.prior[batch.category] + 1e-9)
+
+
+@dataclass(frozen=True)
+class FixedRouter:
+    order: np.ndarray  # (n_experts,) rank of each expert, 0 first
+
+    def logits(self, batch: QueryBatch) -> np.ndarray:
+        return np.broadcast_to(-1e-6 * self.order, (len(batch), len(self.order)))
+
+
 @dataclass
-class CategoryTablePolicy:
-    """Per category, a fixed choice of k experts and weights (the baseline before the gate).
-
-    prior_accuracy: the k allowed experts with the highest train-split accuracy on the
-    category, weighted in proportion to that accuracy; fixed_subset: the first k allowed
-    experts in the order given, equal weights.
-    """
-
-    table_experts: np.ndarray  # (n_categories, k)
-    table_weights: np.ndarray  # (n_categories, k)
+class MixturePolicy:
+    router: Router
+    allowed: np.ndarray  # (n_experts,) bool: the subset S
+    k: int
+    aggregator: Aggregator
     aggregation_s: float
 
-    @property
-    def k(self) -> int:
-        return self.table_experts.shape[1]
-
-    @classmethod
-    def prior_accuracy(cls, prior: np.ndarray, allowed: list[int], k: int,
-                       aggregation_s: float) -> "CategoryTablePolicy":
-        """prior[c, e]: accuracy of expert e on category c (train split)."""
-        allowed_arr = np.asarray(allowed)
-        sub = prior[:, allowed_arr]
-        order = np.argsort(-sub, axis=1, kind="stable")[:, :k]
-        experts = allowed_arr[order]
-        acc = np.take_along_axis(sub, order, axis=1) + 1e-9
-        return cls(experts, acc / acc.sum(axis=1, keepdims=True), aggregation_s)
-
-    @classmethod
-    def fixed_subset(cls, n_categories: int, allowed: list[int], k: int,
-                     aggregation_s: float) -> "CategoryTablePolicy":
-        experts = np.tile(np.asarray(allowed[:k]), (n_categories, 1))
-        return cls(experts, np.full(experts.shape, 1.0 / k), aggregation_s)
+    def set_subset(self, allowed: np.ndarray) -> None:
+        if allowed.sum() < self.k:
+            raise ValueError(f"a subset of {int(allowed.sum())} experts cannot give top-{self.k}")
+        self.allowed = allowed.astype(bool)
 
     def decide(self, batch: QueryBatch) -> Decision:
-        return Decision(self.table_experts[batch.category], self.table_weights[batch.category])
+        return Decision(*topk_in_subset(self.router.logits(batch), self.allowed, self.k))
 
-    def aggregate(self, decision: Decision, chosen_scores: np.ndarray) -> np.ndarray:
-        return highest_weight(decision.weights, chosen_scores)
+    def aggregate(self, batch: QueryBatch, decision: Decision) -> np.ndarray:
+        """Score of the combined answer per query (> 0: correct)."""
+        return self.aggregator.combine(batch.prompt, decision.experts, decision.weights)

@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moe2sim.errors import InputError
+from moe2sim.errors import InputError, from_validation
 
 Provenance = Literal["measured", "published", "derived", "assumed"]
 
@@ -78,10 +78,7 @@ def load_profile(path: Path) -> DeviceProfile:
     try:
         return DeviceProfile.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or None
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        raise InputError(path, field, msg) from None
+        raise from_validation(path, exc) from None
 
 
 def save_profile(profile: DeviceProfile, path: Path) -> None:

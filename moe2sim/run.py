@@ -32,7 +32,7 @@ def run_scenario(scenario: Scenario, out: Path, seed: int | None = None, progres
     twin = Twin.build(scenario)
     result, queries, legs = twin.simulate(progress=progress)
     summary = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                        {e.name: e.slots for e in twin.experts}, result.run_s)
+                        {e.name: e.slots for e in twin.experts}, max(result.run_s, float(queries["finish_s"].max())))
     summary = {"scenario": scenario.name, "seed": scenario.seed, **summary}
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from moe2sim.errors import InputError
+from moe2sim.errors import InputError, from_validation
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -75,6 +75,8 @@ class Category(Strict):
     task: str | None = Field(None, description="task in the prompt trace; defaults to the name")
     mix: PositiveFloat = Field(description="relative share of arrivals")
     latency_budget_s: PositiveFloat
+    answer_options: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="choices of a multiple-choice task; unset: free-form answers (wrong ones never agree)")
     prompt_tokens: Literal["trace"] | TokenLengths = "trace"
     output_tokens: TokenLengths
 
@@ -110,16 +112,22 @@ Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="proce
 
 
 class PolicyConfig(Strict):
-    name: Literal["prior_accuracy", "fixed_subset"] = "prior_accuracy"
+    """gate: the trained gating network (checkpoint under data_dir); prior_accuracy: per category the
+    experts with the best train accuracy; fixed_subset: the subset in its listed order."""
+
+    name: Literal["gate", "prior_accuracy", "fixed_subset"] = "gate"
+    gate: str = "gate.pt"
     k: Annotated[int, Field(ge=1)] = 2
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
-    aggregation: Literal["highest_weight"] = "highest_weight"
+    aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
     aggregation_s: NonNegativeFloat = 0.005
+    vote_seed: int = Field(0, description="seed of the assumed wrong answers in weighted_vote")
 
 
 class Traces(Strict):
     prompts: str = "prompts.parquet"
     quality: str = "quality.parquet"
+    embeddings: str = "embeddings.npz"
     split: Literal["train", "test"] = "test"
 
 
@@ -142,8 +150,8 @@ class Scenario(Strict):
     arrivals: Arrivals
     policy: PolicyConfig = PolicyConfig()
     outputs: Outputs = Outputs()
-    # Set by the loader, not by users: where relative paths are resolved from.
-    base_dir: Path = Field(Path("."), exclude=True)
+    # Set by the loader, not by users: the scenario file (relative paths are resolved from its folder).
+    file: Path = Field(Path("scenario.yaml"), exclude=True)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Scenario":
@@ -168,7 +176,7 @@ class Scenario(Strict):
         p = Path(relative).expanduser()
         if p.is_absolute():
             return p
-        return (self.base_dir / self.data_dir / p).resolve()
+        return (self.file.parent / self.data_dir / p).resolve()
 
     @property
     def allowed_experts(self) -> list[str]:
@@ -232,15 +240,8 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         raise InputError(path, None, "a scenario must be a YAML mapping")
     for assignment in overrides:
         apply_override(raw, assignment)
-    raw.pop("base_dir", None)
+    raw.pop("file", None)
     try:
-        return Scenario.model_validate({**raw, "base_dir": path.resolve().parent})
+        return Scenario.model_validate({**raw, "file": path.resolve()})
     except ValidationError as exc:
-        errors = exc.errors()
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        field = ".".join(str(p) for p in err["loc"]) or None
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise InputError(path, field, message + more) from None
+        raise from_validation(path, exc) from None

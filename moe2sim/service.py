@@ -46,9 +46,9 @@ class TraceReplayService:
     """Replays measured rows; see the module docstring for how rows are matched."""
 
     def __init__(self, path: Path, model: str | None):
-        df = read_table(path, DEVICE_TRACE_COLUMNS, "device trace")
+        df = read_table(path, DEVICE_TRACE_COLUMNS, "device trace", optional={"warm": "bool", "prompt_id": "string"})
         if "warm" in df.columns:
-            df = df[df["warm"].astype(bool)]
+            df = df[df["warm"]]
         if model is not None:
             df = df[df["model"] == model]
             if df.empty:

@@ -24,7 +24,7 @@ import pandas as pd
 import simpy
 from simpy.events import Timeout
 
-from moe2sim.policy import Policy
+from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Link
 from moe2sim.service import ServiceModel
 from moe2sim.workload import QueryBatch
@@ -109,11 +109,10 @@ class SlotServer:
 class EdgeSimulation:
     """Runs a stream of query batches through k-way fan-out to expert queues."""
 
-    def __init__(self, experts: list[ExpertServer], policy: Policy, scores: np.ndarray,
-                 prompt_ids: np.ndarray, rng: np.random.Generator):
+    def __init__(self, experts: list[ExpertServer], policy: MixturePolicy, prompt_ids: np.ndarray,
+                 rng: np.random.Generator):
         self.experts = experts
         self.policy = policy
-        self.scores = scores
         self.prompt_ids = prompt_ids
         self.rng = rng
         self.env = simpy.Environment()
@@ -124,7 +123,6 @@ class EdgeSimulation:
         """Route a batch with the policy, and draw every leg's link and service times."""
         decision = self.policy.decide(batch)
         experts = decision.experts
-        chosen = self.scores[batch.prompt[:, None], experts]
         shape = experts.shape
         up, down = np.empty(shape), np.empty(shape)
         ttft, dec, energy = np.empty(shape), np.empty(shape), np.empty(shape)
@@ -139,7 +137,7 @@ class EdgeSimulation:
             down[mask] = batch.output_bytes[rows] * 8 / (link.downlink_Mbps * 1e6) + link.propagation_s
             svc = ex.service.sample(batch.prompt_tokens[rows], batch.output_tokens[rows], ids[rows], self.rng)
             ttft[mask], dec[mask], energy[mask] = svc.ttft_s, svc.decode_s, svc.active_energy_J
-        return Plan(batch, experts, decision.weights, self.policy.aggregate(decision, chosen),
+        return Plan(batch, experts, decision.weights, self.policy.aggregate(batch, decision),
                     up, down, ttft, dec, energy)
 
     def _feed(self, batches: Iterator[QueryBatch], on_batch: Callable[[QueryBatch], None]):

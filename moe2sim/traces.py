@@ -4,6 +4,7 @@ Schemas are documented in traces/README.md. Tables are CSV or Parquet, chosen by
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +20,10 @@ DEVICE_TRACE_COLUMNS = {"model": "string", "prompt_tokens": "int", "output_token
                         "ttft_s": "float", "decode_s": "float", "active_energy_J": "float"}
 
 
-def read_table(path: Path, columns: dict[str, str], what: str) -> pd.DataFrame:
-    """Read a CSV/Parquet table and check that each named column exists with the right kind of values."""
+def read_table(path: Path, columns: dict[str, str], what: str, optional: dict[str, str] | None = None
+               ) -> pd.DataFrame:
+    """Read a CSV/Parquet table; check each required column (and each optional one present) holds
+    the right kind of values."""
     if not path.is_file():
         raise InputError(path, None, f"{what} file not found")
     try:
@@ -34,7 +37,8 @@ def read_table(path: Path, columns: dict[str, str], what: str) -> pd.DataFrame:
         raise
     except Exception as exc:  # pyarrow/pandas raise many types for a corrupt file
         raise InputError(path, None, f"cannot read {what}: {type(exc).__name__}: {exc}") from None
-    for col, kind in columns.items():
+    checks = {**columns, **{c: k for c, k in (optional or {}).items() if c in df.columns}}
+    for col, kind in checks.items():
         if col not in df.columns:
             raise InputError(path, col, f"missing column (has {list(df.columns)})")
         series = df[col]
@@ -96,3 +100,10 @@ def load_quality(prompts_path: Path, quality_path: Path, models: list[str], spli
         bad_prompt = wide.index[wide[bad_model].isna()][0]
         raise InputError(quality_path, "score", f"no score of '{bad_model}' for prompt '{bad_prompt}'")
     return QualityData(prompts=prompts, scores=wide.to_numpy(np.float32), experts=tuple(models))
+
+
+def validation_mask(prompt_ids: np.ndarray, fraction: float = 0.2) -> np.ndarray:
+    """A fixed validation part of the train split: prompts whose CRC-32 of the id falls in the
+    lowest `fraction` (stable across runs, machines and row order; never touches the test split)."""
+    crc = np.fromiter((zlib.crc32(p.encode()) for p in prompt_ids), np.uint64, len(prompt_ids))
+    return crc < fraction * 2**32

@@ -7,8 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from moe2sim.aggregation import Aggregator, HighestWeight, Oracle, WeightedVote
+from moe2sim.embed import load_embeddings
 from moe2sim.errors import InputError
-from moe2sim.policy import CategoryTablePolicy, Policy
+from moe2sim.policy import FixedRouter, GateRouter, MixturePolicy, PriorRouter, Router
 from moe2sim.profiles import DeviceProfile, load_profile
 from moe2sim.scenario import Scenario
 from moe2sim.service import ProfileService, TraceReplayService
@@ -34,6 +36,52 @@ def category_prior(train: QualityData, scenario: Scenario) -> np.ndarray:
     return prior
 
 
+def answer_options(quality: QualityData, scenario: Scenario) -> np.ndarray:
+    """Choices per prompt row from its category's answer_options (0: free-form)."""
+    options = np.zeros(len(quality.prompts), np.int64)
+    for cat in scenario.categories:
+        options[quality.rows_of_task(cat.trace_task)] = cat.answer_options or 0
+    return options
+
+
+def build_aggregator(scenario: Scenario, quality: QualityData) -> Aggregator:
+    name = scenario.policy.aggregation
+    if name == "weighted_vote":
+        return WeightedVote.assumed_answers(quality.scores, answer_options(quality, scenario), scenario.policy.vote_seed)
+    return HighestWeight(quality.scores) if name == "highest_weight" else Oracle(quality.scores)
+
+
+def build_router(scenario: Scenario, quality: QualityData) -> Router:
+    cfg = scenario.policy
+    if cfg.name == "fixed_subset":
+        names = scenario.allowed_experts
+        order = [names.index(e.name) if e.name in names else len(names) for e in scenario.experts]
+        return FixedRouter(np.asarray(order, float))
+    if cfg.name == "prior_accuracy":
+        train = load_quality(scenario.path(scenario.traces.prompts), scenario.path(scenario.traces.quality),
+                             list(quality.experts), "train")
+        return PriorRouter(category_prior(train, scenario))
+    from moe2sim.gate import Gate  # torch is imported only when a gate is used
+
+    gate_path = scenario.path(cfg.gate)
+    gate = Gate.load(gate_path)
+    missing = [m for m in quality.experts if m not in gate.experts]
+    if missing:
+        raise InputError(scenario.file, "policy.gate", f"{gate_path} was trained without model(s) {missing}")
+    emb_path = scenario.path(scenario.traces.embeddings)
+    x = load_embeddings(emb_path, quality.prompts["prompt_id"].astype(str).to_numpy(), gate.dim)
+    columns = [gate.experts.index(m) for m in quality.experts]
+    tasks = quality.prompts["task"].astype(str).to_numpy()
+    return GateRouter(gate.logits(x, tasks)[:, columns])
+
+
+def build_policy(scenario: Scenario, quality: QualityData) -> MixturePolicy:
+    names = [e.name for e in scenario.experts]
+    allowed = np.isin(names, scenario.allowed_experts)
+    return MixturePolicy(build_router(scenario, quality), allowed, scenario.policy.k,
+                         build_aggregator(scenario, quality), scenario.policy.aggregation_s)
+
+
 @dataclass
 class Twin:
     """Everything a simulation of one scenario needs, built and checked once."""
@@ -43,7 +91,7 @@ class Twin:
     profiles: list[DeviceProfile]
     experts: list[ExpertServer]
     workload: Workload
-    policy: Policy
+    policy: MixturePolicy
 
     @classmethod
     def build(cls, scenario: Scenario) -> "Twin":
@@ -55,7 +103,7 @@ class Twin:
         for i, ex in enumerate(scenario.experts):
             path = profile_path(scenario, ex.profile)
             if not path.is_file():
-                raise InputError(scenario.base_dir, f"experts.{i}.profile",
+                raise InputError(scenario.file, f"experts.{i}.profile",
                                  f"unknown device profile '{ex.profile}' (no file {path})")
             profile = load_profile(path)
             service = (ProfileService(profile) if ex.service == "profile"
@@ -63,24 +111,13 @@ class Twin:
             profiles.append(profile)
             servers.append(ExpertServer(ex.name, ex.slots, ex.link, service, profile.idle_power_W.value))
         return cls(scenario, quality, profiles, servers, Workload(scenario, quality),
-                   cls._policy(scenario, prompts_path, quality_path, models))
-
-    @staticmethod
-    def _policy(scenario: Scenario, prompts_path: Path, quality_path: Path, models: list[str]) -> Policy:
-        names = [e.name for e in scenario.experts]
-        allowed = [names.index(n) for n in scenario.allowed_experts]
-        cfg = scenario.policy
-        if cfg.name == "fixed_subset":
-            return CategoryTablePolicy.fixed_subset(len(scenario.categories), allowed, cfg.k, cfg.aggregation_s)
-        train = load_quality(prompts_path, quality_path, models, "train")
-        return CategoryTablePolicy.prior_accuracy(category_prior(train, scenario), allowed, cfg.k,
-                                                  cfg.aggregation_s)
+                   build_policy(scenario, quality))
 
     def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
         """Run the scenario; returns the raw result and the per-query and per-leg records."""
         rng = np.random.default_rng(self.scenario.seed if seed is None else seed)
         prompt_ids = self.quality.prompts["prompt_id"].astype(str).to_numpy()
-        sim = EdgeSimulation(self.experts, self.policy, self.quality.scores, prompt_ids, rng)
+        sim = EdgeSimulation(self.experts, self.policy, prompt_ids, rng)
         with _progress(self.scenario, progress) as bar:
             result = sim.run(self.workload.batches(rng), lambda b: bar.update(len(b)))
         budgets = np.array([c.latency_budget_s for c in self.scenario.categories])

@@ -76,7 +76,7 @@ def _replayed(cfg: Replay, scenario: Scenario) -> tuple[np.ndarray, np.ndarray |
     return times, labels.map(index).to_numpy(np.int64)
 
 
-def _token_lengths(spec: FixedTokens | LognormalTokens | GeometricTokens, n: int,
+def token_lengths(spec: FixedTokens | LognormalTokens | GeometricTokens, n: int,
                    rng: np.random.Generator) -> np.ndarray:
     if isinstance(spec, FixedTokens):
         return np.full(n, spec.mean, dtype=np.int64)
@@ -102,6 +102,7 @@ class Workload:
                 raise InputError(scenario.path(scenario.traces.prompts), f"categories.{i}.task",
                                  f"no '{scenario.traces.split}' prompts of task '{cat.trace_task}'")
             self.rows.append(rows)
+        self.replay = _replayed(scenario.arrivals, scenario) if isinstance(scenario.arrivals, Replay) else None
         self.trace_tokens = quality.prompts["prompt_tokens"].to_numpy(np.int64)
         self.trace_bytes = quality.prompts["prompt_bytes"].to_numpy(np.int64)
 
@@ -127,7 +128,7 @@ class Workload:
         elif isinstance(arrivals, Diurnal):
             yield from ((t, None) for t in _diurnal_times(arrivals, rng) if len(t))
         else:
-            times, cats = _replayed(arrivals, self.scenario)
+            times, cats = self.replay
             for start in range(0, len(times), CHUNK):
                 yield times[start:start + CHUNK], None if cats is None else cats[start:start + CHUNK]
 
@@ -150,8 +151,8 @@ class Workload:
                 prompt_tokens[mask] = self.trace_tokens[rows]
                 prompt_bytes[mask] = self.trace_bytes[rows]
             else:
-                prompt_tokens[mask] = _token_lengths(cat.prompt_tokens, m, rng)
+                prompt_tokens[mask] = token_lengths(cat.prompt_tokens, m, rng)
                 prompt_bytes[mask] = prompt_tokens[mask] * BYTES_PER_TOKEN
-            output_tokens[mask] = _token_lengths(cat.output_tokens, m, rng)
+            output_tokens[mask] = token_lengths(cat.output_tokens, m, rng)
         return QueryBatch(arrival_s=times, category=cats, prompt=prompt, prompt_tokens=prompt_tokens,
                           output_tokens=output_tokens, prompt_bytes=prompt_bytes)

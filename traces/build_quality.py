@@ -25,16 +25,14 @@ Run from the repository root: python traces/build_quality.py [--data DIR]
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import time
 from collections import defaultdict
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
-import sentencepiece as spm
+
+from moe2sim.outcomes import OutcomeFile, outcome_tables, write_parquet_atomic
 
 OUT_DIR = Path(__file__).resolve().parent
 SPLITS = ("train", "test")
@@ -88,55 +86,24 @@ def subject_of(question: str, by_stem: dict[str, set[str]], by_full: dict[str, s
 
 def build(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     by_stem, by_full = load_subjects(data / "routellm_mmlu")
-    model = resources.files("mistral_common") / "data" / "tokenizer.model.v1"
-    with resources.as_file(model) as tok:
-        sp = spm.SentencePieceProcessor(model_file=str(tok))
-    prompts: list[dict[str, object]] = []
-    quality: dict[str, list[object]] = {"prompt_id": [], "expert": [], "score": []}
-    experts: list[str] | None = None
     failures: list[str] = []
-    for task, names in FILES.items():
-        for split, name in zip(SPLITS, names):
-            records = json.loads((data / "routerdc" / name).read_text(encoding="utf-8"))
-            for i, rec in enumerate(records):
-                pid, q, scores = f"{task}/{split}/{i:04d}", rec["question"], rec["scores"]
-                experts = experts or list(scores)
-                if list(scores) != experts:
-                    raise SystemExit(f"{name}[{i}]: experts {list(scores)} differ from {experts}")
-                subject = ""
-                if task == "mmlu":
-                    try:
-                        subject = subject_of(q, by_stem, by_full)
-                    except ValueError as err:
-                        failures.append(f"{pid}: {err}: {q[:70]!r}")
-                prompts.append({"prompt_id": pid, "task": task, "split": split, "subject": subject,
-                                "prompt_tokens": len(sp.encode(q)) + 1,
-                                "prompt_bytes": len(q.encode("utf-8")), "question": q})
-                quality["prompt_id"] += [pid] * len(scores)
-                quality["expert"] += list(scores)
-                quality["score"] += [float(s) for s in scores.values()]
+
+    def subject(task: str, question: str) -> str:
+        if task != "mmlu":
+            return ""
+        try:
+            return subject_of(question, by_stem, by_full)
+        except ValueError as err:
+            failures.append(f"{err}: {question[:70]!r}")
+            return ""
+
+    sources = [OutcomeFile(task, split, data / "routerdc" / name)
+               for task, names in FILES.items() for split, name in zip(SPLITS, names)]
+    prompts, quality = outcome_tables(sources, subject)
     if failures:
-        raise SystemExit(f"{len(failures)} MMLU questions without a unique subject:\n"
-                         + "\n".join(failures))
-    p = pd.DataFrame(prompts)
-    p["task"] = pd.Categorical(p["task"], categories=list(FILES))
-    p["split"] = pd.Categorical(p["split"], categories=list(SPLITS))
-    p["subject"] = pd.Categorical(p["subject"], categories=sorted(set(p["subject"])))
-    p = p.astype({"prompt_tokens": "int32", "prompt_bytes": "int32"})
-    q = pd.DataFrame(quality)
-    q["correct"] = q["score"] > 0
-    q["expert"] = pd.Categorical(q["expert"], categories=experts)
-    q["score"] = q["score"].astype("float32")
-    return p, q
-
-
-def write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        df.to_parquet(tmp, compression="zstd", index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise SystemExit(f"{len(failures)} MMLU questions without a unique subject:\n" + "\n".join(failures))
+    prompts["subject"] = pd.Categorical(prompts["subject"], categories=sorted(set(prompts["subject"])))
+    return prompts, quality
 
 
 def main() -> None:
@@ -146,8 +113,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     prompts, quality = build(args.data)
-    write_atomic(prompts, OUT_DIR / "prompts.parquet")
-    write_atomic(quality, OUT_DIR / "quality.parquet")
+    write_parquet_atomic(prompts, OUT_DIR / "prompts.parquet")
+    write_parquet_atomic(quality, OUT_DIR / "quality.parquet")
     dt = time.perf_counter() - t0
     print(f"{len(prompts)} prompts, {len(quality)} quality rows in {dt:.1f} s")
 

@@ -1,0 +1,184 @@
+"""The coarse level of MoE²: choose the expert subset S that maximises U(S) within the budgets.
+
+    maximise U(S)  s.t.  max_{n∈S} D[n, m] ≤ T̄_m  for every category m     (worst-case delay)
+                         Σ (k largest E[n], n ∈ S) ≤ Ē                      (worst-case energy)
+
+D and E are worst-case per-expert figures (problem.py builds them from a scenario); U is the
+validation quality of the frozen gate restricted to S. Both constraint functions only grow
+with S, so feasible sets are closed under taking subsets; when U is non-decreasing too, the
+best-first branch and bound below is exact:
+
+- a node is (S, i): S decided-in, experts before position i decided; its candidates are the
+  experts j ≥ i with S ∪ {j} feasible; every completion lies inside S ∪ candidates, so
+  U(S ∪ candidates) bounds the node (monotonicity);
+- if S ∪ candidates is itself feasible it is the node's best completion: evaluate, no branching;
+- otherwise branch on the first candidate (in / out); nodes whose bound cannot beat the
+  incumbent are pruned, and the search stops when the best open bound cannot.
+
+Measured U need not be monotone. Then the bound may be optimistic or pessimistic; we repair by
+descending from the returned set (drop an expert while that raises U) and we measure, against
+exhaustive search, how often the answer still differs (benchmarks/RESULTS.md).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Budgets:
+    energy_J: float
+    latency_s: np.ndarray  # (M,) per category
+
+
+@dataclass
+class SelectionProblem:
+    names: list[str]
+    categories: list[str]
+    delay_s: np.ndarray      # (N, M) worst-case delay of expert n on category m, aggregation included
+    energy_J: np.ndarray     # (N,) worst-case active energy of one query on expert n
+    k: int
+    utility: Callable[[int], float]  # U of a subset given as a bitmask over experts
+    cache: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.names)
+
+    def U(self, mask: int) -> float:
+        if mask not in self.cache:
+            self.cache[mask] = self.utility(mask) if mask else 0.0
+        return self.cache[mask]
+
+    def energy_of(self, mask: int) -> float:
+        e = sorted((self.energy_J[j] for j in members(mask)), reverse=True)
+        return float(sum(e[: self.k]))
+
+    def delay_ok(self, budgets: Budgets) -> np.ndarray:
+        """Experts whose worst-case delay fits every category's budget."""
+        return np.all(self.delay_s <= budgets.latency_s[None, :] + 1e-12, axis=1)
+
+    def feasible(self, mask: int, budgets: Budgets) -> bool:
+        ok = self.delay_ok(budgets)
+        return all(ok[j] for j in members(mask)) and self.energy_of(mask) <= budgets.energy_J + 1e-9
+
+
+def members(mask: int) -> list[int]:
+    return [j for j in range(mask.bit_length()) if mask >> j & 1]
+
+
+def to_mask(indices) -> int:
+    return sum(1 << int(j) for j in indices)
+
+
+class InfeasibleBudgets(ValueError):
+    """No expert fits the budgets on its own; the message says which constraint."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    mask: int
+    utility: float
+    evaluated: int     # distinct subsets whose U was computed
+    seconds: float
+    method: str
+
+    def subset(self, names: list[str]) -> list[str]:
+        return [names[j] for j in members(self.mask)]
+
+
+def check_feasible(problem: SelectionProblem, budgets: Budgets) -> np.ndarray:
+    """Experts that fit alone; raises InfeasibleBudgets naming the constraint when none does."""
+    delay_ok = problem.delay_ok(budgets)
+    energy_ok = problem.energy_J <= budgets.energy_J + 1e-9
+    alone = delay_ok & energy_ok
+    if alone.any():
+        return alone
+    reasons = []
+    for m, cat in enumerate(problem.categories):
+        best = problem.delay_s[:, m].min()
+        if best > budgets.latency_s[m]:
+            reasons.append(f"latency budget of '{cat}' ({budgets.latency_s[m]:.3g} s) is below every expert's "
+                           f"worst-case delay (fastest {best:.3g} s)")
+    if not energy_ok.any():
+        reasons.append(f"energy budget ({budgets.energy_J:.3g} J) is below every expert's worst-case energy "
+                       f"(cheapest {problem.energy_J.min():.3g} J)")
+    if not reasons:
+        reasons.append("every expert that meets the latency budgets exceeds the energy budget, and vice versa")
+    raise InfeasibleBudgets("; ".join(reasons))
+
+
+def solve_exhaustive(problem: SelectionProblem, budgets: Budgets) -> Selection:
+    """Reference: U of every feasible non-empty subset of the experts that fit alone."""
+    start, before = time.perf_counter(), len(problem.cache)
+    alone = np.flatnonzero(check_feasible(problem, budgets))
+    best_mask, best_u = 0, -np.inf
+    for r in range(1, 1 << len(alone)):
+        mask = to_mask(alone[j] for j in range(len(alone)) if r >> j & 1)
+        if problem.energy_of(mask) <= budgets.energy_J + 1e-9:
+            u = problem.U(mask)
+            if u > best_u + 1e-12 or (abs(u - best_u) <= 1e-12 and mask.bit_count() < best_mask.bit_count()):
+                best_mask, best_u = mask, u
+    return Selection(best_mask, best_u, len(problem.cache) - before, time.perf_counter() - start, "exhaustive")
+
+
+def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = True) -> Selection:
+    """Best-first branch and bound over the subset lattice (exact when U is non-decreasing)."""
+    start, before = time.perf_counter(), len(problem.cache)
+    alone = np.flatnonzero(check_feasible(problem, budgets))
+    order = sorted(alone, key=lambda j: -problem.U(1 << int(j)))
+    energy, cap, k = problem.energy_J, budgets.energy_J + 1e-9, problem.k
+
+    def fits(top: list[float], j: int) -> bool:
+        return sum(sorted(top + [energy[j]], reverse=True)[:k]) <= cap
+
+    def expand(mask: int, top: list[float], i: int) -> tuple[float, int, list[int]]:
+        cand = [j for j in order[i:] if fits(top, j)]
+        full = mask | to_mask(cand)
+        return problem.U(full), full, cand
+
+    best_mask, best_u = 0, -np.inf
+    counter = 0
+    heap: list[tuple[float, int, int, list[float], int]] = []
+
+    def push(mask: int, top: list[float], i: int) -> None:
+        nonlocal best_mask, best_u, counter
+        bound, full, cand = expand(mask, top, i)
+        if bound <= best_u + 1e-12:
+            return
+        if problem.energy_of(full) <= cap:
+            best_mask, best_u = full, bound
+            return
+        if mask and problem.U(mask) > best_u + 1e-12:
+            best_mask, best_u = mask, problem.U(mask)
+        counter += 1
+        heapq.heappush(heap, (-bound, counter, mask, top, order.index(cand[0])))
+
+    push(0, [], 0)
+    while heap:
+        neg_bound, _, mask, top, pos = heapq.heappop(heap)
+        if -neg_bound <= best_u + 1e-12:
+            break
+        j = order[pos]
+        push(mask | 1 << int(j), sorted(top + [energy[j]], reverse=True)[:k], pos + 1)
+        push(mask, top, pos + 1)
+    if repair:
+        best_mask, best_u = _descend(problem, best_mask, best_u)
+    return Selection(best_mask, best_u, len(problem.cache) - before, time.perf_counter() - start, "monotone")
+
+
+def _descend(problem: SelectionProblem, mask: int, u: float) -> tuple[int, float]:
+    """Drop single experts while that raises U (a no-op when U is monotone)."""
+    improved = True
+    while improved and mask.bit_count() > 1:
+        improved = False
+        for j in members(mask):
+            smaller = mask & ~(1 << j)
+            if problem.U(smaller) > u + 1e-12:
+                mask, u, improved = smaller, problem.U(smaller), True
+                break
+    return mask, u

@@ -1,0 +1,136 @@
+"""Device profiles: bundled ones load with provenance; fitting recovers known parameters; physics checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import TRACES, profile_dict
+from moe2sim.errors import InputError
+from moe2sim.profiles import DeviceProfile, Sourced, fit_profile, load_profile, profile_error, save_profile
+
+PROFILES = sorted((TRACES / "profiles").glob("*.yaml"))
+SOURCED_FIELDS = ["ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s",
+                  "prefill_power_W", "decode_power_W", "idle_power_W"]
+
+
+def test_bundled_profiles_exist():
+    assert len(PROFILES) >= 8
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=[p.stem for p in PROFILES])
+def test_bundled_profile_loads_with_provenance(path: Path):
+    profile = load_profile(path)
+    assert profile.name == path.stem  # scenarios refer to profiles by file stem
+    for f in SOURCED_FIELDS:
+        v = getattr(profile, f)
+        assert v.provenance in {"measured", "published", "derived", "assumed"}, f
+        assert v.source.strip(), f"{path.name}: {f} has an empty source"
+    assert profile.decode_power_W.value >= profile.idle_power_W.value
+    assert profile.prefill_power_W.value >= profile.idle_power_W.value
+    assert profile.decode_tokens_per_s.value > 0 and profile.prefill_tokens_per_s.value > 0
+
+
+def synthetic_trace(truth: DeviceProfile) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    p = rng.integers(16, 4096, 60)
+    o = rng.integers(8, 1024, 60)
+    ttft = truth.ttft_s(p)
+    dec = truth.decode_s(o)
+    return pd.DataFrame({"model": "m", "prompt_tokens": p, "output_tokens": o, "ttft_s": ttft,
+                         "decode_s": dec, "active_energy_J": truth.active_energy_J(ttft, dec)})
+
+
+def test_fit_profile_recovers_known_parameters():
+    # The fit shares one active power between prefill and decode, so the truth does too.
+    truth = DeviceProfile.model_validate(profile_dict(
+        "truth", ttft_base_s=0.025, prefill_tokens_per_s=4200.0, decode_tokens_per_s=37.5,
+        prefill_power_W=180.0, decode_power_W=180.0, idle_power_W=45.0))
+    idle = Sourced(value=45.0, provenance="measured", source="meter")
+    fit = fit_profile(synthetic_trace(truth), name="fit", device="d", model="m", idle=idle, how="synthetic")
+    assert fit.ttft_base_s.value == pytest.approx(0.025, rel=1e-6)
+    assert fit.prefill_tokens_per_s.value == pytest.approx(4200.0, rel=1e-6)
+    assert fit.decode_tokens_per_s.value == pytest.approx(37.5, rel=1e-9)
+    assert fit.prefill_power_W.value == pytest.approx(180.0, rel=1e-9)
+    assert fit.decode_power_W.value == pytest.approx(180.0, rel=1e-9)
+    assert fit.idle_power_W == idle
+    for f in SOURCED_FIELDS[:-1]:
+        assert getattr(fit, f).provenance == "derived" and getattr(fit, f).source == "synthetic"
+    assert fit.fit_error["latency_mape_pct"] == pytest.approx(0, abs=1e-4)
+    assert fit.fit_error["active_energy_mape_pct"] == pytest.approx(0, abs=1e-4)
+    assert fit.fit_error["rows"] == 60
+
+
+def test_profile_error_measures_mismatch():
+    truth = DeviceProfile.model_validate(profile_dict(decode_tokens_per_s=50.0))
+    slow = DeviceProfile.model_validate(profile_dict(decode_tokens_per_s=40.0))
+    trace = synthetic_trace(truth)
+    assert profile_error(truth, trace)["latency_mape_pct"] == pytest.approx(0, abs=1e-6)
+    # decode dominates (1e12 prefill, no base): 50/40 - 1 = 25 % slower.
+    assert profile_error(slow, trace)["latency_mape_pct"] == pytest.approx(25.0, abs=0.01)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    truth = DeviceProfile.model_validate(profile_dict("rt", ttft_base_s=0.01, decode_tokens_per_s=33.0))
+    path = tmp_path / "rt.yaml"
+    save_profile(truth, path)
+    assert load_profile(path) == truth
+
+
+def write(tmp_path, data) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_decode_power_below_idle_is_rejected(tmp_path):
+    path = write(tmp_path, profile_dict(decode_power_W=30.0, prefill_power_W=80.0, idle_power_W=40.0))
+    with pytest.raises(InputError) as info:
+        load_profile(path)
+    assert info.value.file == str(path)
+    assert "decode_power_W" in info.value.message and "idle_power_W" in info.value.message
+
+
+def test_prefill_power_below_idle_is_rejected(tmp_path):
+    path = write(tmp_path, profile_dict(prefill_power_W=30.0, decode_power_W=80.0, idle_power_W=40.0))
+    with pytest.raises(InputError, match="prefill_power_W"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("field", ["decode_tokens_per_s", "prefill_tokens_per_s"])
+def test_zero_rate_is_rejected(tmp_path, field):
+    path = write(tmp_path, profile_dict(**{field: 0.0}))
+    with pytest.raises(InputError, match=field):
+        load_profile(path)
+
+
+def test_missing_provenance_or_source_is_rejected(tmp_path):
+    data = profile_dict()
+    del data["decode_tokens_per_s"]["source"]
+    with pytest.raises(InputError) as info:
+        load_profile(write(tmp_path, data))
+    assert info.value.field == "decode_tokens_per_s.source"
+    data = profile_dict()
+    data["idle_power_W"]["provenance"] = "guessed"
+    with pytest.raises(InputError) as info:
+        load_profile(write(tmp_path, data))
+    assert info.value.field == "idle_power_W.provenance"
+    data = profile_dict()
+    data["ttft_base_s"]["source"] = ""
+    with pytest.raises(InputError):
+        load_profile(write(tmp_path, data))
+
+
+def test_unknown_profile_key_is_rejected(tmp_path):
+    data = profile_dict()
+    data["decode_tokens_per_sec"] = data.pop("decode_tokens_per_s")
+    with pytest.raises(InputError):
+        load_profile(write(tmp_path, data))
+
+
+def test_missing_profile_file(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        load_profile(tmp_path / "none.yaml")
