@@ -95,6 +95,51 @@ def cmd_eval_gate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_select(args: argparse.Namespace) -> int:
+    import json
+
+    from moe2sim.build import build_selector, load_split
+    from moe2sim.problem import budgets_of
+    from moe2sim.selection import Budgets, InfeasibleBudgets, binding_constraints, worst_delay
+    from moe2sim.twin import Twin
+
+    overrides = list(args.set)
+    if args.energy_budget is not None:
+        overrides.append(f"energy_budget_J={args.energy_budget}")
+    overrides += [f"categories.{cat}.latency_budget_s={value}" for cat, value in _pairs(args.latency_budget, "--latency-budget")]
+    overrides += [f"policy.selection.method={args.method}"]
+    scenario = load_scenario(args.scenario, overrides)
+    twin = Twin.build(scenario.model_copy(update={"policy": scenario.policy.model_copy(
+        update={"selection": scenario.policy.selection.model_copy(update={"method": "none"})})}))
+    selector = build_selector(scenario, twin.profiles, twin.workload, list(twin.quality.experts))
+    budgets = budgets_of(scenario)
+    problem = selector.problem
+    try:
+        sel = selector.select(budgets)
+    except InfeasibleBudgets as exc:
+        raise InputError(args.scenario, "budgets", f"no subset meets them: {exc}") from None
+    delay = worst_delay(problem, sel.mask)
+    out = {
+        "subset": sel.subset(problem.names), "U": sel.utility, "method": sel.method,
+        "binding": binding_constraints(problem, sel.mask, budgets), "sets_evaluated": sel.evaluated,
+        "solver_seconds": sel.seconds, "k": problem.k,
+        "worst_case_energy_J": problem.energy_of(sel.mask), "energy_budget_J": budgets.energy_J,
+        "worst_case_delay_s": dict(zip(problem.categories, delay.tolist())),
+        "latency_budget_s": dict(zip(problem.categories, budgets.latency_s.tolist())),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"subset  {', '.join(out['subset'])}   (method {sel.method}, top-{problem.k})")
+    print(f"U(S)    {sel.utility:.4f}  validation accuracy of the gate restricted to S")
+    print(f"binding {', '.join(out['binding']) or 'none: every expert is selected'}")
+    print(f"solver  {sel.evaluated} sets evaluated in {sel.seconds * 1e3:.2f} ms (of {2 ** problem.n - 1} subsets)")
+    print(f"energy  worst case {out['worst_case_energy_J']:.1f} J of {budgets.energy_J:.1f} J")
+    for cat, d in out["worst_case_delay_s"].items():
+        print(f"latency {cat:14s} worst case {d:.3f} s of {out['latency_budget_s'][cat]:.3f} s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", **overrides)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("select", help="solve MoE²'s coarse level: the best expert subset within the budgets")
+    p.add_argument("scenario")
+    p.add_argument("--energy-budget", type=float, metavar="J", help="per-query energy budget (J)")
+    p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S", help="a category's latency budget")
+    p.add_argument("--method", default="monotone",
+                   choices=["monotone", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"])
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_select)
 
     p = sub.add_parser("embed", help="outcome JSON files -> prompt, quality and embedding tables for train-gate/run")
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")

@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from moe2sim.aggregation import Aggregator
+from moe2sim.selection import Budgets, Selection, Selector, members
 from moe2sim.workload import QueryBatch
 
 
@@ -77,21 +78,47 @@ class FixedRouter:
         return np.broadcast_to(-1e-6 * self.order, (len(batch), len(self.order)))
 
 
+class UniformRouter:
+    """k experts of the subset uniformly at random per query, near-equal weights (no gate)."""
+
+    def __init__(self, n_experts: int, seed: int):
+        self.n_experts = n_experts
+        self.rng = np.random.default_rng(seed)
+
+    def logits(self, batch: QueryBatch) -> np.ndarray:
+        return 1e-6 * self.rng.random((len(batch), self.n_experts))
+
+
 @dataclass
 class MixturePolicy:
+    """Top-min(k, |S|) of the allowed subset S; `selector` (if any) re-chooses S when budgets change."""
+
     router: Router
     allowed: np.ndarray  # (n_experts,) bool: the subset S
     k: int
     aggregator: Aggregator
     aggregation_s: float
+    selector: Selector | None = None
 
     def set_subset(self, allowed: np.ndarray) -> None:
-        if allowed.sum() < self.k:
-            raise ValueError(f"a subset of {int(allowed.sum())} experts cannot give top-{self.k}")
+        if not allowed.any():
+            raise ValueError("the subset is empty")
         self.allowed = allowed.astype(bool)
 
+    def set_budgets(self, budgets: Budgets) -> Selection:
+        """The coarse level: re-solve S for new budgets (raises InfeasibleBudgets)."""
+        selection = self.selector.select(budgets)
+        allowed = np.zeros(len(self.allowed), bool)
+        allowed[members(selection.mask)] = True
+        self.set_subset(allowed)
+        return selection
+
+    @property
+    def k_effective(self) -> int:
+        return min(self.k, int(self.allowed.sum()))
+
     def decide(self, batch: QueryBatch) -> Decision:
-        return Decision(*topk_in_subset(self.router.logits(batch), self.allowed, self.k))
+        return Decision(*topk_in_subset(self.router.logits(batch), self.allowed, self.k_effective))
 
     def aggregate(self, batch: QueryBatch, decision: Decision) -> np.ndarray:
         """Score of the combined answer per query (> 0: correct)."""

@@ -111,17 +111,32 @@ class Replay(Strict):
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
 
 
+class SelectionConfig(Strict):
+    """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
+
+    monotone: MoE²'s exact discrete monotonic optimisation; exhaustive: the reference; the rest are
+    baselines (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
+    """
+
+    method: Literal["none", "monotone", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"] = "none"
+    quantile: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="prompt/output length quantile that defines an expert's worst case")
+    seed: int = Field(0, description="seed of the random baseline")
+
+
 class PolicyConfig(Strict):
     """gate: the trained gating network (checkpoint under data_dir); prior_accuracy: per category the
-    experts with the best train accuracy; fixed_subset: the subset in its listed order."""
+    experts with the best train accuracy; fixed_subset: the subset in its listed order; uniform: k
+    experts of the subset drawn uniformly per query, equal weights (the no-gate baseline)."""
 
-    name: Literal["gate", "prior_accuracy", "fixed_subset"] = "gate"
+    name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
     gate: str = "gate.pt"
     k: Annotated[int, Field(ge=1)] = 2
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
     aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
     aggregation_s: NonNegativeFloat = 0.005
     vote_seed: int = Field(0, description="seed of the assumed wrong answers in weighted_vote")
+    selection: SelectionConfig = SelectionConfig()
 
 
 class Traces(Strict):

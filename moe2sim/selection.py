@@ -182,3 +182,88 @@ def _descend(problem: SelectionProblem, mask: int, u: float) -> tuple[int, float
                 mask, u, improved = smaller, problem.U(smaller), True
                 break
     return mask, u
+
+
+def worst_delay(problem: SelectionProblem, mask: int) -> np.ndarray:
+    """(M,) worst-case delay of the subset per category."""
+    idx = members(mask)
+    return problem.delay_s[idx].max(axis=0) if idx else np.zeros(len(problem.categories))
+
+
+def binding_constraints(problem: SelectionProblem, mask: int, budgets: Budgets) -> list[str]:
+    """The constraints that keep each unselected expert out (empty when every expert is in)."""
+    blocking: dict[str, None] = {}
+    for j in range(problem.n):
+        if mask >> j & 1:
+            continue
+        for m, cat in enumerate(problem.categories):
+            if problem.delay_s[j, m] > budgets.latency_s[m] + 1e-12:
+                blocking[f"latency[{cat}]"] = None
+        if problem.energy_of(mask | 1 << j) > budgets.energy_J + 1e-9:
+            blocking["energy"] = None
+    return list(blocking)
+
+
+def solve_best_single(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
+    """Baseline: the one feasible expert with the highest U."""
+    start, before = time.perf_counter(), len(problem.cache)
+    alone = np.flatnonzero(check_feasible(problem, budgets))
+    best = max(alone, key=lambda j: problem.U(1 << int(j)))
+    return Selection(1 << int(best), problem.U(1 << int(best)), len(problem.cache) - before,
+                     time.perf_counter() - start, "best_single")
+
+
+def _grow(problem: SelectionProblem, budgets: Budgets, order: list[int], method: str, start: float,
+          before: int) -> Selection:
+    mask = 0
+    for j in order:
+        if problem.feasible(mask | 1 << int(j), budgets):
+            mask |= 1 << int(j)
+    return Selection(mask, problem.U(mask), len(problem.cache) - before, time.perf_counter() - start, method)
+
+
+def solve_greedy_energy(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
+    """Baseline: add experts by U({n}) / E[n], best first, while the budgets hold."""
+    start, before = time.perf_counter(), len(problem.cache)
+    alone = np.flatnonzero(check_feasible(problem, budgets))
+    order = sorted(alone, key=lambda j: -problem.U(1 << int(j)) / max(problem.energy_J[j], 1e-9))
+    return _grow(problem, budgets, order, "greedy_energy", start, before)
+
+
+def solve_random(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
+    """Baseline: add the feasible experts in a random order while the budgets hold (a random maximal set)."""
+    start, before = time.perf_counter(), len(problem.cache)
+    alone = np.flatnonzero(check_feasible(problem, budgets))
+    return _grow(problem, budgets, list(rng.permutation(alone)), "random", start, before)
+
+
+def solve_all_fit(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
+    """Baseline: every expert that fits the budgets on its own, jointly feasible or not."""
+    start, before = time.perf_counter(), len(problem.cache)
+    mask = to_mask(np.flatnonzero(check_feasible(problem, budgets)))
+    return Selection(mask, problem.U(mask), len(problem.cache) - before, time.perf_counter() - start, "all_fit")
+
+
+SOLVERS: dict[str, Callable[[SelectionProblem, Budgets, np.random.Generator], Selection]] = {
+    "monotone": lambda p, b, rng: solve_monotone(p, b),
+    "exhaustive": lambda p, b, rng: solve_exhaustive(p, b),
+    "best_single": solve_best_single,
+    "greedy_energy": solve_greedy_energy,
+    "random": solve_random,
+    "all_fit": solve_all_fit,
+}
+
+
+@dataclass
+class Selector:
+    """Re-solves the subset whenever the budgets change; remembers the last answer."""
+
+    problem: SelectionProblem
+    method: str
+    seed: int = 0
+    last: Selection | None = None
+
+    def select(self, budgets: Budgets) -> Selection:
+        rng = np.random.default_rng(self.seed)
+        self.last = SOLVERS[self.method](self.problem, budgets, rng)
+        return self.last

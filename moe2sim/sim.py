@@ -26,6 +26,7 @@ from simpy.events import Timeout
 
 from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Link
+from moe2sim.selection import worst_delay
 from moe2sim.service import ServiceModel
 from moe2sim.workload import QueryBatch
 
@@ -54,6 +55,9 @@ class Plan:
     ttft_s: np.ndarray         # (n, k)
     decode_s: np.ndarray       # (n, k)
     energy_J: np.ndarray       # (n, k) active energy
+    subset: str                # the allowed subset S when the batch was routed
+    worst_delay_s: np.ndarray  # (n,) predicted worst-case delay of S for the query's category (NaN: no selector)
+    worst_energy_J: float      # predicted worst-case energy of S (NaN: no selector)
     start_s: np.ndarray = field(init=False)
     service_s: list[list[float]] = field(init=False)
 
@@ -137,8 +141,15 @@ class EdgeSimulation:
             down[mask] = batch.output_bytes[rows] * 8 / (link.downlink_Mbps * 1e6) + link.propagation_s
             svc = ex.service.sample(batch.prompt_tokens[rows], batch.output_tokens[rows], ids[rows], self.rng)
             ttft[mask], dec[mask], energy[mask] = svc.ttft_s, svc.decode_s, svc.active_energy_J
+        subset = "|".join(e.name for e, ok in zip(self.experts, self.policy.allowed) if ok)
+        selector = self.policy.selector
+        if selector is not None and selector.last is not None:
+            worst = worst_delay(selector.problem, selector.last.mask)[batch.category]
+            worst_energy = selector.problem.energy_of(selector.last.mask)
+        else:
+            worst, worst_energy = np.full(len(batch), np.nan), np.nan
         return Plan(batch, experts, decision.weights, self.policy.aggregate(batch, decision),
-                    up, down, ttft, dec, energy)
+                    up, down, ttft, dec, energy, subset, worst, worst_energy)
 
     def _feed(self, batches: Iterator[QueryBatch], on_batch: Callable[[QueryBatch], None]):
         env = self.env
@@ -160,54 +171,46 @@ class EdgeSimulation:
         return SimResult(self.plans, self.experts, float(self.env.now), self.policy.aggregation_s)
 
 
+def _plan_records(p: Plan, names: np.ndarray, budgets: np.ndarray, energy_budget_J: float, aggregation_s: float,
+                  prompt_ids: np.ndarray, first_id: int) -> tuple[dict, dict]:
+    b = p.batch
+    n, k = p.experts.shape
+    ids = np.arange(first_id, first_id + n)
+    leg_end = p.start_s + p.ttft_s + p.decode_s
+    done = (leg_end + p.downlink_s).max(axis=1) + aggregation_s
+    latency = done - b.arrival_s
+    energy = p.energy_J.sum(axis=1)
+    query = {
+        "query_id": ids, "category": b.category, "prompt_id": prompt_ids[b.prompt], "arrival_s": b.arrival_s,
+        "finish_s": done, "latency_s": latency, "prompt_tokens": b.prompt_tokens, "output_tokens": b.output_tokens,
+        "experts": ["|".join(r) for r in names[p.experts]], "k": np.full(n, k), "score": p.score,
+        "correct": p.score > 0, "energy_J": energy, "latency_budget_s": budgets[b.category],
+        "latency_violation": latency > budgets[b.category], "energy_violation": energy > energy_budget_J,
+        "subset": np.repeat(p.subset, n), "predicted_worst_delay_s": p.worst_delay_s,
+        "predicted_worst_energy_J": np.full(n, p.worst_energy_J),
+    }
+    leg = {
+        "query_id": np.repeat(ids, k), "rank": np.tile(np.arange(k), n), "expert": p.experts.ravel(),
+        "weight": p.weights.ravel(), "uplink_s": p.uplink_s.ravel(),
+        "queue_s": (p.start_s - b.arrival_s[:, None] - p.uplink_s).ravel(), "ttft_s": p.ttft_s.ravel(),
+        "decode_s": p.decode_s.ravel(), "downlink_s": p.downlink_s.ravel(), "start_s": p.start_s.ravel(),
+        "end_s": leg_end.ravel(), "energy_J": p.energy_J.ravel(),
+    }
+    return query, leg
+
+
 def query_records(result: SimResult, categories: list[str], budgets: np.ndarray, energy_budget_J: float,
                   prompt_ids: np.ndarray) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-query and per-leg tables (schema in traces/README.md) from a finished simulation."""
     if not result.plans:
         raise ValueError("the simulation saw no queries")
     names = np.array([e.name for e in result.experts])
-    cat = np.concatenate([p.batch.category for p in result.plans])
-    arrival = np.concatenate([p.batch.arrival_s for p in result.plans])
-    experts = np.concatenate([p.experts for p in result.plans])
-    start = np.concatenate([p.start_s for p in result.plans])
-    stack = {f: np.concatenate([getattr(p, f) for p in result.plans])
-             for f in ("weights", "uplink_s", "downlink_s", "ttft_s", "decode_s", "energy_J")}
-    leg_end = start + stack["ttft_s"] + stack["decode_s"]
-    done = (leg_end + stack["downlink_s"]).max(axis=1) + result.aggregation_s
-    latency = done - arrival
-    energy = stack["energy_J"].sum(axis=1)
-    score = np.concatenate([p.score for p in result.plans])
-    n, k = experts.shape
-    queries = pd.DataFrame({
-        "query_id": np.arange(n),
-        "category": pd.Categorical.from_codes(cat, categories),
-        "prompt_id": prompt_ids[np.concatenate([p.batch.prompt for p in result.plans])],
-        "arrival_s": arrival,
-        "finish_s": done,
-        "latency_s": latency,
-        "prompt_tokens": np.concatenate([p.batch.prompt_tokens for p in result.plans]),
-        "output_tokens": np.concatenate([p.batch.output_tokens for p in result.plans]),
-        "experts": ["|".join(r) for r in names[experts]],
-        "k": k,
-        "score": score,
-        "correct": score > 0,
-        "energy_J": energy,
-        "latency_budget_s": budgets[cat],
-        "latency_violation": latency > budgets[cat],
-        "energy_violation": energy > energy_budget_J,
-    })
-    legs = pd.DataFrame({
-        "query_id": np.repeat(queries["query_id"].to_numpy(), k),
-        "rank": np.tile(np.arange(k), n),
-        "expert": pd.Categorical(names[experts.ravel()], categories=list(names)),
-        "weight": stack["weights"].ravel(),
-        "uplink_s": stack["uplink_s"].ravel(),
-        "queue_s": (start - arrival[:, None] - stack["uplink_s"]).ravel(),
-        "ttft_s": stack["ttft_s"].ravel(),
-        "decode_s": stack["decode_s"].ravel(),
-        "downlink_s": stack["downlink_s"].ravel(),
-        "start_s": start.ravel(),
-        "end_s": leg_end.ravel(),
-        "energy_J": stack["energy_J"].ravel(),
-    })
+    parts, first = [], 0
+    for p in result.plans:
+        parts.append(_plan_records(p, names, budgets, energy_budget_J, result.aggregation_s, prompt_ids, first))
+        first += len(p.batch)
+    queries = pd.DataFrame({c: np.concatenate([q[c] for q, _ in parts]) for c in parts[0][0]})
+    legs = pd.DataFrame({c: np.concatenate([g[c] for _, g in parts]) for c in parts[0][1]})
+    queries["category"] = pd.Categorical.from_codes(queries["category"], categories)
+    legs["expert"] = pd.Categorical.from_codes(legs["expert"], list(names))
     return queries, legs

@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe2sim.aggregation import Aggregator, HighestWeight, Oracle, WeightedVote
-from moe2sim.embed import load_embeddings
+from moe2sim.build import build_policy
 from moe2sim.errors import InputError
-from moe2sim.policy import FixedRouter, GateRouter, MixturePolicy, PriorRouter, Router
+from moe2sim.policy import MixturePolicy
 from moe2sim.profiles import DeviceProfile, load_profile
 from moe2sim.scenario import Scenario
 from moe2sim.service import ProfileService, TraceReplayService
@@ -24,62 +23,6 @@ def profile_path(scenario: Scenario, ref: str) -> Path:
     if ref.endswith((".yaml", ".yml")):
         return scenario.path(ref)
     return scenario.path(f"profiles/{ref}.yaml")
-
-
-def category_prior(train: QualityData, scenario: Scenario) -> np.ndarray:
-    """prior[c, e]: expert e's train accuracy on category c (all train prompts if the task has none)."""
-    correct = train.scores > 0
-    prior = np.empty((len(scenario.categories), len(train.experts)))
-    for c, cat in enumerate(scenario.categories):
-        rows = train.rows_of_task(cat.trace_task)
-        prior[c] = correct[rows].mean(axis=0) if len(rows) else correct.mean(axis=0)
-    return prior
-
-
-def answer_options(quality: QualityData, scenario: Scenario) -> np.ndarray:
-    """Choices per prompt row from its category's answer_options (0: free-form)."""
-    options = np.zeros(len(quality.prompts), np.int64)
-    for cat in scenario.categories:
-        options[quality.rows_of_task(cat.trace_task)] = cat.answer_options or 0
-    return options
-
-
-def build_aggregator(scenario: Scenario, quality: QualityData) -> Aggregator:
-    name = scenario.policy.aggregation
-    if name == "weighted_vote":
-        return WeightedVote.assumed_answers(quality.scores, answer_options(quality, scenario), scenario.policy.vote_seed)
-    return HighestWeight(quality.scores) if name == "highest_weight" else Oracle(quality.scores)
-
-
-def build_router(scenario: Scenario, quality: QualityData) -> Router:
-    cfg = scenario.policy
-    if cfg.name == "fixed_subset":
-        names = scenario.allowed_experts
-        order = [names.index(e.name) if e.name in names else len(names) for e in scenario.experts]
-        return FixedRouter(np.asarray(order, float))
-    if cfg.name == "prior_accuracy":
-        train = load_quality(scenario.path(scenario.traces.prompts), scenario.path(scenario.traces.quality),
-                             list(quality.experts), "train")
-        return PriorRouter(category_prior(train, scenario))
-    from moe2sim.gate import Gate  # torch is imported only when a gate is used
-
-    gate_path = scenario.path(cfg.gate)
-    gate = Gate.load(gate_path)
-    missing = [m for m in quality.experts if m not in gate.experts]
-    if missing:
-        raise InputError(scenario.file, "policy.gate", f"{gate_path} was trained without model(s) {missing}")
-    emb_path = scenario.path(scenario.traces.embeddings)
-    x = load_embeddings(emb_path, quality.prompts["prompt_id"].astype(str).to_numpy(), gate.dim)
-    columns = [gate.experts.index(m) for m in quality.experts]
-    tasks = quality.prompts["task"].astype(str).to_numpy()
-    return GateRouter(gate.logits(x, tasks)[:, columns])
-
-
-def build_policy(scenario: Scenario, quality: QualityData) -> MixturePolicy:
-    names = [e.name for e in scenario.experts]
-    allowed = np.isin(names, scenario.allowed_experts)
-    return MixturePolicy(build_router(scenario, quality), allowed, scenario.policy.k,
-                         build_aggregator(scenario, quality), scenario.policy.aggregation_s)
 
 
 @dataclass
@@ -110,8 +53,9 @@ class Twin:
                        else TraceReplayService(scenario.path(ex.service.file), ex.service.model))
             profiles.append(profile)
             servers.append(ExpertServer(ex.name, ex.slots, ex.link, service, profile.idle_power_W.value))
-        return cls(scenario, quality, profiles, servers, Workload(scenario, quality),
-                   build_policy(scenario, quality))
+        workload = Workload(scenario, quality)
+        return cls(scenario, quality, profiles, servers, workload,
+                   build_policy(scenario, quality, profiles, workload))
 
     def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
         """Run the scenario; returns the raw result and the per-query and per-leg records."""

@@ -1,0 +1,325 @@
+"""The fine level of MoE²: top-k of the allowed subset with renormalised softmax weights
+(moe2sim.policy.topk_in_subset, MixturePolicy) and the ways the k answers are combined
+(moe2sim.aggregation: HighestWeight, Oracle, WeightedVote)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe2sim.aggregation import HighestWeight, Oracle, WeightedVote
+from moe2sim.policy import FixedRouter, GateRouter, MixturePolicy, topk_in_subset
+from moe2sim.workload import QueryBatch
+
+
+def reference_topk(logits: np.ndarray, allowed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force, one row at a time: sort the allowed experts by logit, keep k, softmax over them."""
+    experts, weights = [], []
+    candidates = np.flatnonzero(allowed)
+    for row in logits:
+        chosen = sorted(candidates, key=lambda e: -row[e])[:k]
+        z = np.array([row[e] for e in chosen], dtype=np.float64)
+        w = np.exp(z - z.max())
+        experts.append(chosen)
+        weights.append(w / w.sum())
+    return np.array(experts), np.array(weights)
+
+
+def batch_of(prompts: np.ndarray, categories: np.ndarray | None = None) -> QueryBatch:
+    n = len(prompts)
+    ones = np.ones(n, np.int64)
+    return QueryBatch(arrival_s=np.arange(n, dtype=float), category=np.zeros(n, np.int64) if categories is None
+                      else categories, prompt=np.asarray(prompts, np.int64), prompt_tokens=ones,
+                      output_tokens=ones, prompt_bytes=ones)
+
+
+# --- topk_in_subset ----------------------------------------------------------------------------
+
+def test_topk_picks_largest_allowed_logits():
+    logits = np.array([[5.0, 1.0, 3.0, 4.0, 2.0],
+                       [0.0, 9.0, 8.0, -1.0, 7.0]])
+    allowed = np.array([False, True, True, False, True])  # the two largest of row 0 are excluded
+    experts, weights = topk_in_subset(logits, allowed, 2)
+    np.testing.assert_array_equal(experts, [[2, 4], [1, 2]])
+    # softmax of the chosen logits, renormalised over the two
+    np.testing.assert_allclose(weights[0], np.exp([3.0, 2.0]) / np.exp([3.0, 2.0]).sum())
+    np.testing.assert_allclose(weights[1], np.exp([9.0, 8.0]) / np.exp([9.0, 8.0]).sum())
+
+
+def test_topk_never_leaves_subset_even_when_outside_logits_dominate():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 6))
+    allowed = np.array([True, False, True, False, False, True])
+    logits[:, ~allowed] += 100.0  # everything outside S ranks first
+    for k in (1, 2, 3):
+        experts, weights = topk_in_subset(logits, allowed, k)
+        assert experts.shape == weights.shape == (200, k)
+        assert np.isin(experts, np.flatnonzero(allowed)).all()
+        assert np.all(np.isfinite(weights)) and np.all(weights > 0)
+
+
+def test_topk_k_equal_subset_size_returns_whole_subset():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(50, 7))
+    allowed = np.zeros(7, bool)
+    allowed[[1, 4, 6]] = True
+    experts, weights = topk_in_subset(logits, allowed, 3)
+    for row, w in zip(experts, weights):
+        assert sorted(row) == [1, 4, 6]
+        assert w.sum() == pytest.approx(1.0)
+    # k equal to the number of experts (all allowed): every expert, by descending logit
+    experts, weights = topk_in_subset(logits, np.ones(7, bool), 7)
+    np.testing.assert_array_equal(experts, np.argsort(-logits, axis=1))
+    np.testing.assert_allclose(weights, np.exp(np.sort(logits, axis=1)[:, ::-1])
+                               / np.exp(logits).sum(axis=1, keepdims=True))
+
+
+def test_topk_weights_sum_to_one_and_descend():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(scale=3.0, size=(500, 5))
+    experts, weights = topk_in_subset(logits, np.ones(5, bool), 3)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    assert np.all(np.diff(weights, axis=1) <= 0)
+    # weights follow the logits of the experts they belong to
+    chosen = np.take_along_axis(logits, experts, axis=1)
+    assert np.all(np.diff(chosen, axis=1) <= 0)
+
+
+def test_topk_weights_are_invariant_to_logit_shift_and_large_values():
+    """Softmax renormalised over the k: adding a constant to all logits changes nothing, and huge
+    logits do not overflow."""
+    logits = np.array([[1000.0, 999.0, 998.0, -5.0]])
+    experts, weights = topk_in_subset(logits, np.ones(4, bool), 3)
+    shifted_experts, shifted = topk_in_subset(logits - 1000.0, np.ones(4, bool), 3)
+    np.testing.assert_array_equal(experts, shifted_experts)
+    np.testing.assert_allclose(weights, shifted)
+    assert np.all(np.isfinite(weights))
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_topk_matches_brute_force(seed: int):
+    rng = np.random.default_rng(seed)
+    n_experts = int(rng.integers(1, 9))
+    allowed = rng.random(n_experts) < 0.6
+    if not allowed.any():
+        allowed[rng.integers(n_experts)] = True
+    k = int(rng.integers(1, allowed.sum() + 1))
+    logits = rng.normal(scale=float(rng.choice([0.1, 1.0, 10.0])), size=(int(rng.integers(1, 40)), n_experts))
+    experts, weights = topk_in_subset(logits, allowed, k)
+    ref_experts, ref_weights = reference_topk(logits, allowed, k)
+    np.testing.assert_array_equal(experts, ref_experts)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-12, atol=1e-15)
+
+
+# --- HighestWeight, Oracle ---------------------------------------------------------------------
+
+SCORES = np.array([[0.0, 0.7, 0.9, 0.0],
+                   [0.4, 0.0, 0.0, 0.0],
+                   [0.0, 0.0, 0.0, 0.0]])
+
+
+def test_highest_weight_returns_top_weight_experts_score():
+    agg = HighestWeight(SCORES)
+    prompts = np.array([0, 0, 1, 2])
+    experts = np.array([[1, 2], [2, 3], [1, 0], [0, 3]])
+    weights = np.array([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2], [0.5, 0.5]])
+    # row 1: expert 3 carries the larger weight (weights need not be listed in order)
+    np.testing.assert_array_equal(agg.combine(prompts, experts, weights), [0.7, 0.0, 0.0, 0.0])
+
+
+def test_oracle_returns_best_chosen_score():
+    agg = Oracle(SCORES)
+    prompts = np.array([0, 0, 1, 1, 2])
+    experts = np.array([[0, 3], [3, 2], [1, 0], [1, 2], [0, 1]])
+    weights = np.full((5, 2), 0.5)
+    np.testing.assert_array_equal(agg.combine(prompts, experts, weights), [0.0, 0.9, 0.4, 0.0, 0.0])
+
+
+# --- WeightedVote, hand-built cases --------------------------------------------------------------
+
+def vote(scores: list[list[float]], answers: list[list[int]], experts: list[list[int]],
+         weights: list[list[float]]) -> np.ndarray:
+    agg = WeightedVote(np.array(scores, float), np.array(answers))
+    n = len(experts)
+    return agg.combine(np.arange(n) % len(scores), np.array(experts), np.array(weights, float))
+
+
+def test_vote_two_right_experts_outvote_heavier_wrong_one():
+    # expert 0 is wrong (weight 0.4); experts 1 and 2 are right (0.3 + 0.3)
+    out = vote([[0.0, 0.8, 0.6]], [[2, 0, 0]], [[0, 1, 2]], [[0.4, 0.3, 0.3]])
+    assert out[0] > 0
+    # the result is the score of an expert that gave the winning answer
+    assert out[0] in (0.8, 0.6)
+
+
+def test_vote_wrong_experts_on_same_option_outvote_single_right_one():
+    out = vote([[0.9, 0.0, 0.0]], [[0, 2, 2]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])
+    assert out[0] == 0.0
+    # ... but not when they picked different wrong options
+    out = vote([[0.9, 0.0, 0.0]], [[0, 2, 3]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])
+    assert out[0] == 0.9
+
+
+def test_vote_free_form_wrong_answers_never_agree():
+    scores = np.array([[0.7, 0.0, 0.0, 0.0]])
+    agg = WeightedVote.assumed_answers(scores, np.array([0]), seed=0)
+    # three wrong experts with 0.6 of the weight against one right expert with 0.4
+    out = agg.combine(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]))
+    assert out[0] == 0.7
+    # the same split on a 2-option prompt: every wrong expert picked the one wrong option
+    agg = WeightedVote.assumed_answers(scores, np.array([2]), seed=0)
+    out = agg.combine(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]))
+    assert out[0] == 0.0
+
+
+def test_vote_tie_goes_to_higher_weighted_expert():
+    # totals 0.5 (expert 0 alone) and 0.25 + 0.25 (experts 1, 2): exact tie in binary fractions
+    assert vote([[0.0, 0.8, 0.6]], [[1, 0, 0]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0] == 0.0
+    assert vote([[0.8, 0.0, 0.0]], [[0, 1, 1]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0] == 0.8
+    # the heaviest expert listed last: still its answer wins the tie
+    assert vote([[0.0, 0.8, 0.6]], [[1, 0, 0]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0] == 0.0
+    assert vote([[0.8, 0.0, 0.0]], [[0, 1, 1]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0] == 0.8
+    # two experts, equal weights, different answers: the first listed of equal weights wins
+    assert vote([[0.0, 0.8]], [[1, 0]], [[1, 0]], [[0.5, 0.5]])[0] == 0.8
+    assert vote([[0.0, 0.8]], [[1, 0]], [[0, 1]], [[0.5, 0.5]])[0] == 0.0
+
+
+def test_vote_returns_score_of_winning_answer_per_query():
+    scores = [[0.0, 0.8, 0.6, 0.0], [0.3, 0.0, 0.0, 0.5]]
+    answers = [[1, 0, 0, 2], [0, 1, 1, 0]]
+    experts = [[0, 1, 2], [1, 2, 3], [0, 3, 1], [1, 2, 0]]
+    weights = [[0.5, 0.375, 0.125], [0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.4, 0.35, 0.25]]
+    out = vote(scores, answers, experts, weights)
+    # q0 (prompt 0): answer 1 has 0.5, answer 0 has 0.375 + 0.125 -> tie, expert 0 (wrong) wins
+    # q1 (prompt 1): experts 1, 2 agree on wrong answer 1 (0.8) against expert 3 (0.2)
+    # q2 (prompt 0): expert 0 wrong (1), expert 3 wrong (2), expert 1 right: 0.4 vs 0.35 vs 0.25
+    # q3 (prompt 1): experts 1, 2 wrong answer 1 (0.75) vs expert 0 right (0.25)
+    np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 0.0])
+    weights[2] = [0.3, 0.3, 0.4]  # now expert 1 (right, 0.8) carries the most weight
+    out = vote(scores, answers, experts, weights)
+    assert out[2] == 0.8
+
+
+# --- WeightedVote.assumed_answers ----------------------------------------------------------------
+
+def assumed_case(seed: int = 0):
+    rng = np.random.default_rng(123)
+    n, m = 400, 6
+    scores = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)) + 0.01, 0.0)
+    options = rng.choice([0, 2, 4, 5], size=n)
+    return scores, options, WeightedVote.assumed_answers(scores, options, seed)
+
+
+def test_assumed_answers_right_is_zero_wrong_is_a_wrong_option():
+    scores, options, agg = assumed_case()
+    right = scores > 0
+    assert np.all(agg.answers[right] == 0)
+    assert np.all(agg.answers[~right] != 0)
+    mc = options > 0
+    wrong_mc = ~right & mc[:, None]
+    upper = np.broadcast_to(options[:, None] - 1, scores.shape)
+    assert np.all(agg.answers[wrong_mc] >= 1)
+    assert np.all(agg.answers[wrong_mc] <= upper[wrong_mc])
+    # 2 options: the only wrong option is 1
+    assert np.all(agg.answers[~right & (options[:, None] == 2)] == 1)
+    # every wrong option of a 5-option prompt is used
+    assert set(agg.answers[~right & (options[:, None] == 5)]) == {1, 2, 3, 4}
+
+
+def test_assumed_answers_free_form_wrong_answers_distinct_per_expert():
+    scores, options, agg = assumed_case()
+    free = options == 0
+    assert free.any()
+    for i in np.flatnonzero(free):
+        wrong = agg.answers[i][scores[i] == 0]
+        assert len(set(wrong.tolist())) == len(wrong)
+        assert np.all(wrong != 0)
+
+
+def test_assumed_answers_seeded():
+    scores, options, a = assumed_case(seed=0)
+    _, _, b = assumed_case(seed=0)
+    _, _, c = assumed_case(seed=1)
+    np.testing.assert_array_equal(a.answers, b.answers)
+    assert not np.array_equal(a.answers, c.answers)
+    # only the wrong multiple-choice answers depend on the seed
+    fixed = (scores > 0) | (options[:, None] == 0) | (options[:, None] == 2)
+    np.testing.assert_array_equal(a.answers[fixed], c.answers[fixed])
+
+
+def test_weighted_vote_with_k2_equals_highest_weight():
+    """With two experts the vote cannot differ from following the heavier one: if they agree, both
+    return the same answer; if they disagree, each answer's total is its own expert's weight, so the
+    heavier expert's answer has the larger total, and an exact tie goes to the expert listed first
+    among equal weights — the one HighestWeight (argmax, first of equals) also picks. Checked on
+    random logits, subsets and outcomes, multiple-choice and free-form."""
+    rng = np.random.default_rng(7)
+    n, m = 2000, 5
+    scores = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)) + 0.01, 0.0).astype(np.float32)
+    options = rng.choice([0, 2, 4], size=n)
+    logits = rng.normal(size=(n, m))
+    logits[::7, 1] = logits[::7, 3]  # some exact ties in weight
+    vote_agg = WeightedVote.assumed_answers(scores, options, seed=3)
+    top_agg = HighestWeight(scores)
+    prompts = np.arange(n)
+    for allowed in (np.ones(m, bool), np.array([False, True, True, False, True]), np.array([0, 1, 0, 1, 0], bool)):
+        experts, weights = topk_in_subset(logits, allowed, 2)
+        np.testing.assert_array_equal(vote_agg.combine(prompts, experts, weights),
+                                      top_agg.combine(prompts, experts, weights))
+
+
+# --- MixturePolicy.set_subset ------------------------------------------------------------------
+
+def make_policy(k: int = 2, n_prompts: int = 300, n_experts: int = 6) -> MixturePolicy:
+    logits = np.random.default_rng(11).normal(size=(n_prompts, n_experts))
+    return MixturePolicy(GateRouter(logits), np.ones(n_experts, bool), k, HighestWeight(np.ones((n_prompts, n_experts))),
+                         0.0)
+
+
+def test_set_subset_restricts_later_decisions():
+    policy = make_policy()
+    batch = batch_of(np.arange(300))
+    before = policy.decide(batch)
+    assert len(np.unique(before.experts)) == 6  # all experts are used before the change
+    new = np.array([False, True, False, False, True, True])
+    policy.set_subset(new)
+    after = policy.decide(batch)
+    assert np.isin(after.experts, [1, 4, 5]).all()
+    expected, weights = topk_in_subset(policy.router.logits(batch), new, 2)
+    np.testing.assert_array_equal(after.experts, expected)
+    np.testing.assert_allclose(after.weights, weights)
+    policy.set_subset(np.array([1, 1, 0, 0, 0, 0]))  # integer masks are read as booleans
+    assert policy.allowed.dtype == bool
+    assert set(np.unique(policy.decide(batch).experts)) == {0, 1}
+
+
+def test_set_subset_smaller_than_k_uses_whole_subset():
+    """MixturePolicy is documented as top-min(k, |S|) of S (the coarse level may pick fewer than k
+    experts): a smaller subset is accepted and every query then goes to all of it."""
+    policy = make_policy(k=3)
+    policy.set_subset(np.array([True, False, False, False, False, True]))
+    assert policy.k_effective == 2
+    decision = policy.decide(batch_of(np.arange(50)))
+    assert decision.experts.shape == (50, 2)
+    assert np.all(np.sort(decision.experts, axis=1) == [0, 5])
+    np.testing.assert_allclose(decision.weights.sum(axis=1), 1.0)
+    policy.set_subset(np.ones(6, bool))
+    assert policy.decide(batch_of(np.arange(5))).experts.shape == (5, 3)
+
+
+def test_set_subset_empty_raises_and_keeps_old_subset():
+    policy = make_policy(k=2)
+    old = np.array([True, True, True, False, False, False])
+    policy.set_subset(old)
+    with pytest.raises(ValueError):
+        policy.set_subset(np.zeros(6, bool))
+    np.testing.assert_array_equal(policy.allowed, old)
+    assert np.isin(policy.decide(batch_of(np.arange(10))).experts, [0, 1, 2]).all()
+
+
+def test_fixed_router_follows_subset_order():
+    order = np.array([2.0, 0.0, 1.0, 3.0])
+    policy = MixturePolicy(FixedRouter(order), np.ones(4, bool), 2, HighestWeight(np.ones((5, 4))), 0.0)
+    decision = policy.decide(batch_of(np.arange(5)))
+    assert np.all(decision.experts == [1, 2])
+    policy.set_subset(np.array([True, False, False, True]))
+    assert np.all(policy.decide(batch_of(np.arange(5))).experts == [0, 3])
