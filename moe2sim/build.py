@@ -11,7 +11,7 @@ from moe2sim.aggregation import Aggregator, HighestWeight, Oracle, WeightedVote
 from moe2sim.embed import load_embeddings
 from moe2sim.errors import InputError
 from moe2sim.policy import FixedRouter, GateRouter, MixturePolicy, PriorRouter, Router, UniformRouter
-from moe2sim.problem import budgets_of, mix_weights, selection_problem, validation_utility
+from moe2sim.problem import budgets_of, mix_weights, oracle_coverage, selection_problem, validation_utility
 from moe2sim.profiles import DeviceProfile
 from moe2sim.scenario import Scenario
 from moe2sim.selection import InfeasibleBudgets, Selector
@@ -74,22 +74,30 @@ def build_router(scenario: Scenario, quality: QualityData) -> Router:
     return GateRouter(gate.logits(x, quality.prompts["task"].astype(str).to_numpy())[:, columns])
 
 
-def build_selector(scenario: Scenario, profiles: list[DeviceProfile], workload: Workload,
-                   models: list[str]) -> Selector:
-    """The selection problem on validation prompts of the scenario's categories."""
-    train = load_split(scenario, "train", models)
-    cats = prompt_categories(train, scenario)
-    rows = np.flatnonzero(validation_mask(train.prompts["prompt_id"].astype(str).to_numpy()) & (cats >= 0))
+def subset_utility(scenario: Scenario, quality: QualityData, router: Router, aggregator: Aggregator,
+                   workload: Workload, rows: np.ndarray | None = None):
+    """U(mask) and its oracle upper bound on the given prompt rows of `quality` (default: all rows
+    of the scenario's categories), averaged over categories with the scenario mix."""
+    cats = prompt_categories(quality, scenario)
+    rows = np.flatnonzero(cats >= 0) if rows is None else rows[cats[rows] >= 0]
     if len(rows) == 0:
-        raise InputError(scenario.file, "policy.selection", "no validation prompts for the scenario's categories")
+        raise InputError(scenario.file, "categories", "no prompts of the scenario's categories to evaluate on")
     batch = QueryBatch(arrival_s=np.zeros(len(rows)), category=cats[rows], prompt=rows,
                        prompt_tokens=np.ones(len(rows), np.int64), output_tokens=np.ones(len(rows), np.int64),
                        prompt_bytes=np.ones(len(rows), np.int64))
-    logits = build_router(scenario, train).logits(batch)
     weights = mix_weights(cats[rows], workload.mix)
-    utility = validation_utility(np.asarray(logits), build_aggregator(scenario, train), rows, weights,
-                                 scenario.policy.k)
-    problem = selection_problem(scenario, profiles, workload, utility, scenario.policy.selection.quantile)
+    utility = validation_utility(np.asarray(router.logits(batch)), aggregator, rows, weights, scenario.policy.k)
+    return utility, oracle_coverage(quality.scores, rows, weights)
+
+
+def build_selector(scenario: Scenario, profiles: list[DeviceProfile], workload: Workload,
+                   models: list[str]) -> Selector:
+    """The selection problem, U measured on the validation part of the train split."""
+    train = load_split(scenario, "train", models)
+    val = np.flatnonzero(validation_mask(train.prompts["prompt_id"].astype(str).to_numpy()))
+    utility, bound = subset_utility(scenario, train, build_router(scenario, train),
+                                    build_aggregator(scenario, train), workload, val)
+    problem = selection_problem(scenario, profiles, workload, utility, scenario.policy.selection.quantile, bound)
     return Selector(problem, scenario.policy.selection.method, scenario.policy.selection.seed)
 
 

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-budget", type=float, metavar="J", help="per-query energy budget (J)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S", help="a category's latency budget")
     p.add_argument("--method", default="monotone",
-                   choices=["monotone", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"])
+                   choices=["monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=cmd_select)

@@ -103,6 +103,7 @@ class Gate:
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "experts": self.experts,
                    "tasks": self.tasks, "dim": self.dim, "encoder": self.encoder, "config": asdict(self.config),
                    "info": self.info, "state_dict": self.net.state_dict()}
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(payload, tmp)
         tmp.replace(path)
@@ -120,9 +121,12 @@ class Gate:
         if payload.get("version") != CHECKPOINT_VERSION:
             raise InputError(path, "version", f"version {payload.get('version')}, this moe2sim reads "
                                               f"{CHECKPOINT_VERSION}; retrain with `moe2sim train-gate`")
-        config = TrainConfig(**payload["config"])
-        net = GateNet(payload["dim"], payload["state_dict"]["prior"], config.hidden, config.dropout)
-        net.load_state_dict(payload["state_dict"])
+        try:
+            config = TrainConfig(**payload["config"])
+            net = GateNet(payload["dim"], payload["state_dict"]["prior"], config.hidden, config.dropout)
+            net.load_state_dict(payload["state_dict"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise InputError(path, "state_dict", f"damaged checkpoint: {type(exc).__name__}: {exc}") from None
         return cls(net, list(payload["experts"]), list(payload["tasks"]), payload["dim"], payload["encoder"],
                    config, payload["info"])
 
@@ -147,6 +151,7 @@ def train_gate(x: np.ndarray, tasks: np.ndarray, scores: np.ndarray, x_val: np.n
 
     best = (val_accuracy(), {k: v.clone() for k, v in net.state_dict().items()}, -1)
     start = time.perf_counter()
+    epoch = -1  # max_epochs = 0 keeps the untrained task-prior gate
     for epoch in range(config.max_epochs):
         net.train()
         for idx in torch.randperm(len(xt), generator=gen).split(config.batch_size):

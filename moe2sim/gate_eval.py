@@ -32,13 +32,13 @@ class GateData:
     x: np.ndarray
 
     @classmethod
-    def load(cls, data: Path, split: str, experts: list[str] | None = None) -> "GateData":
+    def load(cls, data: Path, split: str, experts: list[str] | None = None, dim: int | None = None) -> "GateData":
         if experts is None:
             table = read_table(data / "quality.parquet", QUALITY_COLUMNS, "quality trace")
             experts = list(dict.fromkeys(table["expert"]))
         quality = load_quality(data / "prompts.parquet", data / "quality.parquet", experts, split)
         ids = quality.prompts["prompt_id"].astype(str).to_numpy()
-        return cls(quality, load_embeddings(data / "embeddings.npz", ids))
+        return cls(quality, load_embeddings(data / "embeddings.npz", ids, dim))
 
     @property
     def tasks(self) -> np.ndarray:
@@ -68,8 +68,8 @@ def _by_task(correct: np.ndarray, tasks: np.ndarray) -> dict[str, float]:
 def evaluate(gate: Gate, data: Path, options: dict[str, int] = DEFAULT_OPTIONS, vote_seed: int = 0
              ) -> dict[str, dict[str, float]]:
     """Method -> {pooled, <task>: test accuracy}."""
-    train = GateData.load(data, "train", gate.experts)
-    test = GateData.load(data, "test", gate.experts)
+    train = GateData.load(data, "train", gate.experts, gate.dim)
+    test = GateData.load(data, "test", gate.experts, gate.dim)
     correct_train, correct = train.quality.scores > 0, test.quality.scores > 0
     tasks, train_tasks = test.tasks, train.tasks
     n = len(tasks)

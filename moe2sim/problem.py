@@ -71,11 +71,21 @@ def validation_utility(logits: np.ndarray, aggregator: Aggregator, prompts: np.n
     return utility
 
 
-def selection_problem(scenario: Scenario, profiles: list, workload: Workload, utility, quantile: float
-                      ) -> SelectionProblem:
+def oracle_coverage(scores: np.ndarray, prompts: np.ndarray, weights: np.ndarray):
+    """bound(mask): weighted fraction of prompts some member answers right — ≥ U(T) for every T ⊆ mask."""
+    right = scores[prompts] > 0
+
+    def bound(mask: int) -> float:
+        return float((right[:, members(mask)].any(axis=1) * weights).sum())
+
+    return bound
+
+
+def selection_problem(scenario: Scenario, profiles: list, workload: Workload, utility, quantile: float,
+                      upper_bound=None) -> SelectionProblem:
     delay, energy = worst_case(scenario, profiles, workload, quantile)
     return SelectionProblem([e.name for e in scenario.experts], [c.name for c in scenario.categories],
-                            delay, energy, scenario.policy.k, utility)
+                            delay, energy, scenario.policy.k, utility, upper_bound)
 
 
 def mix_weights(categories: np.ndarray, mix: np.ndarray) -> np.ndarray:

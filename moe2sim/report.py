@@ -82,17 +82,77 @@ SUMMARY_HEADER = ["category", "queries", "accuracy", "latency mean (s)", "latenc
                   "energy/query (J)", "violation rate"]
 
 
-def write_report(path, title: str, summary: dict[str, Any], queries: pd.DataFrame,
-                 budgets: dict[str, float], notes: str = "") -> None:
-    figures = [latency_cdf(queries, budgets), accuracy_per_category(summary),
-               energy_per_expert(summary), utilisation(summary)]
+def sweep_accuracy(df: pd.DataFrame, axis: str, xlabel: str) -> plt.Figure:
+    """Test accuracy vs budget per method; hollow markers where a subset breaks the budget."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    part = df[(df["axis"] == axis) & df["feasible"]]
+    for method, g in part.groupby("method", sort=False):
+        line, = ax.plot(g["value"], g["accuracy_test"], marker="o", label=method)
+        broken = g[~g["within_budget"].astype(bool)]
+        ax.plot(broken["value"], broken["accuracy_test"], ls="", marker="o", mfc="white",
+                color=line.get_color())
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy",
+           title=f"Accuracy vs {axis} budget (hollow: subset breaks the budget)")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def sweep_subsets(df: pd.DataFrame, experts: list[str]) -> plt.Figure:
+    """MoE²'s chosen subset at each energy budget."""
+    part = df[(df["axis"] == "energy") & (df["method"] == "moe2")]
+    grid = np.array([[e in str(s).split("|") for s in part["subset"]] for e in experts], float)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1)
+    ax.set_yticks(range(len(experts)), experts, fontsize=7)
+    ax.set_xticks(range(len(part)), [f"{v:g}" for v in part["value"]], fontsize=7)
+    ax.set(xlabel="energy budget (J per query)", title="MoE² subset per energy budget (green: chosen)")
+    return fig
+
+
+def sweep_measured(df: pd.DataFrame, categories: list[str]) -> plt.Figure:
+    """Simulated energy and p95 latency of MoE² against the budgets it was given."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    e = df[(df["axis"] == "energy") & (df["method"] == "moe2") & df["feasible"]]
+    ax1.plot(e["energy_budget_J"], e["sim_energy_J_mean"], marker="o", label="mean per query")
+    ax1.plot(e["energy_budget_J"], e["sim_energy_J_max"], marker="^", label="max per query")
+    ax1.plot(e["energy_budget_J"], e["worst_energy_J"], ls="--", label="predicted worst case")
+    ax1.plot(e["energy_budget_J"], e["energy_budget_J"], "k:", label="budget")
+    ax1.set(xlabel="energy budget (J)", ylabel="J per query (simulated)", title="MoE² energy vs budget")
+    ax1.legend(fontsize=7)
+    lat = df[(df["axis"] == "latency") & (df["method"] == "moe2") & df["feasible"]]
+    for c in categories:
+        line, = ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"sim_latency_p95_s[{c}]"], marker="o", label=f"{c} p95")
+        ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"worst_delay_s[{c}]"], ls="--", color=line.get_color())
+    lo = min(lat[[f"latency_budget_s[{c}]" for c in categories]].min())
+    hi = max(lat[[f"latency_budget_s[{c}]" for c in categories]].max())
+    ax2.plot([lo, hi], [lo, hi], "k:", label="budget")
+    ax2.set(xscale="log", yscale="log", xlabel="latency budget (s)", ylabel="simulated p95 latency (s)",
+            title="MoE² latency vs budget (dashed: predicted worst case)")
+    ax2.legend(fontsize=7)
+    return fig
+
+
+def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -> str:
+    figures = [sweep_accuracy(df, "energy", "energy budget (J per query)"),
+               sweep_accuracy(df, "latency", "latency budget (x the scenario's per-category budgets)"),
+               sweep_subsets(df, experts), sweep_measured(df, categories)]
     images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
+    return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images}"
+
+
+def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.DataFrame | None,
+                 budgets: dict[str, float], notes: str = "", extra_html: str = "") -> None:
+    body = ""
+    if summary is not None:
+        figures = [latency_cdf(queries, budgets), accuracy_per_category(summary),
+                   energy_per_expert(summary), utilisation(summary)]
+        images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
+        body = f"""{_table(summary_rows(summary), SUMMARY_HEADER)}
+<p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
++ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>{images}"""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{width:48%;margin:1%}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>
-{_table(summary_rows(summary), SUMMARY_HEADER)}
-<p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
-+ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>
-{images}</body></html>"""
+{body}{extra_html}</body></html>"""
     path.write_text(page)

@@ -12,12 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from moe2sim.metrics import summarize
-from moe2sim.report import write_report
+from moe2sim.report import sweep_section, write_report
 from moe2sim.scenario import Scenario
+from moe2sim.sweep import run_sweep
 from moe2sim.twin import Twin
-
-OUTPUT_FILES = ("queries", "legs", "summary.json", "report.html")
-
 
 def write_table(df, path: Path, fmt: str) -> None:
     if fmt == "parquet":
@@ -40,13 +38,18 @@ def run_scenario(scenario: Scenario, out: Path, seed: int | None = None, progres
         write_table(queries, stage / "queries", scenario.outputs.format)
         write_table(legs, stage / "legs", scenario.outputs.format)
         (stage / "summary.json").write_text(json.dumps(summary, indent=2))
+        extra = ""
+        if scenario.sweep is not None:
+            df = run_sweep(scenario, progress=progress)
+            write_table(df, stage / "sweep", "csv")
+            extra = sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories])
         if scenario.outputs.report:
             write_report(stage / "report.html", f"moe2sim run: {scenario.name} (seed {scenario.seed})",
                          summary, queries, {c.name: c.latency_budget_s for c in scenario.categories},
-                         scenario.description)
+                         scenario.description, extra)
         out.mkdir(exist_ok=True)
         for old in out.iterdir():
-            if old.name.split(".")[0] in ("queries", "legs", "summary", "report"):
+            if old.name.split(".")[0] in ("queries", "legs", "summary", "report", "sweep"):
                 old.unlink()
         for f in stage.iterdir():
             f.replace(out / f.name)

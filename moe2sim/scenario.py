@@ -114,11 +114,13 @@ Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="proce
 class SelectionConfig(Strict):
     """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
 
-    monotone: MoE²'s exact discrete monotonic optimisation; exhaustive: the reference; the rest are
-    baselines (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
+    monotone: MoE²'s discrete monotonic optimisation (exact when U is monotone); exact: the same search
+    with a bound valid for any U; exhaustive: the reference; the rest are baselines
+    (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
     """
 
-    method: Literal["none", "monotone", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"] = "none"
+    method: Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
+                    "all_fit"] = "none"
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
     seed: int = Field(0, description="seed of the random baseline")
@@ -137,6 +139,16 @@ class PolicyConfig(Strict):
     aggregation_s: NonNegativeFloat = 0.005
     vote_seed: int = Field(0, description="seed of the assumed wrong answers in weighted_vote")
     selection: SelectionConfig = SelectionConfig()
+
+
+class SweepConfig(Strict):
+    """Budget sweeps drawn into the report: one axis varied at a time, the other at the scenario's values."""
+
+    energy_budget_J: list[PositiveFloat] = Field(default_factory=list)
+    latency_scale: list[PositiveFloat] = Field(default_factory=list, description="x each category's latency budget")
+    methods: list[Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]] = [
+        "moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
+    simulate: bool = True
 
 
 class Traces(Strict):
@@ -165,6 +177,7 @@ class Scenario(Strict):
     arrivals: Arrivals
     policy: PolicyConfig = PolicyConfig()
     outputs: Outputs = Outputs()
+    sweep: SweepConfig | None = None
     # Set by the loader, not by users: the scenario file (relative paths are resolved from its folder).
     file: Path = Field(Path("scenario.yaml"), exclude=True)
 

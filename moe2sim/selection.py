@@ -15,9 +15,13 @@ best-first branch and bound below is exact:
 - otherwise branch on the first candidate (in / out); nodes whose bound cannot beat the
   incumbent are pruned, and the search stops when the best open bound cannot.
 
-Measured U need not be monotone. Then the bound may be optimistic or pessimistic; we repair by
-descending from the returned set (drop an expert while that raises U) and we measure, against
-exhaustive search, how often the answer still differs (benchmarks/RESULTS.md).
+Measured U need not be monotone (it is not, on the bundled data). Then U(S ∪ candidates) is no
+bound and the search can prune the optimum. Two repairs: `monotone` descends from its answer
+(drop an expert while that raises U); `exact` runs the same search with a bound that holds for
+any U — the oracle accuracy of the set (a mixture can only be right where some member is), which
+only grows with the set — and takes every visited S as a candidate: always the exhaustive
+optimum, at the price of more evaluations. How often `monotone` loses, and how much, on the real
+problem: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -43,13 +47,21 @@ class SelectionProblem:
     energy_J: np.ndarray     # (N,) worst-case active energy of one query on expert n
     k: int
     utility: Callable[[int], float]  # U of a subset given as a bitmask over experts
+    upper_bound: Callable[[int], float] | None = None  # ≥ U(T) for every T ⊆ the argument (for solve_exact)
     cache: dict[int, float] = field(default_factory=dict)
+    touched: set[int] = field(default_factory=set)  # subsets whose U the current solve looked up
+
+    def begin(self) -> float:
+        """Start counting a solve's evaluations; returns the start time."""
+        self.touched = set()
+        return time.perf_counter()
 
     @property
     def n(self) -> int:
         return len(self.names)
 
     def U(self, mask: int) -> float:
+        self.touched.add(mask)
         if mask not in self.cache:
             self.cache[mask] = self.utility(mask) if mask else 0.0
         return self.cache[mask]
@@ -83,7 +95,7 @@ class InfeasibleBudgets(ValueError):
 class Selection:
     mask: int
     utility: float
-    evaluated: int     # distinct subsets whose U was computed
+    evaluated: int     # distinct subsets whose U the solve needed
     seconds: float
     method: str
 
@@ -107,6 +119,8 @@ def check_feasible(problem: SelectionProblem, budgets: Budgets) -> np.ndarray:
     if not energy_ok.any():
         reasons.append(f"energy budget ({budgets.energy_J:.3g} J) is below every expert's worst-case energy "
                        f"(cheapest {problem.energy_J.min():.3g} J)")
+    if not reasons and not delay_ok.any():
+        reasons.append("no single expert meets every category's latency budget at once")
     if not reasons:
         reasons.append("every expert that meets the latency budgets exceeds the energy budget, and vice versa")
     raise InfeasibleBudgets("; ".join(reasons))
@@ -114,7 +128,7 @@ def check_feasible(problem: SelectionProblem, budgets: Budgets) -> np.ndarray:
 
 def solve_exhaustive(problem: SelectionProblem, budgets: Budgets) -> Selection:
     """Reference: U of every feasible non-empty subset of the experts that fit alone."""
-    start, before = time.perf_counter(), len(problem.cache)
+    start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
     best_mask, best_u = 0, -np.inf
     for r in range(1, 1 << len(alone)):
@@ -123,23 +137,27 @@ def solve_exhaustive(problem: SelectionProblem, budgets: Budgets) -> Selection:
             u = problem.U(mask)
             if u > best_u + 1e-12 or (abs(u - best_u) <= 1e-12 and mask.bit_count() < best_mask.bit_count()):
                 best_mask, best_u = mask, u
-    return Selection(best_mask, best_u, len(problem.cache) - before, time.perf_counter() - start, "exhaustive")
+    return Selection(best_mask, best_u, len(problem.touched), time.perf_counter() - start, "exhaustive")
 
 
-def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = True) -> Selection:
-    """Best-first branch and bound over the subset lattice (exact when U is non-decreasing)."""
-    start, before = time.perf_counter(), len(problem.cache)
+def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = True,
+                   bound: Callable[[int], float] | None = None, method: str = "monotone") -> Selection:
+    """Best-first branch and bound over the subset lattice.
+
+    bound=None uses U itself as the bound and takes a feasible S ∪ candidates as its node's best
+    completion: exact when U is non-decreasing (MoE²'s assumption). With a `bound` that is a valid
+    upper bound of U on every subset of its argument (e.g. the oracle accuracy of the set), every
+    node's own S is a candidate and nothing is assumed of U: exact for any U.
+    """
+    start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
     order = sorted(alone, key=lambda j: -problem.U(1 << int(j)))
     energy, cap, k = problem.energy_J, budgets.energy_J + 1e-9, problem.k
+    assume_monotone = bound is None
+    bound = bound or problem.U
 
     def fits(top: list[float], j: int) -> bool:
         return sum(sorted(top + [energy[j]], reverse=True)[:k]) <= cap
-
-    def expand(mask: int, top: list[float], i: int) -> tuple[float, int, list[int]]:
-        cand = [j for j in order[i:] if fits(top, j)]
-        full = mask | to_mask(cand)
-        return problem.U(full), full, cand
 
     best_mask, best_u = 0, -np.inf
     counter = 0
@@ -147,16 +165,20 @@ def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = T
 
     def push(mask: int, top: list[float], i: int) -> None:
         nonlocal best_mask, best_u, counter
-        bound, full, cand = expand(mask, top, i)
-        if bound <= best_u + 1e-12:
-            return
-        if problem.energy_of(full) <= cap:
-            best_mask, best_u = full, bound
-            return
         if mask and problem.U(mask) > best_u + 1e-12:
             best_mask, best_u = mask, problem.U(mask)
+        cand = [j for j in order[i:] if fits(top, j)]
+        if not cand:
+            return
+        full = mask | to_mask(cand)
+        upper = bound(full)
+        if upper <= best_u + 1e-12:
+            return
+        if assume_monotone and problem.energy_of(full) <= cap:
+            best_mask, best_u = full, upper
+            return
         counter += 1
-        heapq.heappush(heap, (-bound, counter, mask, top, order.index(cand[0])))
+        heapq.heappush(heap, (-upper, counter, mask, top, order.index(cand[0])))
 
     push(0, [], 0)
     while heap:
@@ -166,9 +188,16 @@ def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = T
         j = order[pos]
         push(mask | 1 << int(j), sorted(top + [energy[j]], reverse=True)[:k], pos + 1)
         push(mask, top, pos + 1)
-    if repair:
+    if repair and assume_monotone:
         best_mask, best_u = _descend(problem, best_mask, best_u)
-    return Selection(best_mask, best_u, len(problem.cache) - before, time.perf_counter() - start, "monotone")
+    return Selection(best_mask, best_u, len(problem.touched), time.perf_counter() - start, method)
+
+
+def solve_exact(problem: SelectionProblem, budgets: Budgets) -> Selection:
+    """Branch and bound with the problem's valid upper bound (exact for non-monotone U too)."""
+    if problem.upper_bound is None:
+        raise ValueError("solve_exact needs problem.upper_bound")
+    return solve_monotone(problem, budgets, bound=problem.upper_bound, method="exact")
 
 
 def _descend(problem: SelectionProblem, mask: int, u: float) -> tuple[int, float]:
@@ -206,46 +235,46 @@ def binding_constraints(problem: SelectionProblem, mask: int, budgets: Budgets) 
 
 def solve_best_single(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
     """Baseline: the one feasible expert with the highest U."""
-    start, before = time.perf_counter(), len(problem.cache)
+    start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
     best = max(alone, key=lambda j: problem.U(1 << int(j)))
-    return Selection(1 << int(best), problem.U(1 << int(best)), len(problem.cache) - before,
+    return Selection(1 << int(best), problem.U(1 << int(best)), len(problem.touched),
                      time.perf_counter() - start, "best_single")
 
 
-def _grow(problem: SelectionProblem, budgets: Budgets, order: list[int], method: str, start: float,
-          before: int) -> Selection:
+def _grow(problem: SelectionProblem, budgets: Budgets, order: list[int], method: str, start: float) -> Selection:
     mask = 0
     for j in order:
         if problem.feasible(mask | 1 << int(j), budgets):
             mask |= 1 << int(j)
-    return Selection(mask, problem.U(mask), len(problem.cache) - before, time.perf_counter() - start, method)
+    return Selection(mask, problem.U(mask), len(problem.touched), time.perf_counter() - start, method)
 
 
 def solve_greedy_energy(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
     """Baseline: add experts by U({n}) / E[n], best first, while the budgets hold."""
-    start, before = time.perf_counter(), len(problem.cache)
+    start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
     order = sorted(alone, key=lambda j: -problem.U(1 << int(j)) / max(problem.energy_J[j], 1e-9))
-    return _grow(problem, budgets, order, "greedy_energy", start, before)
+    return _grow(problem, budgets, order, "greedy_energy", start)
 
 
 def solve_random(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
     """Baseline: add the feasible experts in a random order while the budgets hold (a random maximal set)."""
-    start, before = time.perf_counter(), len(problem.cache)
+    start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
-    return _grow(problem, budgets, list(rng.permutation(alone)), "random", start, before)
+    return _grow(problem, budgets, list(rng.permutation(alone)), "random", start)
 
 
 def solve_all_fit(problem: SelectionProblem, budgets: Budgets, rng: np.random.Generator) -> Selection:
     """Baseline: every expert that fits the budgets on its own, jointly feasible or not."""
-    start, before = time.perf_counter(), len(problem.cache)
+    start = problem.begin()
     mask = to_mask(np.flatnonzero(check_feasible(problem, budgets)))
-    return Selection(mask, problem.U(mask), len(problem.cache) - before, time.perf_counter() - start, "all_fit")
+    return Selection(mask, problem.U(mask), len(problem.touched), time.perf_counter() - start, "all_fit")
 
 
 SOLVERS: dict[str, Callable[[SelectionProblem, Budgets, np.random.Generator], Selection]] = {
     "monotone": lambda p, b, rng: solve_monotone(p, b),
+    "exact": lambda p, b, rng: solve_exact(p, b),
     "exhaustive": lambda p, b, rng: solve_exhaustive(p, b),
     "best_single": solve_best_single,
     "greedy_energy": solve_greedy_energy,

@@ -1,7 +1,7 @@
 """Assembling a runnable twin from a scenario: data, expert servers, workload, policy."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.profiles import DeviceProfile, load_profile
 from moe2sim.scenario import Scenario
+from moe2sim.selection import Budgets
 from moe2sim.service import ProfileService, TraceReplayService
 from moe2sim.sim import EdgeSimulation, ExpertServer, SimResult, query_records
 from moe2sim.traces import QualityData, load_quality
@@ -56,6 +57,14 @@ class Twin:
         workload = Workload(scenario, quality)
         return cls(scenario, quality, profiles, servers, workload,
                    build_policy(scenario, quality, profiles, workload))
+
+    def with_budgets(self, budgets: Budgets) -> "Twin":
+        """The same twin judged against other budgets (the policy's subset is not re-solved here)."""
+        scenario = self.scenario.model_copy(update={
+            "energy_budget_J": budgets.energy_J,
+            "categories": [c.model_copy(update={"latency_budget_s": float(t)})
+                           for c, t in zip(self.scenario.categories, budgets.latency_s)]})
+        return replace(self, scenario=scenario)
 
     def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
         """Run the scenario; returns the raw result and the per-query and per-leg records."""

@@ -109,7 +109,7 @@ def byo(tmp_path_factory) -> dict[str, Any]:
     files = {key: write_json(base / f"{key[0]}-{key[1]}.json", recs) for key, recs in records.items()}
     data = base / "data"
     assert main(embed_args(files, data)) == 0
-    assert main(["train-gate", "--data", str(data), "--epochs", "5", "--hidden", "64"]) == 0
+    assert main(["train-gate", "--data", str(data), "--epochs", "5"]) == 0
     return {"base": base, "records": records, "files": files, "data": data}
 
 

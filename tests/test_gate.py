@@ -74,7 +74,6 @@ def gates() -> dict[tuple[str, int], Gate]:
             cache[(loss, seed)] = train(loss, seed)
         return cache[(loss, seed)]
 
-    get.cache = cache
     return get
 
 
@@ -216,14 +215,18 @@ def test_same_seed_same_weights_different_seed_different(gates):
     assert not np.array_equal(a.logits(TEST[0], TEST[1]), c.logits(TEST[0], TEST[1]))
 
 
-def test_zero_epochs_is_not_a_crash(tmp_path, capsys):
+def test_zero_epochs_is_not_a_crash():
     """`train-gate --epochs 0` (or TrainConfig(max_epochs=0)) must either give the untrained
     (task-prior) gate or a clean input error — not an UnboundLocalError traceback.
 
     Library bug (moe2sim/gate.py, train_gate): `epoch` is only bound inside the epoch loop, and
     `gate.info = {..., "epochs_run": epoch + 1, ...}` reads it after the loop.
     """
-    gate = train("bce", 0, max_epochs=0)
+    try:
+        gate = train("bce", 0, max_epochs=0)
+    except (ValueError, InputError) as exc:  # rejecting it cleanly is a fix too
+        assert "epoch" in str(exc)
+        return
     assert gate.info["epochs_run"] == 0
     np.testing.assert_array_equal(gate.logits(TEST[0], TEST[1]), untrained(*TRAIN).logits(TEST[0], TEST[1]))
 
