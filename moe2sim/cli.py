@@ -140,6 +140,55 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(flag, text, "expected comma-separated numbers") from None
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from moe2sim.report import sweep_section, write_report
+    from moe2sim.run import write_table
+    from moe2sim.scenario import SweepConfig
+    from moe2sim.sweep import comparison, run_sweep
+
+    scenario = load_scenario(args.scenario, args.set)
+    base = scenario.sweep or SweepConfig()
+    update = {"energy_budget_J": _floats(args.energy_budgets, "--energy-budgets"),
+              "latency_scale": _floats(args.latency_scales, "--latency-scales"),
+              "methods": args.methods.split(",") if args.methods else None}
+    try:
+        sweep = SweepConfig.model_validate({**base.model_dump(), **{k: v for k, v in update.items() if v is not None}})
+    except ValueError as exc:
+        raise InputError("moe2sim sweep", "options", str(exc).splitlines()[-1]) from None
+    if not sweep.energy_budget_J and not sweep.latency_scale:
+        raise InputError(args.scenario, "sweep", "nothing to sweep: give --energy-budgets and/or --latency-scales")
+    scenario = scenario.model_copy(update={"sweep": sweep})
+    df = run_sweep(scenario, jobs=args.jobs, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path("runs") / f"{scenario.name}-sweep"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        write_table(df, stage / "sweep", "csv")
+        write_report(stage / "report.html", f"moe2sim sweep: {scenario.name}", None, None, {}, scenario.description,
+                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories]))
+        out.mkdir(exist_ok=True)
+        for f in stage.iterdir():
+            f.replace(out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print("mean test accuracy over the budget points where each method keeps the budgets:")
+    print(comparison(df).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {out}/sweep.csv and {out}/report.html")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--set", **overrides)
     p.set_defaults(func=cmd_select)
+
+    p = sub.add_parser("sweep", help="MoE² and baselines across energy / latency budgets: table and trade-off figures")
+    p.add_argument("scenario")
+    p.add_argument("--energy-budgets", metavar="J,J,...", help="energy budgets (default: the scenario's sweep block)")
+    p.add_argument("--latency-scales", metavar="X,X,...", help="multipliers of every category's latency budget")
+    p.add_argument("--methods", metavar="M,M,...", help="moe2,best_single,greedy_energy,random,all_fit,uniform_vote")
+    p.add_argument("--jobs", type=int, help="worker processes (default: all cores)")
+    p.add_argument("--out", help="output folder (default runs/<scenario>-sweep)")
+    p.add_argument("--set", **overrides)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("embed", help="outcome JSON files -> prompt, quality and embedding tables for train-gate/run")
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")

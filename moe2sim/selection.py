@@ -151,7 +151,9 @@ def solve_monotone(problem: SelectionProblem, budgets: Budgets, repair: bool = T
     """
     start = problem.begin()
     alone = np.flatnonzero(check_feasible(problem, budgets))
-    order = sorted(alone, key=lambda j: -problem.U(1 << int(j)))
+    # Branch on the most energy-hungry experts first: once k are in, every cheaper candidate
+    # fits, S ∪ candidates is feasible and the node closes (fewer nodes when energy binds).
+    order = sorted(alone, key=lambda j: -problem.energy_J[j])
     energy, cap, k = problem.energy_J, budgets.energy_J + 1e-9, problem.k
     assume_monotone = bound is None
     bound = bound or problem.U
