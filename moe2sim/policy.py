@@ -99,6 +99,7 @@ class MixturePolicy:
     aggregator: Aggregator
     aggregation_s: float
     selector: Selector | None = None
+    budgets: Budgets | None = None  # the budgets the subset was last chosen for
 
     def set_subset(self, allowed: np.ndarray) -> None:
         if not allowed.any():
@@ -111,6 +112,7 @@ class MixturePolicy:
         allowed = np.zeros(len(self.allowed), bool)
         allowed[members(selection.mask)] = True
         self.set_subset(allowed)
+        self.budgets = budgets
         return selection
 
     @property

@@ -90,14 +90,25 @@ class Poisson(Strict):
     rate_per_s: PositiveFloat
 
 
+class Bursts(Strict):
+    """Bursts on top of the diurnal rate: a two-state Markov-modulated Poisson process whose rate is
+    multiplied by `factor` during bursts; burst and gap durations are exponential."""
+
+    factor: Annotated[float, Field(gt=1)] = 3.0
+    mean_duration_s: PositiveFloat = 600.0
+    mean_gap_s: PositiveFloat = 7200.0
+
+
 class Diurnal(Strict):
-    """Non-homogeneous Poisson: rate(t) = mean_rate * (1 + amplitude * sin(2π (t - phase_s) / period_s))."""
+    """Non-homogeneous Poisson: rate(t) = mean_rate * (1 + amplitude * sin(2π (t - phase_s) / period_s)),
+    times the burst factor while a burst is on (if `bursts` is set)."""
 
     process: Literal["diurnal"]
     mean_rate_per_s: PositiveFloat
     amplitude: Annotated[float, Field(ge=0, lt=1)] = 0.5
     period_s: PositiveFloat = 86_400.0
     phase_s: float = 0.0
+    bursts: Bursts | None = None
 
 
 class Replay(Strict):
@@ -151,6 +162,37 @@ class SweepConfig(Strict):
     simulate: bool = True
 
 
+class RewardWeights(Strict):
+    """reward per window = quality·(correct answers) − latency_violation·(answers past their budget)
+    − energy_overshoot_per_kJ·(kJ of active energy spent beyond the episode allowance in the window)."""
+
+    quality: NonNegativeFloat = 1.0
+    latency_violation: NonNegativeFloat = 1.0
+    energy_overshoot_per_kJ: NonNegativeFloat = 1.0
+
+
+class EnvConfig(Strict):
+    """The Gymnasium environment: one step = one control window; the agent sets the budgets."""
+
+    window_s: PositiveFloat = 300.0
+    windows: Annotated[int, Field(ge=1)] = 288
+    energy_budget_J: tuple[PositiveFloat, PositiveFloat] = (150.0, 1500.0)
+    latency_scale: tuple[PositiveFloat, PositiveFloat] = Field(
+        (0.3, 2.0), description="range of the multiplier of every category's latency budget")
+    energy_allowance_J: PositiveFloat = Field(5e6, description="active energy the episode may spend")
+    action: Literal["box", "discrete"] = "box"
+    discrete_levels: Annotated[int, Field(ge=2)] = 5
+    reward: RewardWeights = RewardWeights()
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "EnvConfig":
+        for name in ("energy_budget_J", "latency_scale"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name}: the lower end must be below the upper end")
+        return self
+
+
 class Traces(Strict):
     prompts: str = "prompts.parquet"
     quality: str = "quality.parquet"
@@ -178,6 +220,7 @@ class Scenario(Strict):
     policy: PolicyConfig = PolicyConfig()
     outputs: Outputs = Outputs()
     sweep: SweepConfig | None = None
+    env: EnvConfig | None = None
     # Set by the loader, not by users: the scenario file (relative paths are resolved from its folder).
     file: Path = Field(Path("scenario.yaml"), exclude=True)
 

@@ -26,7 +26,7 @@ from simpy.events import Timeout
 
 from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Link
-from moe2sim.selection import worst_delay
+from moe2sim.selection import Budgets, worst_delay
 from moe2sim.service import ServiceModel
 from moe2sim.workload import QueryBatch
 
@@ -58,6 +58,7 @@ class Plan:
     subset: str                # the allowed subset S when the batch was routed
     worst_delay_s: np.ndarray  # (n,) predicted worst-case delay of S for the query's category (NaN: no selector)
     worst_energy_J: float      # predicted worst-case energy of S (NaN: no selector)
+    budgets: Budgets | None    # budgets in force when routed (None: the scenario's)
     start_s: np.ndarray = field(init=False)
     service_s: list[list[float]] = field(init=False)
 
@@ -149,7 +150,7 @@ class EdgeSimulation:
         else:
             worst, worst_energy = np.full(len(batch), np.nan), np.nan
         return Plan(batch, experts, decision.weights, self.policy.aggregate(batch, decision),
-                    up, down, ttft, dec, energy, subset, worst, worst_energy)
+                    up, down, ttft, dec, energy, subset, worst, worst_energy, self.policy.budgets)
 
     def _feed(self, batches: Iterator[QueryBatch], on_batch: Callable[[QueryBatch], None]):
         env = self.env
@@ -164,11 +165,21 @@ class EdgeSimulation:
                     Timeout(env, delay, (plan, i, j)).callbacks.append(arrive[experts[j]])
             on_batch(batch)
 
+    def start(self, batches: Iterator[QueryBatch], on_batch: Callable[[QueryBatch], None] = lambda b: None) -> None:
+        self.env.process(self._feed(batches, on_batch))
+
+    def advance(self, until: float | None = None) -> None:
+        """Simulate up to `until` (events at exactly `until` are left for later), or to the end."""
+        self.env.run(until)
+
+    def result(self) -> SimResult:
+        return SimResult(self.plans, self.experts, float(self.env.now), self.policy.aggregation_s)
+
     def run(self, batches: Iterator[QueryBatch],
             on_batch: Callable[[QueryBatch], None] = lambda b: None) -> SimResult:
-        self.env.process(self._feed(batches, on_batch))
-        self.env.run()
-        return SimResult(self.plans, self.experts, float(self.env.now), self.policy.aggregation_s)
+        self.start(batches, on_batch)
+        self.advance()
+        return self.result()
 
 
 def _plan_records(p: Plan, names: np.ndarray, budgets: np.ndarray, energy_budget_J: float, aggregation_s: float,
@@ -180,13 +191,15 @@ def _plan_records(p: Plan, names: np.ndarray, budgets: np.ndarray, energy_budget
     done = (leg_end + p.downlink_s).max(axis=1) + aggregation_s
     latency = done - b.arrival_s
     energy = p.energy_J.sum(axis=1)
+    if p.budgets is not None:
+        budgets, energy_budget_J = p.budgets.latency_s, p.budgets.energy_J
     query = {
         "query_id": ids, "category": b.category, "prompt_id": prompt_ids[b.prompt], "arrival_s": b.arrival_s,
         "finish_s": done, "latency_s": latency, "prompt_tokens": b.prompt_tokens, "output_tokens": b.output_tokens,
         "experts": ["|".join(r) for r in names[p.experts]], "k": np.full(n, k), "score": p.score,
         "correct": p.score > 0, "energy_J": energy, "latency_budget_s": budgets[b.category],
-        "latency_violation": latency > budgets[b.category], "energy_violation": energy > energy_budget_J,
-        "subset": np.repeat(p.subset, n), "predicted_worst_delay_s": p.worst_delay_s,
+        "latency_violation": latency > budgets[b.category], "energy_budget_J": np.full(n, energy_budget_J),
+        "energy_violation": energy > energy_budget_J, "subset": np.repeat(p.subset, n), "predicted_worst_delay_s": p.worst_delay_s,
         "predicted_worst_energy_J": np.full(n, p.worst_energy_J),
     }
     leg = {

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from moe2sim.errors import InputError
-from moe2sim.scenario import Diurnal, FixedTokens, GeometricTokens, LognormalTokens, Poisson, Replay, Scenario
+from moe2sim.scenario import Bursts, Diurnal, FixedTokens, GeometricTokens, LognormalTokens, Poisson, Replay, Scenario
 from moe2sim.traces import QualityData, read_table
 
 CHUNK = 8192
@@ -42,6 +42,16 @@ class QueryBatch:
     def output_bytes(self) -> np.ndarray:
         return self.output_tokens * BYTES_PER_TOKEN
 
+    def take(self, index: slice | np.ndarray) -> "QueryBatch":
+        return QueryBatch(self.arrival_s[index], self.category[index], self.prompt[index],
+                          self.prompt_tokens[index], self.output_tokens[index], self.prompt_bytes[index])
+
+
+def _runs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop indices of the runs of equal consecutive labels."""
+    cut = np.flatnonzero(np.diff(labels)) + 1
+    return np.r_[0, cut], np.r_[cut, len(labels)]
+
 
 def _poisson_times(rate: float, rng: np.random.Generator) -> Iterator[np.ndarray]:
     t = 0.0
@@ -51,10 +61,29 @@ def _poisson_times(rate: float, rng: np.random.Generator) -> Iterator[np.ndarray
         yield times
 
 
+class _BurstClock:
+    """On/off burst periods with exponential durations, generated lazily as time advances."""
+
+    def __init__(self, bursts: Bursts, rng: np.random.Generator):
+        self.bursts, self.rng = bursts, rng
+        self.edges = [0.0]  # alternating gap/burst boundaries, starting in a gap
+
+    def factor(self, times: np.ndarray) -> np.ndarray:
+        while self.edges[-1] <= times[-1]:
+            mean = self.bursts.mean_gap_s if len(self.edges) % 2 else self.bursts.mean_duration_s
+            self.edges.append(self.edges[-1] + self.rng.exponential(mean))
+        in_burst = np.searchsorted(self.edges, times, side="right") % 2 == 0
+        return np.where(in_burst, self.bursts.factor, 1.0)
+
+
 def _diurnal_times(cfg: Diurnal, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    peak = cfg.mean_rate_per_s * (1 + cfg.amplitude)
+    burst_factor = cfg.bursts.factor if cfg.bursts else 1.0
+    clock = _BurstClock(cfg.bursts, np.random.default_rng(rng.integers(2**63))) if cfg.bursts else None
+    peak = cfg.mean_rate_per_s * (1 + cfg.amplitude) * burst_factor
     for times in _poisson_times(peak, rng):
         rate = cfg.mean_rate_per_s * (1 + cfg.amplitude * np.sin(2 * np.pi * (times - cfg.phase_s) / cfg.period_s))
+        if clock is not None:
+            rate = rate * clock.factor(times)
         keep = rng.random(len(times)) * peak < rate
         yield times[keep]
 
@@ -106,8 +135,9 @@ class Workload:
         self.trace_tokens = quality.prompts["prompt_tokens"].to_numpy(np.int64)
         self.trace_bytes = quality.prompts["prompt_bytes"].to_numpy(np.int64)
 
-    def batches(self, rng: np.random.Generator) -> Iterator[QueryBatch]:
-        """Arrival chunks until duration_s or `queries` arrivals, whichever the scenario sets."""
+    def batches(self, rng: np.random.Generator, window_s: float | None = None) -> Iterator[QueryBatch]:
+        """Arrival chunks until duration_s or `queries` arrivals, whichever the scenario sets;
+        with window_s, no chunk spans two control windows [i·window_s, (i+1)·window_s)."""
         sc = self.scenario
         horizon = sc.duration_s if sc.duration_s is not None else np.inf
         remaining = sc.queries if sc.queries is not None else np.iinfo(np.int64).max
@@ -116,7 +146,13 @@ class Workload:
             if cats is not None:
                 cats = cats[: len(times)]
             if len(times):
-                yield self._batch(times, cats, rng)
+                batch = self._batch(times, cats, rng)
+                if window_s is None:
+                    yield batch
+                else:
+                    window = np.floor(times / window_s)
+                    for start, stop in zip(*_runs(window)):
+                        yield batch.take(slice(start, stop))
                 remaining -= len(times)
             if remaining <= 0 or len(times) == 0 or times[-1] >= horizon:
                 return

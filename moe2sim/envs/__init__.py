@@ -1,0 +1,30 @@
+"""Gymnasium environments: an agent sets MoE²'s energy and latency budgets as load changes.
+
+Registered ids (usable with gymnasium.make once moe2sim.envs is imported, or through the
+`gymnasium.envs` entry point): moe2sim/Budget-v0 (the MoE² testbed under diurnal, bursty load),
+moe2sim/BudgetDiscrete-v0 (the same with a discrete action), and one per bundled scenario:
+moe2sim/Paper-v0, moe2sim/Quickstart-v0. Keyword arguments of gymnasium.make: scenario, overrides,
+window_s, windows, action ("box" | "discrete").
+"""
+from gymnasium.envs.registration import register, registry
+
+from moe2sim.envs.budget_env import SCENARIOS, BudgetEnv
+from moe2sim.envs.handler import BudgetHandler, WindowStats
+
+ENV_IDS = {
+    "moe2sim/Budget-v0": dict(scenario=SCENARIOS / "budget_env.yaml"),
+    "moe2sim/BudgetDiscrete-v0": dict(scenario=SCENARIOS / "budget_env.yaml", action="discrete"),
+    "moe2sim/Paper-v0": dict(scenario=SCENARIOS / "paper.yaml"),
+    "moe2sim/Quickstart-v0": dict(scenario=SCENARIOS / "quickstart.yaml"),
+}
+
+
+def register_envs() -> None:
+    for env_id, kwargs in ENV_IDS.items():
+        if env_id not in registry:
+            register(id=env_id, entry_point="moe2sim.envs.budget_env:BudgetEnv", kwargs=kwargs)
+
+
+register_envs()
+
+__all__ = ["BudgetEnv", "BudgetHandler", "WindowStats", "ENV_IDS", "register_envs"]
