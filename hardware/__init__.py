@@ -1,5 +1,5 @@
-"""hardware/: measure real devices and run moe2sim policies live (imports moe2sim, never the reverse).
+"""hardware/: measure real devices, serve experts with metered energy, run moe2sim policies live,
+and compare simulated against measured records. Imports moe2sim, never the reverse.
 
-Empty frame for now: energy meters, LLM backends and the collect/fit/serve/live/compare
-commands arrive with the hardware issue.
+    python -m hardware collect | fit | serve | live | compare   (also `moe2sim-hw`)
 """

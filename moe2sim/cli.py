@@ -189,6 +189,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from moe2sim.run import rollout
+
+    load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built
+    out = Path(args.out) if args.out else Path("runs") / f"rollout-{Path(args.agent).stem}"
+    summary = rollout(args.scenario, args.set, args.agent, out, args.seed, args.windows)
+    _print_table(summary_rows(summary), SUMMARY_HEADER)
+    print(f"agent {args.agent}: episode reward {summary['episode_reward']:.1f} over {summary['windows']} windows; "
+          f"wrote {out}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", **overrides)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("rollout", help="roll out a budget-setting agent in the gym environment; same outputs as run")
+    p.add_argument("scenario", help="a scenario with an env block, e.g. scenarios/budget_env.yaml")
+    p.add_argument("--agent", default="fixed", help="fixed | rule | path of a saved agent (.pt)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--windows", type=int, help="episode length in control windows (default: the scenario's)")
+    p.add_argument("--out", help="output folder (default runs/rollout-<agent>)")
+    p.add_argument("--set", **overrides)
+    p.set_defaults(func=cmd_rollout)
 
     p = sub.add_parser("embed", help="outcome JSON files -> prompt, quality and embedding tables for train-gate/run")
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")

@@ -140,6 +140,33 @@ def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -
     return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images}"
 
 
+def windows_plot(windows: pd.DataFrame, categories: list[str]) -> plt.Figure:
+    """Per window: the budgets the agent set, the load, and the reward."""
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    hours = windows["time_s"] / 3600
+    ax = axes[0]
+    ax.plot(hours, windows["energy_budget_J"], color="k", label="energy budget (J)")
+    ax.set_ylabel("energy budget (J)")
+    twin = ax.twinx()
+    for c in categories:
+        twin.plot(hours, windows[f"latency_budget_s[{c}]"], lw=0.8, label=f"{c} latency budget (s)")
+    twin.set_ylabel("latency budget (s)")
+    twin.legend(fontsize=6, loc="upper right")
+    axes[1].plot(hours, windows["arrivals"], label="arrival rate (q/s)")
+    axes[1].plot(hours, windows["queue_max"], label="longest queue")
+    axes[1].set_ylabel("load")
+    axes[1].legend(fontsize=7)
+    axes[2].plot(hours, windows["reward"], color="tab:green")
+    axes[2].set(ylabel="reward", xlabel="time (h)")
+    axes[0].set_title("Per control window: budgets, load, reward")
+    return fig
+
+
+def windows_section(windows: pd.DataFrame, categories: list[str]) -> str:
+    return (f"<h2>Control windows ({len(windows)}), total reward {windows['reward'].sum():.1f}</h2>"
+            f'<img style="width:98%" src="data:image/png;base64,{_png(windows_plot(windows, categories))}">')
+
+
 def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.DataFrame | None,
                  budgets: dict[str, float], notes: str = "", extra_html: str = "") -> None:
     body = ""

@@ -1,0 +1,82 @@
+"""`hardware compare`: simulated vs measured (live or collected) records of the same workload ->
+error table (mean and p95 latency, energy per query; per category and per expert) and plots.
+
+Errors are signed relative errors, (simulated − measured) / measured, in %. Energy is compared
+only where the measured side has it (a run without a meter has NaN energy, reported as such).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _read(folder) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from pathlib import Path
+
+    from moe2sim.errors import InputError
+
+    folder = Path(folder)
+    tables = []
+    for stem in ("queries", "legs"):
+        found = [p for p in (folder / f"{stem}.parquet", folder / f"{stem}.csv") if p.exists()]
+        if not found:
+            raise InputError(folder, stem, f"no {stem}.parquet or {stem}.csv (not a run folder)")
+        tables.append(pd.read_parquet(found[0]) if found[0].suffix == ".parquet" else pd.read_csv(found[0]))
+    return tables[0], tables[1]
+
+
+def _pct(sim: float, real: float) -> float:
+    return float((sim - real) / real * 100) if real and np.isfinite(real) and np.isfinite(sim) else np.nan
+
+
+def error_table(sim_dir, real_dir) -> pd.DataFrame:
+    sq, sl = _read(sim_dir)
+    rq, rl = _read(real_dir)
+    rows = []
+
+    def add(level: str, name: str, s_lat: pd.Series, r_lat: pd.Series, s_e: pd.Series, r_e: pd.Series) -> None:
+        r_lat, r_e = r_lat.dropna(), r_e.dropna()
+        row = {"level": level, "name": name, "n_sim": len(s_lat), "n_measured": len(r_lat),
+               "latency_mean_sim_s": s_lat.mean(), "latency_mean_measured_s": r_lat.mean(),
+               "latency_p95_sim_s": s_lat.quantile(0.95), "latency_p95_measured_s": r_lat.quantile(0.95),
+               "energy_mean_sim_J": s_e.mean(), "energy_mean_measured_J": r_e.mean() if len(r_e) else np.nan}
+        row["latency_mean_err_pct"] = _pct(row["latency_mean_sim_s"], row["latency_mean_measured_s"])
+        row["latency_p95_err_pct"] = _pct(row["latency_p95_sim_s"], row["latency_p95_measured_s"])
+        row["energy_mean_err_pct"] = _pct(row["energy_mean_sim_J"], row["energy_mean_measured_J"])
+        rows.append(row)
+
+    add("all", "all", sq["latency_s"], rq["latency_s"], sq["energy_J"], rq["energy_J"])
+    for cat in sorted(set(sq["category"].astype(str)) | set(rq["category"].astype(str))):
+        s, r = sq[sq["category"].astype(str) == cat], rq[rq["category"].astype(str) == cat]
+        add("category", cat, s["latency_s"], r["latency_s"], s["energy_J"], r["energy_J"])
+    s_service = sl["ttft_s"] + sl["decode_s"]
+    r_service = rl["ttft_s"] + rl["decode_s"]
+    for expert in sorted(set(sl["expert"].astype(str)) | set(rl["expert"].astype(str))):
+        sm, rm = sl["expert"].astype(str) == expert, rl["expert"].astype(str) == expert
+        add("expert (service time)", expert, s_service[sm], r_service[rm], sl["energy_J"][sm], rl["energy_J"][rm])
+    return pd.DataFrame(rows)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    cols = ["level", "name", "n_measured", "latency_mean_measured_s", "latency_mean_err_pct",
+            "latency_p95_measured_s", "latency_p95_err_pct", "energy_mean_measured_J", "energy_mean_err_pct"]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return head + "\n".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in table.iterrows())
+
+
+def cdf_plot(sim_dir, real_dir):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sq, _ = _read(sim_dir)
+    rq, _ = _read(real_dir)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, q in (("simulated", sq), ("measured", rq)):
+        x = np.sort(q["latency_s"].dropna().to_numpy())
+        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=label)
+    ax.set(xlabel="query latency (s)", ylabel="fraction of queries", title="Latency CDF: simulated vs measured")
+    ax.legend()
+    return fig

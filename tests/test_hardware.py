@@ -1,0 +1,251 @@
+"""hardware/: meters on this machine's real code paths, a tiny real model served on loopback, live
+runs of a scenario's policy against it, and comparison with the simulator."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
+from hardware.collect import collect, fit, shape_grid
+from hardware.compare import error_table
+from hardware.live import run_live
+from hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
+from hardware.serve import serve
+from moe2sim.profiles import save_profile
+from moe2sim.scenario import load_scenario
+from moe2sim.twin import Twin
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_auto_meter_measures_or_fails_loudly():
+    """Here (no GPU, no Jetson, no RAPL) it must raise, naming every backend it tried; where a meter
+    exists it must read a positive energy over a short window — never a silent zero."""
+    try:
+        meter = open_meter("auto")
+    except MeterUnavailable as exc:
+        for backend in ("NVML", "Jetson", "RAPL"):
+            assert backend in str(exc)
+        return
+    t0 = meter.now()
+    time.sleep(0.5)
+    m = meter.measure(t0, meter.now())
+    meter.close()
+    assert m.energy_J > 0 and m.resolution_J > 0
+
+
+def test_jetson_rails_are_read_from_sysfs(tmp_path):
+    hwmon = tmp_path / "ina3221" / "1-0040" / "hwmon" / "hwmon3"
+    hwmon.mkdir(parents=True)
+    for i, (mv, ma) in enumerate([(5000, 2000), (5000, 1000)], start=1):
+        (hwmon / f"in{i}_input").write_text(str(mv))
+        (hwmon / f"curr{i}_input").write_text(str(ma))
+    meter = jetson_meter(str(tmp_path / "ina3221" / "*" / "hwmon" / "hwmon*"))
+    t0 = meter.now()
+    time.sleep(0.3)
+    t1 = meter.now()
+    m = meter.measure(t0, t1)
+    meter.close()
+    assert m.energy_J == pytest.approx(15.0 * (t1 - t0), rel=0.05)  # 10 W + 5 W
+    with pytest.raises(MeterUnavailable):
+        jetson_meter(str(tmp_path / "nothing" / "*"))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """sysfs files change in place atomically; a plain write_text would expose an empty file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def test_rapl_counter_wraps_around(tmp_path):
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "max_energy_range_uj").write_text("1000000")
+    (zone / "energy_uj").write_text("900000")
+    meter = rapl_meter(str(zone))
+    t0 = meter.now()
+    time.sleep(0.05)
+    write_atomic(zone / "energy_uj", "100000")  # the µJ counter wrapped: +0.2 J
+    time.sleep(0.05)
+    write_atomic(zone / "energy_uj", "150000")  # +0.05 J
+    time.sleep(0.05)
+    t1 = meter.now()
+    time.sleep(0.05)
+    write_atomic(zone / "energy_uj", "150001")  # a reading after t1 closes the window
+    m = meter.measure(t0, t1)
+    meter.close()
+    assert m.energy_J == pytest.approx(0.25, abs=0.01)
+    with pytest.raises(MeterUnavailable):
+        rapl_meter(str(tmp_path / "absent"))
+
+
+def test_coarse_counter_attribution_error_is_bounded():
+    """A counter that updates every 100 ms (like NVML on the H200) under a known power trace:
+    windows much shorter than an update still get their energy within the stated resolution."""
+    start = time.perf_counter()
+    power = lambda t: 150.0 + 50.0 * np.sin(t * 7)  # noqa: E731  W, varies within a step
+
+    def counter() -> float:
+        t = time.perf_counter() - start
+        step = np.floor(t / 0.1) * 0.1
+        grid = np.linspace(0, step, 2001)
+        return float(np.trapezoid(power(grid), grid)) if step > 0 else 0.0
+
+    meter = SampledCounter(counter, "synthetic-100ms", max_power_W=200.0)
+    time.sleep(0.25)
+    windows = []
+    for _ in range(5):
+        t0 = meter.now()
+        time.sleep(0.03)
+        windows.append((t0, meter.now()))
+        time.sleep(0.07)
+    for t0, t1 in windows:
+        m = meter.measure(t0, t1)
+        grid = np.linspace(t0 - start, t1 - start, 200)
+        truth = float(np.trapezoid(power(grid), grid))
+        assert m.energy_J > 0
+        assert abs(m.energy_J - truth) <= m.resolution_J, (m, truth)
+    meter.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory) -> Path:
+    """collect + fit on a real tiny Llama on this CPU (no meter here: latency fitted, power assumed)."""
+    backend = HFBackend("tiny-llama")
+    trace = collect(backend, shape_grid("16x8,48x8,16x24,48x24"), None, "cpu", reps=2, warmup=1, idle_s=0)
+    assert trace["energy_J"].isna().all()  # no meter: NaN, not 0
+    path = tmp_path_factory.mktemp("profile") / "cpu-tiny.yaml"
+    save_profile(fit(trace, path, "cpu-tiny", "this CPU", assume_power_W=30.0), path)
+    return path
+
+
+def start_server(port_holder: list, backend) -> object:
+    server = serve(backend, None, "127.0.0.1", 0)
+    port_holder.append(server.server_address[1])
+    return server
+
+
+@pytest.fixture(scope="module")
+def two_servers():
+    """Two `hardware serve` processes on loopback, each a tiny Llama on the CPU."""
+    procs, urls = [], []
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "hardware", "serve", "--backend", "hf:tiny-llama",
+                                 "--meter", "none", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        procs.append(proc)
+        urls.append(f"http://127.0.0.1:{match.group(1)}")
+    yield urls
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def live_scenario(tmp_path: Path, profile: Path, queries: int = 24) -> Path:
+    raw = {
+        "name": "live-cpu", "seed": 2, "queries": queries, "data_dir": str(ROOT / "traces"),
+        "experts": [{"name": "a", "model": "meta-llama/Meta-Llama-3-8B", "profile": str(profile)},
+                    {"name": "b", "model": "cognitivecomputations/dolphin-2.9-llama3-8b", "profile": str(profile)}],
+        "categories": [{"name": "gsm8k", "mix": 1.0, "latency_budget_s": 5.0,
+                        "prompt_tokens": {"dist": "fixed", "mean": 32}, "output_tokens": {"dist": "fixed", "mean": 12}}],
+        "energy_budget_J": 100.0, "arrivals": {"process": "poisson", "rate_per_s": 1.0},
+        "policy": {"name": "gate", "k": 2}, "outputs": {"report": False},
+    }
+    path = tmp_path / "live.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_serve_reports_timings_and_null_energy(two_servers):
+    gen = OpenAIBackend(two_servers[0]).generate("hello", 20, 6)
+    assert gen.output_tokens == 6 and gen.ttft_s > 0 and gen.decode_s > 0
+    x = gen.extra
+    assert x["energy_J"] is None and x["energy_method"] == "none"
+    assert x["ttft_s"] > 0 and x["prompt_tokens"] == 20
+
+
+def test_live_then_compare_with_the_simulator(tmp_path, tiny_profile, two_servers):
+    from moe2sim.run import run_scenario
+
+    scenario = load_scenario(live_scenario(tmp_path, tiny_profile))
+    twin = Twin.build(scenario)
+    queries, legs = run_live(twin, {"a": two_servers[0], "b": two_servers[1]})
+    assert len(queries) == 24 and len(legs) == 48
+    assert (queries["error"] == "").all()
+    assert queries["energy_J"].isna().all()  # no meter: NaN, never 0
+    _, sim_q, _ = twin.simulate()
+    # the same policy object decided the same experts for the same workload
+    assert list(queries["experts"]) == list(sim_q["experts"])
+    assert list(queries["prompt_id"]) == list(sim_q["prompt_id"])
+    live_dir, sim_dir = tmp_path / "live", tmp_path / "sim"
+    live_dir.mkdir()
+    queries.to_parquet(live_dir / "queries.parquet")
+    legs.to_parquet(live_dir / "legs.parquet")
+    run_scenario(scenario, sim_dir, progress=False)
+    table = error_table(sim_dir, live_dir)
+    overall = table[table["level"] == "all"].iloc[0]
+    assert np.isfinite(overall["latency_mean_err_pct"]) and np.isnan(overall["energy_mean_err_pct"])
+    assert set(table[table["level"].str.startswith("expert")]["name"]) == {"a", "b"}
+
+
+class FlakyBackend:
+    """A real backend whose first attempt at each prompt fails with a server-side error."""
+
+    name = "flaky"
+
+    def __init__(self):
+        self.calls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def generate(self, prompt, prompt_tokens, max_tokens, on_token=None) -> Generation:
+        with self.lock:
+            self.calls[prompt] = self.calls.get(prompt, 0) + 1
+            fail = self.calls[prompt] % 2 == 1
+        if fail:
+            raise BackendError("injected failure", retryable=True)
+        if on_token:
+            for _ in range(max_tokens):
+                on_token("x")
+        return Generation("x" * max_tokens, prompt_tokens, max_tokens, 0.001, 0.002)
+
+
+def test_live_retries_server_errors_and_records_unreachable_experts(tmp_path, tiny_profile):
+    flaky = serve(FlakyBackend(), None, "127.0.0.1", 0)
+    try:
+        scenario = load_scenario(live_scenario(tmp_path, tiny_profile, queries=8), ["arrivals.rate_per_s=4"])
+        twin = Twin.build(scenario)
+        dead = "http://127.0.0.1:9"  # nothing listens on the discard port here
+        queries, legs = run_live(twin, {"a": f"http://127.0.0.1:{flaky.server_address[1]}", "b": dead}, retries=2)
+    finally:
+        flaky.shutdown()
+    assert len(queries) == 8 and len(legs) == 16  # every query sent is recorded
+    a, b = legs[legs["expert"] == "a"], legs[legs["expert"] == "b"]
+    assert (a["error"] == "").all() and (a["attempts"] >= 2).all()  # retried past the injected failures
+    assert (b["error"].str.contains("unreachable")).all() and b["ttft_s"].isna().all()
+    assert (queries["error"] != "").all()
+
+
+def test_cli_bad_input_exit_code_2(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "hardware", *a], capture_output=True, text=True,  # noqa: E731
+                                    cwd=ROOT)
+    for args in (["collect", "--backend", "hf:no-such-model", "--meter", "none", "--out", str(tmp_path / "t.csv")],
+                 ["collect", "--backend", "hf:tiny-llama", "--meter", "nvml", "--out", str(tmp_path / "t.csv")],
+                 ["collect", "--backend", "bogus", "--out", str(tmp_path / "t.csv")],
+                 ["fit", str(tmp_path / "missing.csv"), "--name", "x", "--device-name", "y", "--out", str(tmp_path / "p.yaml")],
+                 ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "c")]):
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("hardware: error:")
+    assert not (tmp_path / "t.csv").exists()
