@@ -29,7 +29,8 @@ def single(episodes: int) -> float:
 
 def vector(kind: str, steps: int) -> float:
     make = [lambda: gym.make("moe2sim/Budget-v0") for _ in range(2)]
-    envs = gym.vector.SyncVectorEnv(make) if kind == "sync" else gym.vector.AsyncVectorEnv(make)
+    # spawn: forking a process that already ran torch can deadlock the child
+    envs = gym.vector.SyncVectorEnv(make) if kind == "sync" else gym.vector.AsyncVectorEnv(make, context="spawn")
     envs.action_space.seed(0)
     envs.reset(seed=0)
     start = time.perf_counter()

@@ -15,9 +15,13 @@ from hardware.meters import MeterUnavailable, open_meter
 from moe2sim.errors import InputError
 
 
-def make_backend(spec: str, device: str):
+def make_backend(spec: str, device: str, threads: int | None = None):
     """hf:<checkpoint folder or shape name> | openai:<base url>[#model]"""
     kind, _, target = spec.partition(":")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if kind == "hf" and target:
         return HFBackend(target, device=device, dtype="bfloat16" if device.startswith("cuda") else "float32")
     if kind == "openai" and target:
@@ -33,7 +37,7 @@ def make_meter(kind: str):
 def cmd_collect(args: argparse.Namespace) -> int:
     from hardware.collect import Request, collect, shape_grid
 
-    backend = make_backend(args.backend, args.device)
+    backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
     if args.scenario:
         from moe2sim.scenario import load_scenario
@@ -80,7 +84,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hardware.serve import serve
 
-    backend = make_backend(args.backend, args.device)
+    backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
     server = serve(backend, meter, args.host, args.port, args.slots)
     print(f"serving {backend.name} on http://{args.host}:{server.server_address[1]} "
@@ -148,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, **backend)
     p.add_argument("--device", default="cpu", help="torch device of a local backend (cpu, cuda:0)")
     p.add_argument("--device-name", help="device label written into the trace")
+    p.add_argument("--threads", type=int, help="CPU threads of a local backend (match how it will be served)")
     p.add_argument("--meter", **meter)
     p.add_argument("--shapes", default="64x32,256x64,512x128,1024x64,128x256", help="PROMPTxOUTPUT,...")
     p.add_argument("--scenario", help="instead of --shapes: draw --queries queries of this scenario's workload")
@@ -174,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--slots", type=int, default=1)
+    p.add_argument("--threads", type=int, help="CPU threads of a local backend")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("live", help="run a scenario's policy against real endpoints in real time")
