@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from moe2sim.envs.budget_env import BudgetEnv
+from moe2sim.checkpoint import load_checkpoint
 from moe2sim.errors import InputError
 
 AGENT_FORMAT = "moe2sim-agent"
@@ -84,19 +85,8 @@ class TorchAgent:
 
     @classmethod
     def load(cls, path: Path) -> "TorchAgent":
-        import torch
-
-        if not path.is_file():
-            raise InputError(path, None, "agent file not found")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt file
-            raise InputError(path, None, f"not an agent file: {type(exc).__name__}") from None
-        if not isinstance(payload, dict) or payload.get("format") != AGENT_FORMAT:
-            raise InputError(path, "format", f"not a {AGENT_FORMAT} file")
-        if payload.get("version") != AGENT_VERSION:
-            raise InputError(path, "version", f"version {payload.get('version')}, this moe2sim reads {AGENT_VERSION}")
-        return cls(payload, path)
+        return cls(load_checkpoint(path, AGENT_FORMAT, AGENT_VERSION, "train one with examples/train_budget_agent.py"),
+                   path)
 
     def act(self, obs: dict[str, np.ndarray]):
         x = (flatten(obs, self.keys) - self.mean) / self.std

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from moe2sim.checkpoint import load_checkpoint, save_checkpoint
 from moe2sim.errors import InputError
 
 CHECKPOINT_FORMAT = "moe2sim-gate"
@@ -103,24 +104,11 @@ class Gate:
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "experts": self.experts,
                    "tasks": self.tasks, "dim": self.dim, "encoder": self.encoder, "config": asdict(self.config),
                    "info": self.info, "state_dict": self.net.state_dict()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        save_checkpoint(payload, path)
 
     @classmethod
     def load(cls, path: Path) -> "Gate":
-        if not path.is_file():
-            raise InputError(path, None, "gate checkpoint not found (train one with `moe2sim train-gate`)")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a corrupt file
-            raise InputError(path, None, f"not a gate checkpoint: {type(exc).__name__}") from None
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(path, "format", f"not a {CHECKPOINT_FORMAT} checkpoint")
-        if payload.get("version") != CHECKPOINT_VERSION:
-            raise InputError(path, "version", f"version {payload.get('version')}, this moe2sim reads "
-                                              f"{CHECKPOINT_VERSION}; retrain with `moe2sim train-gate`")
+        payload = load_checkpoint(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "train one with `moe2sim train-gate`")
         try:
             config = TrainConfig(**payload["config"])
             net = GateNet(payload["dim"], payload["state_dict"]["prior"], config.hidden, config.dropout)

@@ -1,0 +1,34 @@
+"""Versioned torch checkpoints (gate, agents): a dict with `format` and `version`, saved atomically
+and checked on load; every problem is an InputError naming the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from moe2sim.errors import InputError
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, fmt: str, version: int, hint: str) -> dict[str, Any]:
+    """The payload of a `fmt` checkpoint of this `version`; `hint` says how to make a new one."""
+    import torch
+
+    if not path.is_file():
+        raise InputError(path, None, f"{fmt} checkpoint not found ({hint})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise InputError(path, None, f"not a {fmt} checkpoint: {type(exc).__name__}") from None
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise InputError(path, "format", f"not a {fmt} checkpoint")
+    if payload.get("version") != version:
+        raise InputError(path, "version", f"version {payload.get('version')}, this moe2sim reads {version}; {hint}")
+    return payload
