@@ -70,18 +70,18 @@ class TorchAgent:
         import torch
 
         self.torch = torch
-        self.keys: list[str] = payload["obs_keys"]
-        self.mean = np.asarray(payload["obs_mean"], np.float32)
-        self.std = np.asarray(payload["obs_std"], np.float32)
-        self.action_type: str = payload["action"]
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(len(self.mean), payload["hidden"]), torch.nn.Tanh(),
-            torch.nn.Linear(payload["hidden"], payload["hidden"]), torch.nn.Tanh(),
-            torch.nn.Linear(payload["hidden"], payload["n_outputs"]))
         try:
+            self.keys: list[str] = list(payload["obs_keys"])
+            self.mean = np.asarray(payload["obs_mean"], np.float32)
+            self.std = np.asarray(payload["obs_std"], np.float32)
+            self.action_type: str = payload["action"]
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(len(self.mean), payload["hidden"]), torch.nn.Tanh(),
+                torch.nn.Linear(payload["hidden"], payload["hidden"]), torch.nn.Tanh(),
+                torch.nn.Linear(payload["hidden"], payload["n_outputs"]))
             self.net.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise InputError(path, "state_dict", f"does not fit the saved shapes: {exc}") from None
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(path, "state_dict", f"damaged agent file: {type(exc).__name__}: {exc}") from None
 
     @classmethod
     def load(cls, path: Path) -> "TorchAgent":

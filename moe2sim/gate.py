@@ -20,6 +20,7 @@ Trained once on all N experts on the train split, early-stopped on its validatio
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +48,18 @@ class TrainConfig:
     max_epochs: int = 60
     patience: int = 15
     seed: int = 0
+
+
+@contextmanager
+def one_thread():
+    """Run the gate's small torch ops on one thread: a process whose torch never started its
+    thread pool can fork workers safely (gymnasium's AsyncVectorEnv, multiprocessing on Linux)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def task_prior_logits(correct: np.ndarray, tasks: np.ndarray, names: list[str]) -> np.ndarray:
@@ -97,7 +110,7 @@ class Gate:
         if x.shape[1] != self.dim:
             raise InputError(None, "embedding", f"dimension {x.shape[1]}, the gate expects {self.dim}")
         self.net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             return self.net(torch.as_tensor(x, dtype=torch.float32), self.task_index(tasks)).numpy()
 
     def save(self, path: Path) -> None:
@@ -112,11 +125,12 @@ class Gate:
         try:
             config = TrainConfig(**payload["config"])
             net = GateNet(payload["dim"], payload["state_dict"]["prior"], config.hidden, config.dropout)
-            net.load_state_dict(payload["state_dict"])
+            with one_thread():
+                net.load_state_dict(payload["state_dict"])
+            return cls(net, list(payload["experts"]), list(payload["tasks"]), payload["dim"], payload["encoder"],
+                       config, payload["info"])
         except (KeyError, TypeError, RuntimeError) as exc:
             raise InputError(path, "state_dict", f"damaged checkpoint: {type(exc).__name__}: {exc}") from None
-        return cls(net, list(payload["experts"]), list(payload["tasks"]), payload["dim"], payload["encoder"],
-                   config, payload["info"])
 
 
 def train_gate(x: np.ndarray, tasks: np.ndarray, scores: np.ndarray, x_val: np.ndarray, tasks_val: np.ndarray,

@@ -293,8 +293,12 @@ class Selector:
     method: str
     seed: int = 0
     last: Selection | None = None
+    memo: dict[tuple, Selection] = field(default_factory=dict)
 
     def select(self, budgets: Budgets) -> Selection:
-        rng = np.random.default_rng(self.seed)
-        self.last = SOLVERS[self.method](self.problem, budgets, rng)
+        """The method's answer for these budgets (remembered: the same budgets give the same subset)."""
+        key = (budgets.energy_J, *np.asarray(budgets.latency_s).tolist())
+        if key not in self.memo:
+            self.memo[key] = SOLVERS[self.method](self.problem, budgets, np.random.default_rng(self.seed))
+        self.last = self.memo[key]
         return self.last

@@ -66,13 +66,19 @@ class Twin:
                            for c, t in zip(self.scenario.categories, budgets.latency_s)]})
         return replace(self, scenario=scenario)
 
+    def streams(self, seed: int | None = None) -> tuple[np.random.Generator, np.random.Generator]:
+        """Independent random streams for the arrivals and for service draws, so that the workload of
+        a seed never depends on how many service draws the policy's choices cause."""
+        arrivals, service = np.random.SeedSequence(self.scenario.seed if seed is None else seed).spawn(2)
+        return np.random.default_rng(arrivals), np.random.default_rng(service)
+
     def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
         """Run the scenario; returns the raw result and the per-query and per-leg records."""
-        rng = np.random.default_rng(self.scenario.seed if seed is None else seed)
+        arrivals, service = self.streams(seed)
         prompt_ids = self.quality.prompts["prompt_id"].astype(str).to_numpy()
-        sim = EdgeSimulation(self.experts, self.policy, prompt_ids, rng)
+        sim = EdgeSimulation(self.experts, self.policy, prompt_ids, service)
         with _progress(self.scenario, progress) as bar:
-            result = sim.run(self.workload.batches(rng), lambda b: bar.update(len(b)))
+            result = sim.run(self.workload.batches(arrivals), lambda b: bar.update(len(b)))
         budgets = np.array([c.latency_budget_s for c in self.scenario.categories])
         queries, legs = query_records(result, [c.name for c in self.scenario.categories], budgets,
                                       self.scenario.energy_budget_J, prompt_ids)

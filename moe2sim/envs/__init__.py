@@ -1,7 +1,7 @@
 """Gymnasium environments: an agent sets MoE²'s energy and latency budgets as load changes.
 
-Registered ids (usable with gymnasium.make once moe2sim.envs is imported, or through the
-`gymnasium.envs` entry point): moe2sim/Budget-v0 (the MoE² testbed under diurnal, bursty load),
+Registered ids, usable with gymnasium.make once moe2sim.envs is imported, or anywhere as
+gymnasium.make("moe2sim.envs:moe2sim/Budget-v0") (gymnasium imports the module named before the colon): moe2sim/Budget-v0 (the MoE² testbed under diurnal, bursty load),
 moe2sim/BudgetDiscrete-v0 (the same with a discrete action), and one per bundled scenario:
 moe2sim/Paper-v0, moe2sim/Quickstart-v0. Keyword arguments of gymnasium.make: scenario, overrides,
 window_s, windows, action ("box" | "discrete").

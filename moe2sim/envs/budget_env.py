@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from moe2sim.envs.handler import BudgetHandler, WindowStats
+from moe2sim.policy import UniformRouter
 from moe2sim.problem import budgets_of
 from moe2sim.scenario import EnvConfig, Scenario, load_scenario
 from moe2sim.selection import InfeasibleBudgets
@@ -115,13 +116,18 @@ class BudgetEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        rng = np.random.default_rng(int(self.np_random.integers(2**63)))
+        # independent streams: the load must not depend on the service draws the agent's subsets cause
+        arrivals, service, routing = np.random.SeedSequence(int(self.np_random.integers(2**63))).spawn(3)
+        rng = np.random.default_rng(service)
+        if isinstance(self.twin.policy.router, UniformRouter):
+            self.twin.policy.router.rng = np.random.default_rng(routing)
         prompt_ids = self.twin.quality.prompts["prompt_id"].astype(str).to_numpy()
         self.twin.policy.set_budgets(self.initial_budgets)
         self.box = self.handler.action_for(self.initial_budgets)
         self.sim = EdgeSimulation(self.twin.experts, self.twin.policy, prompt_ids, rng)
         self.meter = WindowMeter(self.sim, len(self.scenario.categories), self.twin.policy.aggregation_s)
-        self.sim.start(self.twin.workload.batches(rng, self.cfg.window_s), self.meter.on_batch)
+        self.sim.start(self.twin.workload.batches(np.random.default_rng(arrivals), self.cfg.window_s),
+                       self.meter.on_batch)
         self.window, self.done = 0, False
         empty = WindowStats.empty(len(self.scenario.categories), len(self.twin.experts), self.cfg.window_s)
         return self.handler.observation(empty, self.box), {
@@ -159,6 +165,8 @@ class BudgetEnv(gym.Env):
     def records(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-query and per-leg records of the episode (the simulator's schema), after letting the
         queries still in flight finish."""
+        if self.sim is None or not self.done:
+            raise RuntimeError("records() is available once an episode has ended")
         self.sim.advance()
         sc = self.scenario
         prompt_ids = self.twin.quality.prompts["prompt_id"].astype(str).to_numpy()
