@@ -11,7 +11,8 @@ of the window being scored, and (2) each training day is rolled out GROUP times 
 of that day at the same window. Rollouts run in 2 worker processes (one torch thread each), the
 updates on 2 threads. The result is deterministic for a seed. The saved file is what
 moe2sim.agents.TorchAgent.load reads (`moe2sim rollout scenarios/budget_env.yaml --agent <out>
---set env.action=discrete` replays it).
+--set env.action=discrete` replays it). Results, and a caveat on how the env counts late answers:
+examples/README.md.
 """
 import argparse
 import multiprocessing as mp
