@@ -11,8 +11,7 @@ of the window being scored, and (2) each training day is rolled out GROUP times 
 of that day at the same window. Rollouts run in 2 worker processes (one torch thread each), the
 updates on 2 threads. The result is deterministic for a seed. The saved file is what
 moe2sim.agents.TorchAgent.load reads (`moe2sim rollout scenarios/budget_env.yaml --agent <out>
---set env.action=discrete` replays it). Results, and a caveat on how the env counts late answers:
-examples/README.md.
+--set env.action=discrete` replays it). Results and what the agent learned: examples/README.md.
 """
 import argparse
 import multiprocessing as mp
@@ -26,6 +25,7 @@ from torch import nn
 
 import moe2sim.envs  # noqa: F401  (registers the envs)
 from moe2sim.agents import AGENT_FORMAT, AGENT_VERSION, QueueRule, build_agent, flatten, run_episode
+from moe2sim.checkpoint import save_checkpoint
 
 ENV_ID = "moe2sim/BudgetDiscrete-v0"
 OBS_KEYS = ["arrival_rate", "queue", "utilisation", "latency_p50", "latency_p95", "accuracy",
@@ -140,9 +140,9 @@ def train(episodes: int, seed: int, out: Path, pool, mean, std, n_actions: int, 
         if (u + 1) % 10 == 0 or u + 1 == updates:
             print(f"episodes {(u + 1) * BATCH:4d}: mean training reward {rewards.sum(1).mean() / REWARD_SCALE:8.0f}, "
                   f"policy entropy {entropy.item():.2f}", flush=True)
-    torch.save({"format": AGENT_FORMAT, "version": AGENT_VERSION, "obs_keys": OBS_KEYS, "obs_mean": mean.tolist(),
-                "obs_std": std.tolist(), "action": "discrete", "hidden": HIDDEN, "n_outputs": int(n_actions),
-                "state_dict": pi.state_dict()}, out)
+    save_checkpoint({"format": AGENT_FORMAT, "version": AGENT_VERSION, "obs_keys": OBS_KEYS, "obs_mean": mean.tolist(),
+                     "obs_std": std.tolist(), "action": "discrete", "hidden": HIDDEN, "n_outputs": int(n_actions),
+                     "state_dict": pi.state_dict()}, out)
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
 """Agents that set the budgets in BudgetEnv: fixed (the paper's setting), a queue rule, and a
 saved torch policy (trained by examples/train_budget_agent.py). All act on the env's observation
-dict and return an action of the env's action space.
+dict and return an action of the env's action space. They take the env as gymnasium.make returns
+it (wrapped) or bare; wrappers that change the observation (e.g. FlattenObservation) do not fit.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Protocol
 
+import gymnasium as gym
 import numpy as np
 
 from moe2sim.envs.budget_env import BudgetEnv
@@ -19,6 +21,13 @@ AGENT_VERSION = 1
 
 class Agent(Protocol):
     def act(self, obs: dict[str, np.ndarray]): ...
+
+
+def budget_env(env: gym.Env) -> BudgetEnv:
+    """The BudgetEnv under any wrappers."""
+    if not isinstance(env.unwrapped, BudgetEnv):
+        raise TypeError(f"agents act on moe2sim's BudgetEnv, got {type(env.unwrapped).__name__}")
+    return env.unwrapped
 
 
 def flatten(obs: dict[str, np.ndarray], keys: list[str]) -> np.ndarray:
@@ -37,7 +46,8 @@ def nearest_discrete(env: BudgetEnv, box: np.ndarray) -> int:
 class FixedBudgets:
     """The scenario's budgets, every window (MoE²'s hand-set budgets)."""
 
-    def __init__(self, env: BudgetEnv):
+    def __init__(self, env: gym.Env):
+        env = budget_env(env)
         box = env.handler.action_for(env.initial_budgets)
         self.action = box if env.cfg.action == "box" else nearest_discrete(env, box)
 
@@ -50,7 +60,8 @@ class QueueRule:
     times the scenario's budgets, which forces the selector onto faster experts under load; the
     energy budget stays at the scenario's."""
 
-    def __init__(self, env: BudgetEnv, q_full: float = 3.0, min_scale: float = 0.4):
+    def __init__(self, env: gym.Env, q_full: float = 3.0, min_scale: float = 0.4):
+        env = budget_env(env)
         self.env, self.q_full, self.min_scale = env, q_full, min_scale
         self.base = env.initial_budgets
 
@@ -95,8 +106,9 @@ class TorchAgent:
         return int(out.argmax()) if self.action_type == "discrete" else np.tanh(out).astype(np.float32)
 
 
-def build_agent(name: str, env: BudgetEnv) -> Agent:
+def build_agent(name: str, env: gym.Env) -> Agent:
     """'fixed', 'rule', or the path of a saved agent (.pt)."""
+    env = budget_env(env)
     if name == "fixed":
         return FixedBudgets(env)
     if name == "rule":
@@ -108,19 +120,20 @@ def build_agent(name: str, env: BudgetEnv) -> Agent:
     return agent
 
 
-def run_episode(env: BudgetEnv, agent: Agent, seed: int) -> tuple[float, list[dict]]:
-    """Total reward and per-window log of one episode."""
+def run_episode(env: gym.Env, agent: Agent, seed: int) -> tuple[float, list[dict]]:
+    """Total reward and per-window log of one episode (stepped through the env's wrappers)."""
+    base = budget_env(env)
     obs, info = env.reset(seed=seed)
     total, log, done = 0.0, [], False
     while not done:
         obs, reward, terminated, truncated, info = env.step(agent.act(obs))
         total += reward
         done = terminated or truncated
-        log.append({"window": env.window, "time_s": env.window * env.cfg.window_s, "reward": reward,
+        log.append({"window": base.window, "time_s": base.window * base.cfg.window_s, "reward": reward,
                     "energy_budget_J": info["energy_budget_J"], "arrivals": float(obs["arrival_rate"].sum()),
                     "queue_max": float(obs["queue"].max()), "completed": info["completed"],
                     "correct": info["correct"], "late": info["late"], "energy_J": info["energy_J"],
                     "subset": "|".join(info["subset"]), "infeasible": info["infeasible"],
-                    **{f"latency_budget_s[{c.name}]": t for c, t in zip(env.scenario.categories,
+                    **{f"latency_budget_s[{c.name}]": t for c, t in zip(base.scenario.categories,
                                                                         info["latency_budget_s"])}})
     return total, log

@@ -2,6 +2,7 @@
 and checked on load; every problem is an InputError naming the file."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,11 @@ def load_checkpoint(path: Path, fmt: str, version: int, hint: str) -> dict[str, 
         raise InputError(path, None, f"{fmt} checkpoint not found ({hint})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # torch's words for a class it will not load safely
+            raise InputError(path, None, f"not a {fmt} checkpoint: {type(exc).__name__}") from None
+        raise InputError(path, None, f"a {fmt} checkpoint may hold only tensors and plain Python types "
+                                     "(dict, list, str, int, float; save numpy arrays with .tolist())") from None
     except Exception as exc:  # torch raises several types for a corrupt file
         raise InputError(path, None, f"not a {fmt} checkpoint: {type(exc).__name__}") from None
     if not isinstance(payload, dict) or payload.get("format") != fmt:

@@ -29,23 +29,28 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 class WindowMeter:
-    """Turns the simulation's plans into per-window measurements, incrementally."""
+    """Turns the simulation's plans into per-window measurements, incrementally.
 
-    def __init__(self, sim: EdgeSimulation, n_categories: int, aggregation_s: float):
+    An answer is late when its latency exceeds its category's budget in the scenario (the service
+    level the operator promised), never the budgets the agent set: otherwise loosening the budgets
+    would hide lateness from the reward."""
+
+    def __init__(self, sim: EdgeSimulation, latency_budgets_s: np.ndarray, aggregation_s: float):
         self.sim = sim
-        self.m = n_categories
+        self.latency_budgets_s = latency_budgets_s
+        self.m = len(latency_budgets_s)
         self.aggregation_s = aggregation_s
-        self.arrivals = np.zeros(n_categories)
+        self.arrivals = np.zeros(self.m)
         self.seen = 0
-        self.open: list[tuple[Plan, np.ndarray, np.ndarray]] = []  # plan, counted mask, latency budgets
+        self.open: list[tuple[Plan, np.ndarray]] = []  # plan, mask of its queries already counted
         self.energy_cum = 0.0
 
     def on_batch(self, batch) -> None:
         self.arrivals += np.bincount(batch.category, minlength=self.m)
 
-    def close_window(self, t0: float, t1: float, latency_budgets: np.ndarray) -> WindowStats:
+    def close_window(self, t0: float, t1: float) -> WindowStats:
         for plan in self.sim.plans[self.seen:]:
-            self.open.append((plan, np.zeros(len(plan.batch), bool), latency_budgets))
+            self.open.append((plan, np.zeros(len(plan.batch), bool)))
         self.seen = len(self.sim.plans)
         n = len(self.sim.servers)
         busy = np.zeros(n)
@@ -53,7 +58,7 @@ class WindowMeter:
         correct = late = completed = 0
         energy = 0.0
         still_open = []
-        for plan, counted, budgets in self.open:
+        for plan, counted in self.open:
             start = plan.start_s
             end = start + plan.ttft_s + plan.decode_s
             started = ~np.isnan(start)
@@ -67,12 +72,12 @@ class WindowMeter:
                 for c in np.unique(cats):
                     lat[c].append(latency[cats == c])
                 correct += int((plan.score[done] > 0).sum())
-                late += int((latency > budgets[cats]).sum())
+                late += int((latency > self.latency_budgets_s[cats]).sum())
                 completed += int(done.sum())
                 energy += float(plan.energy_J[done].sum())
                 counted |= done
             if not (counted.all() and np.nanmax(end) < t1):
-                still_open.append((plan, counted, budgets))
+                still_open.append((plan, counted))
         self.open = still_open
         self.energy_cum += energy
         stats = WindowStats(
@@ -125,7 +130,7 @@ class BudgetEnv(gym.Env):
         self.twin.policy.set_budgets(self.initial_budgets)
         self.box = self.handler.action_for(self.initial_budgets)
         self.sim = EdgeSimulation(self.twin.experts, self.twin.policy, prompt_ids, rng)
-        self.meter = WindowMeter(self.sim, len(self.scenario.categories), self.twin.policy.aggregation_s)
+        self.meter = WindowMeter(self.sim, self.handler.base_latency, self.twin.policy.aggregation_s)
         self.sim.start(self.twin.workload.batches(np.random.default_rng(arrivals), self.cfg.window_s),
                        self.meter.on_batch)
         self.window, self.done = 0, False
@@ -150,7 +155,7 @@ class BudgetEnv(gym.Env):
             infeasible = True
         t0, t1 = self.window * self.cfg.window_s, (self.window + 1) * self.cfg.window_s
         self.sim.advance(t1)
-        stats = self.meter.close_window(t0, t1, self.twin.policy.budgets.latency_s)
+        stats = self.meter.close_window(t0, t1)
         self.window += 1
         truncated = self.window >= self.cfg.windows
         self.done = truncated

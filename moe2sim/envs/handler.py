@@ -18,7 +18,8 @@ Observation (Dict; what a controller sees at the end of a window):
     budgets        (1+M,) the budgets in force, as the action that set them (in [-1, 1])
 
 Reward per window: see RewardWeights — correct answers, minus answers past their category's latency
-budget, minus kJ of active energy spent beyond the episode allowance (each weighted).
+budget in the scenario (not the budget the agent set), minus kJ of active energy spent beyond the
+episode allowance (each weighted).
 """
 from __future__ import annotations
 
