@@ -1,15 +1,21 @@
 """Live vs simulated on this machine's CPU, end to end through the commands a user runs:
 
-    2 x hardware serve (tiny Llama, CPU, loopback) -> hardware collect through the first endpoint
+    2 x hardware serve (SmolLM2-135M shape, CPU, loopback) -> hardware collect through the first endpoint
     -> hardware fit -> hardware live (scenario policy, real time) -> moe2sim run (same scenario)
     -> hardware compare
 
 The profile is collected through a served endpoint (client-side timing), so it includes what
 serving adds (HTTP, streaming); each server has one CPU thread (two servers on a 2-core machine).
 There is no energy meter on this machine, so energy is not compared (NaN, never 0); the table
-gives the latency errors per category and per expert.
+gives the latency errors per category and per expert. A second table splits the service-time
+error: per shape, the collected (one request at a time) service time against the live one, seen by
+the client and by the server.
 
-    python benchmarks/bench_live_cpu.py [--queries 80] [--rate 1.0] [--work DIR]
+    python benchmarks/bench_live_cpu.py [--model smollm2-135m] [--queries 40] [--rate 0.5] [--work DIR]
+
+The default model takes about 1 s a request on one thread, so serving overheads are small next to
+compute, as on a real edge server; `--model tiny-llama --queries 80 --rate 1` runs ~40 ms requests,
+where the HTTP and Python overheads dominate.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +53,26 @@ def scenario(profile: Path, queries: int, rate: float) -> dict:
     }
 
 
+def service_by_shape(trace: Path, live: Path) -> pd.DataFrame:
+    """Mean service time (ttft + decode) per (prompt, output) shape: collected alone vs in the live run."""
+    collected = pd.read_csv(trace).query("warm").assign(service=lambda d: d["ttft_s"] + d["decode_s"])
+    queries = pd.read_parquet(live / "queries.parquet")[["query_id", "prompt_tokens", "output_tokens"]]
+    legs = pd.read_parquet(live / "legs.parquet").merge(queries, on="query_id")
+    legs = legs.assign(client=legs["ttft_s"] + legs["decode_s"], server=legs["server_ttft_s"] + legs["server_decode_s"])
+    shape = ["prompt_tokens", "output_tokens"]
+    table = legs.groupby(shape).agg(legs=("client", "size"), live_client_ms=("client", "mean"),
+                                    live_server_ms=("server", "mean"))
+    table.insert(1, "collected_ms", collected.groupby(shape)["service"].mean().reindex(table.index))
+    table[["collected_ms", "live_client_ms", "live_server_ms"]] *= 1e3
+    table["live_vs_collected_pct"] = 100 * (table["live_client_ms"] / table["collected_ms"] - 1)
+    return table.round(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--queries", type=int, default=80)
-    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--model", default="smollm2-135m", help="a shape of hardware.backends.SHAPES")
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="bench-live-")))
     args = parser.parse_args()
     work = args.work
@@ -57,15 +80,15 @@ def main() -> None:
     servers, urls = [], []
     try:
         for _ in range(2):
-            proc = subprocess.Popen([*HW, "serve", "--backend", "hf:tiny-llama", "--meter", "none", "--port", "0",
+            proc = subprocess.Popen([*HW, "serve", "--backend", f"hf:{args.model}", "--meter", "none", "--port", "0",
                                      "--threads", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
             servers.append(proc)
             urls.append("http://127.0.0.1:" + re.search(r":(\d+) ", proc.stdout.readline()).group(1))
         run(*HW, "collect", "--backend", f"openai:{urls[0]}", "--meter", "none", "--device-name", "this CPU",
             "--shapes", "32x8,64x8,32x16,64x16,32x24,64x24", "--reps", "5", "--out", str(work / "trace.csv"))
-        print(run(*HW, "fit", str(work / "trace.csv"), "--name", "cpu-tiny-llama-served", "--device-name",
-                  "this CPU", "--assume-power", "30", "--out", str(work / "cpu-tiny.yaml")).strip())
-        (work / "live.yaml").write_text(yaml.safe_dump(scenario(work / "cpu-tiny.yaml", args.queries, args.rate)))
+        print(run(*HW, "fit", str(work / "trace.csv"), "--name", f"cpu-{args.model}-served", "--device-name",
+                  "this CPU", "--assume-power", "30", "--out", str(work / "profile.yaml")).strip())
+        (work / "live.yaml").write_text(yaml.safe_dump(scenario(work / "profile.yaml", args.queries, args.rate)))
         print(run(*HW, "live", str(work / "live.yaml"), "--endpoint", f"a={urls[0]}", "--endpoint", f"b={urls[1]}",
                   "--out", str(work / "live")).strip())
     finally:
@@ -73,6 +96,7 @@ def main() -> None:
             proc.terminate()
     run("moe2sim", "run", str(work / "live.yaml"), "--out", str(work / "sim"), "--quiet")
     print(run(*HW, "compare", str(work / "sim"), str(work / "live"), "--out", str(work / "compare")))
+    print(service_by_shape(work / "trace.csv", work / "live").to_string())
     print(f"(work folder: {work})")
 
 

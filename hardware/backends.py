@@ -27,6 +27,10 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
     "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                                    num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
                                    tie_word_embeddings=True)),
+    # HuggingFaceTB/SmolLM2-135M: a real small model, fast enough to serve on one CPU thread
+    "smollm2-135m": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                                   rope_theta=100000.0, tie_word_embeddings=True)),
     # a tiny Llama for tests on a CPU (not a real model's shape)
     "tiny-llama": ("llama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)),

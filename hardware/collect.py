@@ -59,7 +59,9 @@ def collect(backend: Backend, requests: list[Request], meter: SampledCounter | N
                          "meter": m.method if m else "none"})
             if progress:
                 progress()
-    return pd.DataFrame(rows)
+    trace = pd.DataFrame(rows)
+    # a shape grid has no prompts to name: no prompt_id column, so replay matches rows by shape
+    return trace if any(req.prompt_id for req in requests) else trace.drop(columns="prompt_id")
 
 
 def shape_grid(text: str) -> list[Request]:

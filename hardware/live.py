@@ -6,6 +6,12 @@ the start.
 
 Every query sent is recorded: a leg that still fails after its retries is recorded with its
 error, and a query with any failed leg is scored on its answered legs only (wrong if none).
+
+Leg timings are the client's, in the simulator's meaning: where the server reports how long the
+request waited for a free slot (`hardware serve` does, as x_moe2sim.queue_s), that wait is queue_s
+and is taken out of ttft_s, and start_s is when service began; an upstream server that does not
+report it leaves queue_s NaN and its queueing inside ttft_s. server_ttft_s and server_decode_s are
+the server's own timings (no network, no HTTP).
 """
 from __future__ import annotations
 
@@ -99,11 +105,14 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
         leg_rows = []
         for j, (n, r) in enumerate(zip(experts, results)):
             x = r.gen.extra if r.gen else {}
+            # as in the simulator: the wait for a free slot is queue_s, service starts after it
+            waited = x.get("queue_s") if x.get("queue_s") is not None else np.nan
+            held = waited if np.isfinite(waited) else 0.0
             leg_rows.append({"query_id": qid, "rank": j, "expert": names[n], "weight": float(decision.weights[0, j]),
-                             "uplink_s": np.nan, "queue_s": x.get("queue_s", np.nan),
-                             "ttft_s": r.gen.ttft_s if r.gen else np.nan,
+                             "uplink_s": np.nan, "queue_s": waited,
+                             "ttft_s": r.gen.ttft_s - held if r.gen else np.nan,
                              "decode_s": r.gen.decode_s if r.gen else np.nan, "downlink_s": np.nan,
-                             "start_s": r.start_s, "end_s": r.end_s,
+                             "start_s": r.start_s + held, "end_s": r.end_s,
                              "energy_J": x.get("energy_J", np.nan) if x.get("energy_J") is not None else np.nan,
                              "attempts": r.attempts, "error": r.error,
                              "server_ttft_s": x.get("ttft_s", np.nan), "server_decode_s": x.get("decode_s", np.nan)})

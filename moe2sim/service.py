@@ -46,7 +46,15 @@ class TraceReplayService:
     """Replays measured rows; see the module docstring for how rows are matched."""
 
     def __init__(self, path: Path, model: str | None):
-        df = read_table(path, DEVICE_TRACE_COLUMNS, "device trace", optional={"warm": "bool", "prompt_id": "string"})
+        try:
+            df = read_table(path, DEVICE_TRACE_COLUMNS, "device trace",
+                            optional={"warm": "bool", "prompt_id": "string"})
+        except InputError as err:
+            if err.field != "active_energy_J":
+                raise
+            raise InputError(path, err.field, f"{err.message}; replay needs measured energy: collect with a meter "
+                                              "(--meter nvml|jetson|rapl), or fit a profile with `python -m hardware "
+                                              "fit --assume-power W` and use the profile service") from None
         if "warm" in df.columns:
             df = df[df["warm"]]
         if model is not None:

@@ -118,14 +118,41 @@ def test_coarse_counter_attribution_error_is_bounded():
 
 
 @pytest.fixture(scope="module")
-def tiny_profile(tmp_path_factory) -> Path:
-    """collect + fit on a real tiny Llama on this CPU (no meter here: latency fitted, power assumed)."""
-    backend = HFBackend("tiny-llama")
-    trace = collect(backend, shape_grid("16x8,48x8,16x24,48x24"), None, "cpu", reps=2, warmup=1, idle_s=0)
+def tiny_trace() -> pd.DataFrame:
+    """`collect` on a real tiny Llama on this CPU, over a grid of shapes (no meter here)."""
+    trace = collect(HFBackend("tiny-llama"), shape_grid("16x8,48x8,16x24,48x24"), None, "cpu", reps=2, warmup=1,
+                    idle_s=0)
     assert trace["energy_J"].isna().all()  # no meter: NaN, not 0
+    return trace
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory, tiny_trace) -> Path:
+    """fit on the collected trace (latency fitted, power assumed)."""
     path = tmp_path_factory.mktemp("profile") / "cpu-tiny.yaml"
-    save_profile(fit(trace, path, "cpu-tiny", "this CPU", assume_power_W=30.0), path)
+    save_profile(fit(tiny_trace, path, "cpu-tiny", "this CPU", assume_power_W=30.0), path)
     return path
+
+
+def test_collected_trace_replays_in_the_simulator(tmp_path, tiny_trace, tiny_profile):
+    """`collect` writes the schema the simulator replays. Without measured energy the replay says what
+    to do instead; once the trace has energy (as a metered collection writes it), the simulator draws
+    each leg's timings from the warm rows of the nearest shape."""
+    from moe2sim.errors import InputError
+
+    trace_path = tmp_path / "trace.csv"
+    tiny_trace.to_csv(trace_path, index=False)
+    scenario = live_scenario(tmp_path, tiny_profile, queries=10)
+    replay = [f"experts.{e}.service.file={trace_path}" for e in ("a", "b")]
+    with pytest.raises(InputError, match="assume-power") as err:
+        Twin.build(load_scenario(scenario, replay))
+    assert err.value.file == str(trace_path) and err.value.field == "active_energy_J"
+    tiny_trace.assign(active_energy_J=30.0 * tiny_trace["latency_s"]).to_csv(trace_path, index=False)
+    _, queries, legs = Twin.build(load_scenario(scenario, replay)).simulate()
+    assert len(queries) == 10 and len(legs) == 20
+    nearest = tiny_trace[tiny_trace["warm"] & (tiny_trace["prompt_tokens"] == 48)
+                         & (tiny_trace["output_tokens"] == 8)]  # the scenario asks 32x12
+    assert set(legs["ttft_s"]) <= set(nearest["ttft_s"]) and set(legs["decode_s"]) <= set(nearest["decode_s"])
 
 
 def start_server(port_holder: list, backend) -> object:
@@ -197,6 +224,26 @@ def test_live_then_compare_with_the_simulator(tmp_path, tiny_profile, two_server
     overall = table[table["level"] == "all"].iloc[0]
     assert np.isfinite(overall["latency_mean_err_pct"]) and np.isnan(overall["energy_mean_err_pct"])
     assert set(table[table["level"].str.startswith("expert")]["name"]) == {"a", "b"}
+
+
+def test_live_takes_server_queueing_out_of_the_service_time(tmp_path, tiny_profile):
+    """Both experts on one real tiny-Llama server with one slot and a burst of queries: requests wait
+    at the server. As in the simulator, that wait is queue_s, not part of ttft_s, and service starts
+    after it: start_s + ttft_s + decode_s is the leg's end as the client saw it."""
+    server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=1)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        scenario = load_scenario(live_scenario(tmp_path, tiny_profile, queries=8), ["arrivals.rate_per_s=200"])
+        _, legs = run_live(Twin.build(scenario), {"a": url, "b": url})
+    finally:
+        server.shutdown()
+    assert (legs["error"] == "").all() and (legs["queue_s"] >= 0).all()
+    waited = legs[legs["queue_s"] > 0.02]
+    assert len(waited) >= 4, legs[["queue_s", "ttft_s"]]  # the burst did queue
+    assert (waited["ttft_s"] < waited["queue_s"]).all()  # the wait is not counted as time to first token
+    assert (legs["ttft_s"] > 0).all() and (legs["ttft_s"] >= legs["server_ttft_s"] - 1e-3).all()
+    end = legs["start_s"] + legs["ttft_s"] + legs["decode_s"]
+    np.testing.assert_allclose(end, legs["end_s"], atol=0.01)
 
 
 class FlakyBackend:
