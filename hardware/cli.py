@@ -144,7 +144,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hardware", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    backend = dict(help="hf:<checkpoint folder or shape: mistral-7b, llama-3-8b, llama-3.2-1b, tiny-llama> "
+    backend = dict(help="hf:<checkpoint folder or shape: mistral-7b, llama-3-8b, llama-3.2-1b, smollm2-135m, tiny-llama> "
                         "or openai:<base url>[#model]")
     meter = dict(default="auto", help="auto | nvml | jetson | rapl | none (none: energy not measured, NaN)")
 
