@@ -5,7 +5,8 @@ built from shared/data/h200/probe_trace.csv): for every model and every (prompt,
 fit moe2sim.profiles.fit_profile on the model's other shapes and predict the held-out shape's
 latency and energy per query. Split by shape, never by row, so no repetition of a shape is seen
 in training. Reports mean absolute percentage errors of latency, active energy and whole-device
-energy (active + idle × latency), per model and overall.
+energy (active + idle × latency), per model and overall. A trace collected without a meter
+(energy NaN, e.g. `hardware collect --meter none` on a CPU) gets the latency columns only.
 
     python benchmarks/bench_fidelity.py [--trace traces/devices/h200_probe.csv]
 """
@@ -24,13 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def held_out_errors(trace: pd.DataFrame, idle_W: float) -> pd.DataFrame:
+    """Absolute % errors of every held-out warm row; energy errors are NaN where the trace has no energy."""
     rows = []
-    idle = Sourced(value=idle_W, provenance="measured", source="trace")
+    idle = Sourced(value=idle_W if np.isfinite(idle_W) else 0.0, provenance="measured", source="trace")
     for model, data in trace.groupby("model", sort=False):
+        fit_on = data  # latency only: the fit needs some energy; its powers then go unused
+        if data["active_energy_J"].isna().any():
+            fit_on = data.assign(active_energy_J=1.0)
         shapes = data[["prompt_tokens", "output_tokens"]].drop_duplicates().itertuples(index=False)
         for p, o in shapes:
             test = (data["prompt_tokens"] == p) & (data["output_tokens"] == o)
-            prof = fit_profile(data[~test], name="loso", device="", model=str(model), idle=idle, how="loso")
+            prof = fit_profile(fit_on[~test], name="loso", device="", model=str(model), idle=idle, how="loso")
             held = data[test]
             ttft = prof.ttft_s(held["prompt_tokens"].to_numpy())
             dec = prof.decode_s(held["output_tokens"].to_numpy())
@@ -62,9 +67,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trace", type=Path, default=ROOT / "traces" / "devices" / "h200_probe.csv")
     args = parser.parse_args()
-    trace = read_table(args.trace, DEVICE_TRACE_COLUMNS, "device trace", optional={"warm": "bool"})
+    latency_columns = {k: v for k, v in DEVICE_TRACE_COLUMNS.items() if k != "active_energy_J"}
+    trace = read_table(args.trace, latency_columns, "device trace", optional={"warm": "bool"})
     trace = trace[trace["warm"]] if "warm" in trace.columns else trace
-    idle_W = float((trace["energy_J"] - trace["active_energy_J"]).sum() / (trace["ttft_s"] + trace["decode_s"]).sum())
+    for column in ("energy_J", "active_energy_J"):
+        trace[column] = pd.to_numeric(trace.get(column, np.nan), errors="coerce")
+    idle_W = float((trace["energy_J"] - trace["active_energy_J"]).sum(skipna=False)
+                   / (trace["ttft_s"] + trace["decode_s"]).sum())
     errors = held_out_errors(trace, idle_W)
     table = errors.groupby("model", sort=False)[["latency_ape", "active_energy_ape", "energy_ape"]].mean()
     table.loc["all models"] = errors[["latency_ape", "active_energy_ape", "energy_ape"]].mean()
