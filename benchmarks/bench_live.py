@@ -1,17 +1,20 @@
-"""Live vs simulated on this machine's CPU, end to end through the commands a user runs:
+"""Live vs simulated, end to end through the commands a user runs (on this machine's CPU by default):
 
     2 x hardware serve (SmolLM2-135M shape, CPU, loopback) -> hardware collect through the first endpoint
     -> hardware fit -> hardware live (scenario policy, real time) -> moe2sim run (same scenario)
     -> hardware compare
 
 The profile is collected through a served endpoint (client-side timing), so it includes what
-serving adds (HTTP, streaming); each server has one CPU thread (two servers on a 2-core machine).
-There is no energy meter on this machine, so energy is not compared (NaN, never 0); the table
-gives the latency errors per category and per expert. A second table splits the service-time
+serving adds (HTTP, streaming); on a CPU each server has one thread (two servers on a 2-core
+machine). Without a meter energy is not compared (NaN, never 0) and the profile's powers are
+assumed; with one (`--meter nvml` on a GPU) the profile is fitted on measured energy and the table
+gives energy errors too. Both servers meter the whole device they share, so with one GPU the
+energy of legs that overlap in time is counted by both: give each server its own GPU for energy. A second table splits the service-time
 error: per shape, the collected (one request at a time) service time against the live one, seen by
 the client and by the server.
 
-    python benchmarks/bench_live_cpu.py [--model smollm2-135m] [--queries 40] [--rate 0.5] [--work DIR]
+    python benchmarks/bench_live.py [--model smollm2-135m] [--queries 40] [--rate 0.5] [--work DIR]
+    python benchmarks/bench_live.py --device cuda:0 --meter nvml --model mistral-7b --rate 1 --queries 120
 
 The default model takes about 1 s a request on one thread, so serving overheads are small next to
 compute, as on a real edge server; `--model tiny-llama --queries 80 --rate 1` runs ~40 ms requests,
@@ -71,6 +74,8 @@ def service_by_shape(trace: Path, live: Path) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2-135m", help="a shape of hardware.backends.SHAPES")
+    parser.add_argument("--device", default="cpu", help="torch device of both servers (cpu, cuda:0)")
+    parser.add_argument("--meter", default="none", help="energy meter of the servers and the collection")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="bench-live-")))
@@ -79,15 +84,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     servers, urls = [], []
     try:
+        threads = ["--threads", "1"] if args.device == "cpu" else []
         for _ in range(2):
-            proc = subprocess.Popen([*HW, "serve", "--backend", f"hf:{args.model}", "--meter", "none", "--port", "0",
-                                     "--threads", "1"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+            proc = subprocess.Popen([*HW, "serve", "--backend", f"hf:{args.model}", "--device", args.device,
+                                     "--meter", args.meter, "--port", "0", *threads],
+                                    stdout=subprocess.PIPE, text=True, cwd=ROOT)
             servers.append(proc)
             urls.append("http://127.0.0.1:" + re.search(r":(\d+) ", proc.stdout.readline()).group(1))
-        run(*HW, "collect", "--backend", f"openai:{urls[0]}", "--meter", "none", "--device-name", "this CPU",
+        device_name = "this CPU" if args.device == "cpu" else args.device
+        run(*HW, "collect", "--backend", f"openai:{urls[0]}", "--meter", args.meter, "--device-name", device_name,
             "--shapes", "32x8,64x8,32x16,64x16,32x24,64x24", "--reps", "5", "--out", str(work / "trace.csv"))
-        print(run(*HW, "fit", str(work / "trace.csv"), "--name", f"cpu-{args.model}-served", "--device-name",
-                  "this CPU", "--assume-power", "30", "--out", str(work / "profile.yaml")).strip())
+        assumed = ["--assume-power", "30"] if args.meter == "none" else []
+        print(run(*HW, "fit", str(work / "trace.csv"), "--name", f"{args.device}-{args.model}-served",
+                  "--device-name", device_name, *assumed, "--out", str(work / "profile.yaml")).strip())
         (work / "live.yaml").write_text(yaml.safe_dump(scenario(work / "profile.yaml", args.queries, args.rate)))
         print(run(*HW, "live", str(work / "live.yaml"), "--endpoint", f"a={urls[0]}", "--endpoint", f"b={urls[1]}",
                   "--out", str(work / "live")).strip())
