@@ -2,7 +2,8 @@
 not; GET /health), wrapping a local backend or an upstream server, adding to every response an
 `x_moe2sim` object: ttft_s, decode_s, queue_s (waiting for a free slot), prompt/output tokens, and
 the request's energy from the device's meter (energy_J, energy_resolution_J, energy_method). With
-`--meter none` the energy fields are null: never zero.
+`--meter none` the energy fields are null: never zero. Requests served at once (`--slots` > 1)
+share the device's energy (hardware/attribution.py): it is never counted twice.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from hardware.attribution import SharedDevice
 from hardware.backends import Backend, BackendError
 from hardware.meters import SampledCounter
 
@@ -22,6 +24,7 @@ class ExpertServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], backend: Backend, meter: SampledCounter | None, slots: int = 1):
         super().__init__(address, CompletionHandler)
         self.backend, self.meter = backend, meter
+        self.device = SharedDevice(meter) if meter else None
         self.slots = threading.Semaphore(slots)
         self.served = 0
 
@@ -70,23 +73,27 @@ class CompletionHandler(BaseHTTPRequestHandler):
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.end_headers()
-            meter = self.server.meter
-            t0 = meter.now() if meter else time.perf_counter()
+            device = self.server.device
+            span = device.begin() if device else None
+            answered = False
             try:
                 gen = self.server.backend.generate(prompt, prompt_tokens, max_tokens,
                                                    on_token=self._send_token if stream else None)
+                answered = True
             except BackendError as exc:
                 if stream:
                     self._event({"error": {"message": str(exc)}})
                 else:
                     self._json(502, {"error": {"message": str(exc)}})
                 return
-            t1 = meter.now() if meter else time.perf_counter()
+            finally:  # whatever happened (client gone too), the request no longer runs on the device
+                if device:
+                    device.stop(span, read=answered)
         extra = {"ttft_s": gen.ttft_s, "decode_s": gen.decode_s, "queue_s": queue_s,
                  "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens,
                  "energy_J": None, "energy_resolution_J": None, "energy_method": "none"}
-        if meter is not None:
-            m = meter.measure(t0, t1)
+        if device:
+            m = device.energy(span)
             extra.update(energy_J=m.energy_J, energy_resolution_J=m.resolution_J, energy_method=m.method)
         self.server.served += 1
         usage = {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.output_tokens}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from hardware.attribution import SharedDevice
 from hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
 from hardware.collect import collect, fit, shape_grid
 from hardware.compare import error_table
@@ -115,6 +117,73 @@ def test_coarse_counter_attribution_error_is_bounded():
         assert m.energy_J > 0
         assert abs(m.energy_J - truth) <= m.resolution_J, (m, truth)
     meter.close()
+
+
+def steady_counter(power_W: float, step_s: float = 0.0) -> tuple[SampledCounter, float]:
+    """A cumulative-energy reading of a device drawing power_W, updating every step_s (0: always)."""
+    start = time.perf_counter()
+
+    def joules() -> float:
+        t = time.perf_counter() - start
+        return power_W * (np.floor(t / step_s) * step_s if step_s else t)
+
+    return SampledCounter(joules, f"steady-{power_W:g}W", max_power_W=power_W), start
+
+
+@pytest.mark.parametrize("step_s", [0.0, 0.1], ids=["fine", "nvml-like-100ms"])
+def test_concurrent_requests_share_the_device_energy(step_s):
+    """Three overlapping requests on a 200 W device: each gets the energy of the intervals it ran in,
+    divided by how many ran then; together they get the device's energy over their union, not more."""
+    meter, _ = steady_counter(200.0, step_s)
+    device = SharedDevice(meter)
+    time.sleep(0.15)
+    a = device.begin()
+    time.sleep(0.1)
+    b = device.begin()
+    time.sleep(0.1)
+    c = device.begin()
+    time.sleep(0.1)
+    device.stop(a)
+    time.sleep(0.1)
+    device.stop(b, read=False)  # a failed request: not read, but it still took its shares
+    time.sleep(0.1)
+    device.stop(c)
+    read = {name: device.energy(span) for name, span in (("a", a), ("c", c))}
+    spans = [a, b, c]
+    cuts = sorted({t for s in spans for t in (s.start, s.end)})
+    truth = {"a": 0.0, "c": 0.0}
+    for lo, hi in zip(cuts, cuts[1:]):
+        running = [s for s in spans if s.start <= lo and s.end >= hi]
+        for name, span in (("a", a), ("c", c)):
+            if span in running:
+                truth[name] += 200.0 * (hi - lo) / len(running)
+    for name, m in read.items():
+        assert abs(m.energy_J - truth[name]) <= max(m.resolution_J, 1e-6), (name, m, truth[name])
+        assert m.energy_J < 200.0 * (m.duration_s - 0.05)  # well under the whole device over its window
+    assert read["a"].resolution_J == pytest.approx(meter.max_power_W * read["a"].update_s * 4 / 2)  # b, c began inside
+    with pytest.raises(ValueError, match="still running"):
+        device.energy(device.begin())
+    meter.close()
+
+
+def test_serve_splits_energy_between_concurrent_requests():
+    """`serve --slots 2` on a metered device: two requests served at once report energies that add up
+    to the device's energy while they ran (a meter per request window would count the overlap twice)."""
+    meter, _ = steady_counter(100.0)
+    server = serve(HFBackend("tiny-llama"), meter, "127.0.0.1", 0, slots=2)
+    client = OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        client.generate("warm up", 16, 4)
+        with ThreadPoolExecutor(2) as pool:
+            gens = list(pool.map(lambda _: client.generate("hello", 64, 48), range(2)))
+    finally:
+        server.shutdown()
+        meter.close()
+    energies = [g.extra["energy_J"] for g in gens]
+    spans = [(g.extra["ttft_s"] + g.extra["decode_s"]) for g in gens]
+    assert all(e > 0 for e in energies)
+    # each reported energy is below its own window at full power: the overlap was shared
+    assert all(e < 100.0 * s for e, s in zip(energies, spans)), (energies, spans)
 
 
 @pytest.fixture(scope="module")
