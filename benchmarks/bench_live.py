@@ -8,8 +8,8 @@ The profile is collected through a served endpoint (client-side timing), so it i
 serving adds (HTTP, streaming); on a CPU each server has one thread (two servers on a 2-core
 machine). Without a meter energy is not compared (NaN, never 0) and the profile's powers are
 assumed; with one (`--meter nvml` on a GPU) the profile is fitted on measured energy and the table
-gives energy errors too. Both servers meter the whole device they share, so with one GPU the
-energy of legs that overlap in time is counted by both: give each server its own GPU for energy. A second table splits the service-time
+gives energy errors too. On a GPU both experts are served by one `hardware serve` process, which
+splits the device's energy between the legs running at once. A second table splits the service-time
 error: per shape, the collected (one request at a time) service time against the live one, seen by
 the client and by the server.
 
@@ -84,15 +84,19 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     servers, urls = [], []
     try:
-        threads = ["--threads", "1"] if args.device == "cpu" else []
-        for _ in range(2):
-            proc = subprocess.Popen([*HW, "serve", "--backend", f"hf:{args.model}", "--device", args.device,
-                                     "--meter", args.meter, "--port", "0", *threads],
+        # CPU: a process per expert, one thread each. GPU: one server holds both experts, so they split
+        # the device's energy instead of each metering all of it.
+        cpu = args.device == "cpu"
+        for backends in ([[f"hf:{args.model}"]] * 2 if cpu else [[f"a=hf:{args.model}", f"b=hf:{args.model}"]]):
+            proc = subprocess.Popen([*HW, "serve", *(x for b in backends for x in ("--backend", b)),
+                                     "--device", args.device, "--meter", args.meter, "--port", "0",
+                                     *(["--threads", "1"] if cpu else [])],
                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
             servers.append(proc)
-            urls.append("http://127.0.0.1:" + re.search(r":(\d+) ", proc.stdout.readline()).group(1))
-        device_name = "this CPU" if args.device == "cpu" else args.device
-        run(*HW, "collect", "--backend", f"openai:{urls[0]}", "--meter", args.meter, "--device-name", device_name,
+            url = "http://127.0.0.1:" + re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
+            urls += [url] if cpu else [url, url]
+        device_name = "this CPU" if cpu else args.device
+        run(*HW, "collect", "--backend", f"openai:{urls[0]}#a", "--meter", args.meter, "--device-name", device_name,
             "--shapes", "32x8,64x8,32x16,64x16,32x24,64x24", "--reps", "5", "--out", str(work / "trace.csv"))
         assumed = ["--assume-power", "30"] if args.meter == "none" else []
         print(run(*HW, "fit", str(work / "trace.csv"), "--name", f"{args.device}-{args.model}-served",

@@ -132,6 +132,15 @@ class HFBackend:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else "".join(f"<{i}>" for i in ids)
 
 
+def server_says(error: urllib.error.HTTPError) -> str:
+    """The error message of an OpenAI-style error body ({"error": {"message": ...}}), if it has one."""
+    try:
+        message = json.loads(error.read() or b"{}").get("error", {}).get("message")
+    except (ValueError, AttributeError, OSError):
+        return ""
+    return f": {message}" if message else ""
+
+
 class OpenAIBackend:
     """Streaming client of an OpenAI-compatible /v1/completions endpoint."""
 
@@ -170,7 +179,8 @@ class OpenAIBackend:
                     usage = chunk.get("usage") or usage
                     extra = chunk.get("x_moe2sim") or extra
         except urllib.error.HTTPError as exc:
-            raise BackendError(f"{self.base_url}: HTTP {exc.code} {exc.reason}", retryable=exc.code >= 500) from None
+            raise BackendError(f"{self.base_url}: HTTP {exc.code} {exc.reason}{server_says(exc)}",
+                               retryable=exc.code >= 500) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise BackendError(f"{self.base_url}: unreachable ({getattr(exc, 'reason', exc)})", retryable=True) from None
         except json.JSONDecodeError as exc:

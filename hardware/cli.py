@@ -84,10 +84,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from hardware.serve import serve
 
-    backend = make_backend(args.backend, args.device, args.threads)
+    models = {}
+    for item in args.backend:
+        name, _, spec = item.partition("=") if "=" in item.split(":", 1)[0] else ("default", "", item)
+        if not name or name in models:
+            raise InputError("--backend", item, "give each expert of one server its own name: NAME=hf:... NAME2=...")
+        models[name] = make_backend(spec, args.device, args.threads)
     meter = make_meter(args.meter)
-    server = serve(backend, meter, args.host, args.port, args.slots)
-    print(f"serving {backend.name} on http://{args.host}:{server.server_address[1]} "
+    server = serve(models, meter, args.host, args.port, args.slots)
+    print(f"serving {', '.join(f'{n}: {b.name}' for n, b in models.items())} on "
+          f"http://{args.host}:{server.server_address[1]} "
           f"(meter {meter.name if meter else 'none: energy not measured'})", flush=True)
     try:
         while True:
@@ -172,8 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("serve", help="one expert as an OpenAI-compatible endpoint with metered energy")
-    p.add_argument("--backend", required=True, **backend)
+    p = sub.add_parser("serve", help="experts on one device as an OpenAI-compatible endpoint with metered energy")
+    p.add_argument("--backend", required=True, action="append", metavar="[NAME=]SPEC",
+                   help=backend["help"] + "; repeat as NAME=SPEC to serve several experts on this device, "
+                                          "chosen by the request's model")
     p.add_argument("--device", default="cpu")
     p.add_argument("--meter", **meter)
     p.add_argument("--host", default="127.0.0.1")

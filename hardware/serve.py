@@ -1,9 +1,13 @@
-"""`hardware serve`: one expert as an OpenAI-compatible endpoint (POST /v1/completions, streaming or
-not; GET /health), wrapping a local backend or an upstream server, adding to every response an
+"""`hardware serve`: experts as an OpenAI-compatible endpoint (POST /v1/completions, streaming or
+not; GET /health), each wrapping a local backend or an upstream server, adding to every response an
 `x_moe2sim` object: ttft_s, decode_s, queue_s (waiting for a free slot), prompt/output tokens, and
 the request's energy from the device's meter (energy_J, energy_resolution_J, energy_method). With
 `--meter none` the energy fields are null: never zero. Requests served at once (`--slots` > 1)
 share the device's energy (hardware/attribution.py): it is never counted twice.
+
+One server is one device. It may hold several experts (models), chosen by the request's `model`
+field; each has its own `slots` (its own FIFO queue, as in the simulator) and all share the device's
+meter, so experts on one GPU split its energy instead of each metering all of it.
 """
 from __future__ import annotations
 
@@ -21,12 +25,19 @@ from hardware.meters import SampledCounter
 class ExpertServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], backend: Backend, meter: SampledCounter | None, slots: int = 1):
+    def __init__(self, address: tuple[str, int], models: dict[str, Backend], meter: SampledCounter | None,
+                 slots: int = 1):
         super().__init__(address, CompletionHandler)
-        self.backend, self.meter = backend, meter
+        self.models, self.meter = models, meter
         self.device = SharedDevice(meter) if meter else None
-        self.slots = threading.Semaphore(slots)
+        self.slots = {name: threading.Semaphore(slots) for name in models}
         self.served = 0
+
+    def model_for(self, requested: object) -> str | None:
+        """The expert a request asks for; with one expert, any name reaches it (clients send "default")."""
+        if len(self.models) == 1:
+            return next(iter(self.models))
+        return requested if requested in self.models else None
 
 
 class CompletionHandler(BaseHTTPRequestHandler):
@@ -46,8 +57,8 @@ class CompletionHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/health":
             meter = self.server.meter.name if self.server.meter else None
-            self._json(200, {"status": "ok", "model": self.server.backend.name, "meter": meter,
-                             "served": self.server.served})
+            self._json(200, {"status": "ok", "models": {n: b.name for n, b in self.server.models.items()},
+                             "meter": meter, "served": self.server.served})
         else:
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -65,9 +76,15 @@ class CompletionHandler(BaseHTTPRequestHandler):
         except (ValueError, TypeError) as exc:
             self._json(400, {"error": {"message": f"bad request: {exc}"}})
             return
+        model = self.server.model_for(req.get("model"))
+        if model is None:
+            self._json(404, {"error": {"message": f"model {req.get('model')!r} is not served here "
+                                                  f"(models: {', '.join(self.server.models)})"}})
+            return
+        backend = self.server.models[model]
         stream = bool(req.get("stream", False))
         arrived = time.perf_counter()
-        with self.server.slots:
+        with self.server.slots[model]:
             queue_s = time.perf_counter() - arrived
             if stream:
                 self.send_response(200)
@@ -77,7 +94,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
             span = device.begin() if device else None
             answered = False
             try:
-                gen = self.server.backend.generate(prompt, prompt_tokens, max_tokens,
+                gen = backend.generate(prompt, prompt_tokens, max_tokens,
                                                    on_token=self._send_token if stream else None)
                 answered = True
             except BackendError as exc:
@@ -89,7 +106,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
             finally:  # whatever happened (client gone too), the request no longer runs on the device
                 if device:
                     device.stop(span, read=answered)
-        extra = {"ttft_s": gen.ttft_s, "decode_s": gen.decode_s, "queue_s": queue_s,
+        extra = {"model": model, "ttft_s": gen.ttft_s, "decode_s": gen.decode_s, "queue_s": queue_s,
                  "prompt_tokens": gen.prompt_tokens, "output_tokens": gen.output_tokens,
                  "energy_J": None, "energy_resolution_J": None, "energy_method": "none"}
         if device:
@@ -102,7 +119,7 @@ class CompletionHandler(BaseHTTPRequestHandler):
                          "x_moe2sim": extra})
             self.wfile.write(b"data: [DONE]\n\n")
         else:
-            self._json(200, {"object": "text_completion", "model": self.server.backend.name,
+            self._json(200, {"object": "text_completion", "model": backend.name,
                              "choices": [{"text": gen.text, "index": 0, "finish_reason": "length"}],
                              "usage": usage, "x_moe2sim": extra})
 
@@ -114,8 +131,10 @@ class CompletionHandler(BaseHTTPRequestHandler):
         self._event({"choices": [{"text": text, "index": 0, "finish_reason": None}]})
 
 
-def serve(backend: Backend, meter: SampledCounter | None, host: str, port: int, slots: int = 1) -> ExpertServer:
-    """Start serving in a background thread; returns the server (call shutdown() to stop)."""
-    server = ExpertServer((host, port), backend, meter, slots)
+def serve(models: Backend | dict[str, Backend], meter: SampledCounter | None, host: str, port: int,
+          slots: int = 1) -> ExpertServer:
+    """Start serving one backend, or several by expert name, in a background thread; returns the
+    server (call shutdown() to stop)."""
+    server = ExpertServer((host, port), models if isinstance(models, dict) else {"default": models}, meter, slots)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

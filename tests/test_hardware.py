@@ -315,6 +315,32 @@ def test_live_takes_server_queueing_out_of_the_service_time(tmp_path, tiny_profi
     np.testing.assert_allclose(end, legs["end_s"], atol=0.01)
 
 
+def test_experts_on_one_device_split_its_energy(tmp_path, tiny_profile):
+    """One server holding both experts (two tiny Llamas) on a 100 W device, the scenario's k = 2 policy
+    live over it: each leg is served by the expert it names, and the legs' energies add up to the
+    device's energy while it served them — not twice that, though every query's two legs overlap."""
+    meter, _ = steady_counter(100.0)
+    server = serve({"a": HFBackend("tiny-llama"), "b": HFBackend("tiny-llama")}, meter, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(BackendError, match="not served here"):
+            OpenAIBackend(url, "c").generate("hello", 8, 2)
+        scenario = load_scenario(live_scenario(tmp_path, tiny_profile, queries=10))
+        queries, legs = run_live(Twin.build(scenario), {"a": url, "b": url})
+    finally:
+        server.shutdown()
+        meter.close()
+    assert (legs["error"] == "").all() and len(legs) == 20
+    assert (legs["energy_J"] > 0).all()
+    service = legs["server_ttft_s"] + legs["server_decode_s"]
+    union, reach = 0.0, -np.inf  # of the client-side leg spans, which contain the server's
+    for start, end in sorted(zip(legs["start_s"], legs["end_s"])):
+        union += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    assert legs["energy_J"].sum() <= 100.0 * union * 1.02  # no leg's overlap was metered twice
+    assert legs["energy_J"].sum() < 0.8 * 100.0 * service.sum()  # metering each leg whole would exceed this
+
+
 class FlakyBackend:
     """A real backend whose first attempt at each prompt fails with a server-side error."""
 
@@ -359,7 +385,8 @@ def test_cli_bad_input_exit_code_2(tmp_path):
                  ["collect", "--backend", "hf:tiny-llama", "--meter", "nvml", "--out", str(tmp_path / "t.csv")],
                  ["collect", "--backend", "bogus", "--out", str(tmp_path / "t.csv")],
                  ["fit", str(tmp_path / "missing.csv"), "--name", "x", "--device-name", "y", "--out", str(tmp_path / "p.yaml")],
-                 ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "c")]):
+                 ["compare", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "c")],
+                 ["serve", "--backend", "a=hf:tiny-llama", "--backend", "a=hf:tiny-llama", "--meter", "none"]):
         proc = run(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("hardware: error:")
