@@ -1,6 +1,10 @@
 """`hardware compare`: simulated vs measured (live or collected) records of the same workload ->
 error table (mean and p95 latency, energy per query; per category and per expert) and plots.
 
+Per expert, the service time (TTFT + decode) is also split the way LLM-serving benchmarks report
+it, TTFT and time per output token (decode / (output tokens − 1)), next to the wait in the
+expert's queue, so an end-to-end error can be traced to the profile or to the queueing.
+
 Errors are signed relative errors, (simulated − measured) / measured, in %. Energy is compared
 only where the measured side has it (a run without a meter has NaN energy, reported as such).
 """
@@ -34,7 +38,9 @@ def error_table(sim_dir, real_dir) -> pd.DataFrame:
     rq, rl = _read(real_dir)
     rows = []
 
-    def add(level: str, name: str, s_lat: pd.Series, r_lat: pd.Series, s_e: pd.Series, r_e: pd.Series) -> None:
+    def add(level: str, name: str, s_lat: pd.Series, r_lat: pd.Series, s_e: pd.Series | None = None,
+            r_e: pd.Series | None = None) -> None:
+        s_e, r_e = (pd.Series(dtype=float) if e is None else e for e in (s_e, r_e))
         r_lat, r_e = r_lat.dropna(), r_e.dropna()
         row = {"level": level, "name": name, "n_sim": len(s_lat), "n_measured": len(r_lat),
                "latency_mean_sim_s": s_lat.mean(), "latency_mean_measured_s": r_lat.mean(),
@@ -51,10 +57,21 @@ def error_table(sim_dir, real_dir) -> pd.DataFrame:
         add("category", cat, s["latency_s"], r["latency_s"], s["energy_J"], r["energy_J"])
     s_service = sl["ttft_s"] + sl["decode_s"]
     r_service = rl["ttft_s"] + rl["decode_s"]
+    s_tpot, r_tpot = time_per_output_token(sq, sl), time_per_output_token(rq, rl)
     for expert in sorted(set(sl["expert"].astype(str)) | set(rl["expert"].astype(str))):
         sm, rm = sl["expert"].astype(str) == expert, rl["expert"].astype(str) == expert
         add("expert (service time)", expert, s_service[sm], r_service[rm], sl["energy_J"][sm], rl["energy_J"][rm])
+        add("expert (queue wait)", expert, sl["queue_s"][sm], rl["queue_s"][rm])
+        add("expert (TTFT)", expert, sl["ttft_s"][sm], rl["ttft_s"][rm])
+        add("expert (time per output token)", expert, s_tpot[sm], r_tpot[rm])
     return pd.DataFrame(rows)
+
+
+def time_per_output_token(queries: pd.DataFrame, legs: pd.DataFrame) -> pd.Series:
+    """Each leg's decode time per token after the first (the first comes with the TTFT)."""
+    tokens = legs[["query_id"]].merge(queries[["query_id", "output_tokens"]], on="query_id", how="left")
+    return pd.Series(legs["decode_s"].to_numpy() / np.maximum(tokens["output_tokens"].to_numpy() - 1, 1),
+                     index=legs.index)
 
 
 def markdown(table: pd.DataFrame) -> str:

@@ -293,6 +293,13 @@ def test_live_then_compare_with_the_simulator(tmp_path, tiny_profile, two_server
     overall = table[table["level"] == "all"].iloc[0]
     assert np.isfinite(overall["latency_mean_err_pct"]) and np.isnan(overall["energy_mean_err_pct"])
     assert set(table[table["level"].str.startswith("expert")]["name"]) == {"a", "b"}
+    per_expert = table.set_index(["level", "name"])
+    for level in ("expert (TTFT)", "expert (time per output token)"):
+        for expert in ("a", "b"):
+            assert np.isfinite(per_expert.loc[(level, expert), "latency_mean_err_pct"])
+    # 12 output tokens: 11 decode steps; the per-token time is the decode time over them
+    tpot = per_expert.loc[("expert (time per output token)", "a"), "latency_mean_measured_s"]
+    assert tpot == pytest.approx((legs[legs["expert"] == "a"]["decode_s"] / 11).mean())
 
 
 def test_live_takes_server_queueing_out_of_the_service_time(tmp_path, tiny_profile):
