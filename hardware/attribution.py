@@ -69,7 +69,8 @@ class SharedDevice:
             self._forget_finished()
         whole = self.meter.measure(t0, t1)  # waits until the reading has moved past t1
         energy = sum(self.meter.measure(a, b).energy_J / n for (a, b), n in zip(intervals, sharing))
-        return replace(whole, energy_J=energy, resolution_J=whole.resolution_J * (2 + len(cuts) - 2) / 2)
+        inside = len(cuts) - 2  # start/end instants of other requests within the window
+        return replace(whole, energy_J=energy, resolution_J=whole.resolution_J * (2 + inside) / 2)
 
     def _forget_finished(self) -> None:
         """Drop read spans that no span still to be read overlaps (spans yet to begin start later)."""

@@ -37,7 +37,7 @@ class ExpertServer(ThreadingHTTPServer):
         """The expert a request asks for; with one expert, any name reaches it (clients send "default")."""
         if len(self.models) == 1:
             return next(iter(self.models))
-        return requested if requested in self.models else None
+        return requested if isinstance(requested, str) and requested in self.models else None
 
 
 class CompletionHandler(BaseHTTPRequestHandler):
