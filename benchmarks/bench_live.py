@@ -9,7 +9,9 @@ serving adds (HTTP, streaming); on a CPU each server has one thread (two servers
 machine). Without a meter energy is not compared (NaN, never 0) and the profile's powers are
 assumed; with one (`--meter nvml` on a GPU) the profile is fitted on measured energy and the table
 gives energy errors too. On a GPU both experts are served by one `hardware serve` process, which
-splits the device's energy between the legs running at once. A second table splits the service-time
+splits the device's energy between the legs running at once; the two experts then also contend for
+the one GPU, which the twin (one device per expert) does not model — on one thread,
+`--model tiny-llama --one-server` shows that contention as a −60 % latency error. A second table splits the service-time
 error: per shape, the collected (one request at a time) service time against the live one, seen by
 the client and by the server.
 
@@ -76,6 +78,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m", help="a shape of hardware.backends.SHAPES")
     parser.add_argument("--device", default="cpu", help="torch device of both servers (cpu, cuda:0)")
     parser.add_argument("--meter", default="none", help="energy meter of the servers and the collection")
+    parser.add_argument("--one-server", action=argparse.BooleanOptionalAction, default=None,
+                        help="serve both experts from one process (default: on a GPU, not on a CPU)")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--rate", type=float, default=0.5)
     parser.add_argument("--work", type=Path, default=Path(tempfile.mkdtemp(prefix="bench-live-")))
@@ -87,14 +91,15 @@ def main() -> None:
         # CPU: a process per expert, one thread each. GPU: one server holds both experts, so they split
         # the device's energy instead of each metering all of it.
         cpu = args.device == "cpu"
-        for backends in ([[f"hf:{args.model}"]] * 2 if cpu else [[f"a=hf:{args.model}", f"b=hf:{args.model}"]]):
+        one = not cpu if args.one_server is None else args.one_server
+        for backends in ([[f"a=hf:{args.model}", f"b=hf:{args.model}"]] if one else [[f"hf:{args.model}"]] * 2):
             proc = subprocess.Popen([*HW, "serve", *(x for b in backends for x in ("--backend", b)),
                                      "--device", args.device, "--meter", args.meter, "--port", "0",
                                      *(["--threads", "1"] if cpu else [])],
                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
             servers.append(proc)
             url = "http://127.0.0.1:" + re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1)
-            urls += [url] if cpu else [url, url]
+            urls += [url, url] if one else [url]
         device_name = "this CPU" if cpu else args.device
         run(*HW, "collect", "--backend", f"openai:{urls[0]}#a", "--meter", args.meter, "--device-name", device_name,
             "--shapes", "32x8,64x8,32x16,64x16,32x24,64x24", "--reps", "5", "--out", str(work / "trace.csv"))
