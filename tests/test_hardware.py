@@ -45,21 +45,46 @@ def test_auto_meter_measures_or_fails_loudly():
     assert m.energy_J > 0 and m.resolution_J > 0
 
 
-def test_jetson_rails_are_read_from_sysfs(tmp_path):
-    hwmon = tmp_path / "ina3221" / "1-0040" / "hwmon" / "hwmon3"
-    hwmon.mkdir(parents=True)
-    for i, (mv, ma) in enumerate([(5000, 2000), (5000, 1000)], start=1):
-        (hwmon / f"in{i}_input").write_text(str(mv))
-        (hwmon / f"curr{i}_input").write_text(str(ma))
-    meter = jetson_meter(str(tmp_path / "ina3221" / "*" / "hwmon" / "hwmon*"))
+def write_rails(root: Path, chips: dict[str, list[tuple[str, int, int]]]) -> str:
+    """INA3221 hwmon folders as Jetson Linux lays them out: per chip, (label, mV, mA) per channel."""
+    for n, (chip, channels) in enumerate(chips.items()):
+        hwmon = root / "ina3221" / chip / "hwmon" / f"hwmon{3 + n}"
+        hwmon.mkdir(parents=True)
+        for i, (label, mv, ma) in enumerate(channels, start=1):
+            (hwmon / f"in{i}_label").write_text(label + "\n")
+            (hwmon / f"in{i}_input").write_text(str(mv))
+            (hwmon / f"curr{i}_input").write_text(str(ma))
+    return str(root / "ina3221" / "*" / "hwmon" / "hwmon*")
+
+
+def mean_power(meter: SampledCounter) -> float:
     t0 = meter.now()
     time.sleep(0.3)
     t1 = meter.now()
     m = meter.measure(t0, t1)
     meter.close()
-    assert m.energy_J == pytest.approx(15.0 * (t1 - t0), rel=0.05)  # 10 W + 5 W
+    return m.energy_J / (t1 - t0)
+
+
+def test_jetson_rails_are_read_from_sysfs(tmp_path):
+    """AGX Orin: four module rails on two chips, summed; not-connected channels skipped."""
+    agx = write_rails(tmp_path / "agx", {
+        "1-0040": [("VDD_GPU_SOC", 800, 5000), ("VDD_CPU_CV", 800, 2500), ("VIN_SYS_5V0", 5000, 1000)],
+        "1-0041": [("NC", 5000, 9999), ("VDDQ_VDD2_1V8AO", 1000, 1000), ("NC", 5000, 9999)]})
+    meter = jetson_meter(agx)
+    assert meter.name == "jetson-ina3221:VDD_GPU_SOC+VDD_CPU_CV+VIN_SYS_5V0+VDDQ_VDD2_1V8AO"
+    assert mean_power(meter) == pytest.approx(4.0 + 2.0 + 5.0 + 1.0, rel=0.05)
     with pytest.raises(MeterUnavailable):
         jetson_meter(str(tmp_path / "nothing" / "*"))
+
+
+def test_jetson_total_input_rail_is_not_summed_with_its_branches(tmp_path):
+    """Orin NX/Nano: VDD_IN supplies VDD_CPU_GPU_CV and VDD_SOC; the module's power is VDD_IN alone."""
+    nx = write_rails(tmp_path / "nx", {
+        "1-0040": [("VDD_IN", 5000, 3000), ("VDD_CPU_GPU_CV", 1000, 4000), ("VDD_SOC", 1000, 3000)]})
+    meter = jetson_meter(nx)
+    assert meter.name == "jetson-ina3221:VDD_IN"
+    assert mean_power(meter) == pytest.approx(15.0, rel=0.05)
 
 
 def write_atomic(path: Path, text: str) -> None:
