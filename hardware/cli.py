@@ -36,6 +36,7 @@ def make_meter(kind: str):
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from hardware.collect import Request, collect, shape_grid
+    from hardware.provenance import describe
 
     backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
@@ -56,9 +57,14 @@ def cmd_collect(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     trace.to_csv(tmp, index=False)
+    provenance = out.with_suffix(".device.json")
+    provenance_tmp = provenance.with_name(f".{provenance.name}.tmp")
+    provenance_tmp.write_text(json.dumps(describe(backend.name, args.device, meter), indent=1) + "\n")
     tmp.replace(out)
+    provenance_tmp.replace(provenance)
     warm = trace[trace["warm"]]
-    print(f"{len(trace)} requests ({len(warm)} warm) on {backend.name}, meter {trace['meter'].iloc[0]} -> {out}")
+    print(f"{len(trace)} requests ({len(warm)} warm) on {backend.name}, meter {trace['meter'].iloc[0]} -> {out} "
+          f"(how it was measured: {provenance.name})")
     return 0
 
 

@@ -410,6 +410,22 @@ def test_live_retries_server_errors_and_records_unreachable_experts(tmp_path, ti
     assert (queries["error"] != "").all()
 
 
+def test_collect_writes_how_the_trace_was_measured(tmp_path):
+    """`collect` puts the machine, stack and meter beside the trace; nothing this machine lacks (no GPU,
+    no meter) is filled in."""
+    import json
+    from importlib import metadata
+
+    out = tmp_path / "trace.csv"
+    proc = subprocess.run([sys.executable, "-m", "hardware", "collect", "--backend", "hf:tiny-llama", "--meter", "none",
+                           "--shapes", "16x4", "--reps", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "trace.device.json").read_text())
+    assert record["stack"]["torch"] == metadata.version("torch") and record["backend"] == "tiny-llama"
+    assert record["meter"]["name"] == "none" and "gpu" not in record and "driver" not in record
+    assert len(pd.read_csv(out)) == 2  # one warm-up run and one repetition
+
+
 def test_cli_bad_input_exit_code_2(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "hardware", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=ROOT)
