@@ -29,13 +29,13 @@ def held_out_errors(trace: pd.DataFrame, idle_W: float) -> pd.DataFrame:
     rows = []
     idle = Sourced(value=idle_W if np.isfinite(idle_W) else 0.0, provenance="measured", source="trace")
     for model, data in trace.groupby("model", sort=False):
-        fit_on = data  # latency only: the fit needs some energy; its powers then go unused
-        if data["active_energy_J"].isna().any():
-            fit_on = data.assign(active_energy_J=1.0)
+        latency_only = data["active_energy_J"].isna().any()  # then the profile's power is a placeholder
+        power = Sourced(value=1.0, provenance="assumed", source="unused") if latency_only else None
         shapes = data[["prompt_tokens", "output_tokens"]].drop_duplicates().itertuples(index=False)
         for p, o in shapes:
             test = (data["prompt_tokens"] == p) & (data["output_tokens"] == o)
-            prof = fit_profile(fit_on[~test], name="loso", device="", model=str(model), idle=idle, how="loso")
+            prof = fit_profile(data[~test], name="loso", device="", model=str(model), idle=idle, how="loso",
+                               power=power)
             held = data[test]
             ttft = prof.ttft_s(held["prompt_tokens"].to_numpy())
             dec = prof.decode_s(held["output_tokens"].to_numpy())

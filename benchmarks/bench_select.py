@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from moe2sim import selection
-from moe2sim.selection import Budgets, InfeasibleBudgets, SelectionProblem, solve_exhaustive, solve_monotone, to_mask
+from moe2sim.problem import oracle_coverage
+from moe2sim.selection import Budgets, InfeasibleBudgets, SelectionProblem, solve_exhaustive, solve_monotone
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = (7, 10, 14, 20, 30, 40)
@@ -37,10 +39,7 @@ def coverage_utility(rng: np.random.Generator, n: int, items: int = 300):
     skill = rng.uniform(0.2, 0.75, n)
     correct = rng.random((items, n)) < skill[None, :]
     weight = rng.uniform(0.1, 1.0, items)
-    weight /= weight.sum()
-    pairs = [(to_mask(np.flatnonzero(row)), float(w)) for row, w in zip(correct, weight)]
-    pairs = [(m, w) for m, w in pairs if m]
-    return lambda mask: sum(w for m, w in pairs if m & mask)
+    return oracle_coverage(correct.astype(float), np.arange(items), weight / weight.sum())
 
 
 def additive_utility(rng: np.random.Generator, n: int):
@@ -104,7 +103,7 @@ def synthetic(utility: str, instances: int, exhaustive_max_n: int, exhaustive_in
                         "exhaustive_sets_mean": float(np.mean(exh_sets)), "exhaustive_sets_max": int(np.max(exh_sets)),
                         "agreement": agree / len(exh_ms)})
         rows.append(row)
-        print(f"{utility} N={n}: done", flush=True)
+        print(f"{utility} N={n}: done", file=sys.stderr, flush=True)
     return rows
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from hardware.backends import Backend
 from hardware.meters import SampledCounter
 from moe2sim.errors import InputError
-from moe2sim.profiles import DeviceProfile, Sourced, fit_profile, profile_error
+from moe2sim.profiles import DeviceProfile, Sourced, fit_profile
 
 
 @dataclass(frozen=True)
@@ -89,14 +89,6 @@ def fit(trace: pd.DataFrame, path: Path, name: str, device: str, assume_power_W:
     if assume_power_W is None:
         raise InputError(path, "active_energy_J", "no measured energy (collected without a meter): pass "
                                                   "--assume-power W to fit latency only, with powers labelled assumed")
-    stand_in = warm.assign(active_energy_J=1.0)  # latency fit only; powers replaced below
-    latency_only = fit_profile(stand_in, name=name, device=device, model=str(warm["model"].iloc[0]),
-                               idle=Sourced(value=0.0, provenance="assumed", source="no meter"), how=how)
     assumed = dict(provenance="assumed", source="no energy meter on the collecting machine; given by --assume-power")
-    profile = latency_only.model_copy(update={
-        "prefill_power_W": Sourced(value=assume_power_W, **assumed),
-        "decode_power_W": Sourced(value=assume_power_W, **assumed),
-        "idle_power_W": Sourced(value=0.0, **assumed)})
-    errors = profile_error(profile, stand_in)
-    return profile.model_copy(update={"fit_error": {"latency_mape_pct": errors["latency_mape_pct"],
-                                                    "rows": errors["rows"]}})
+    return fit_profile(warm, name=name, device=device, model=str(warm["model"].iloc[0]),
+                       idle=Sourced(value=0.0, **assumed), how=how, power=Sourced(value=assume_power_W, **assumed))

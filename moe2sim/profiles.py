@@ -89,39 +89,44 @@ def save_profile(profile: DeviceProfile, path: Path) -> None:
 
 
 def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle: Sourced,
-                how: str) -> DeviceProfile:
+                how: str, power: Sourced | None = None) -> DeviceProfile:
     """Relative-error least-squares fit of the profile model to warm rows of a device trace.
 
     ttft_s = a + p / r_prefill;  decode_s = o / r_decode;  active_energy_J = P_act * (ttft + decode),
     so prefill and decode share one active power: the trace's meter (NVML, ~100 ms steps) cannot
     separate a prefill of a few ms. Residuals are weighted by 1/observed (the fit minimises squared
-    relative error, matching the % error it reports). fit_error holds the in-sample errors.
+    relative error, matching the % error it reports). fit_error holds the in-sample errors. A trace
+    without measured energy fits the latency only; its prefill and decode power is then `power`.
     """
     p = trace["prompt_tokens"].to_numpy(float)
     o = trace["output_tokens"].to_numpy(float)
     ttft = trace["ttft_s"].to_numpy(float)
     dec = trace["decode_s"].to_numpy(float)
-    active = trace["active_energy_J"].to_numpy(float)
     (a, inv_prefill), *_ = np.linalg.lstsq(np.c_[np.ones_like(p), p] / ttft[:, None], np.ones_like(p), rcond=None)
     a, inv_prefill = max(float(a), 0.0), max(float(inv_prefill), 1e-9)
     inv_decode = float(np.sum(o / dec) / np.sum((o / dec) ** 2))
-    busy = ttft + dec
-    p_active = max(float(np.sum(busy / active) / np.sum((busy / active) ** 2)), 0.0)
     fitted = dict(provenance="derived", source=how)
+    if power is None:
+        busy, active = ttft + dec, trace["active_energy_J"].to_numpy(float)
+        if not np.isfinite(active).all():
+            raise ValueError("the trace has no measured energy for some rows: give the power to assume")
+        p_active = max(float(np.sum(busy / active) / np.sum((busy / active) ** 2)), 0.0)
+        power = Sourced(value=idle.value + p_active, **fitted)
     profile = DeviceProfile(
         name=name, device=device, model=model, notes=f"fitted on {len(trace)} warm rows",
         ttft_base_s=Sourced(value=a, **fitted),
         prefill_tokens_per_s=Sourced(value=1.0 / inv_prefill, **fitted),
         decode_tokens_per_s=Sourced(value=1.0 / inv_decode, **fitted),
-        prefill_power_W=Sourced(value=idle.value + p_active, **fitted),
-        decode_power_W=Sourced(value=idle.value + p_active, **fitted),
+        prefill_power_W=power,
+        decode_power_W=power,
         idle_power_W=idle,
     )
     return profile.model_copy(update={"fit_error": profile_error(profile, trace)})
 
 
 def profile_error(profile: DeviceProfile, trace: pd.DataFrame) -> dict[str, float]:
-    """Mean absolute % error of the profile's latency and active energy on the rows of a device trace."""
+    """Mean absolute % error of the profile's latency and (where the trace measured it) active energy
+    on the rows of a device trace."""
     ttft = profile.ttft_s(trace["prompt_tokens"].to_numpy())
     dec = profile.decode_s(trace["output_tokens"].to_numpy())
     real_latency = trace["ttft_s"].to_numpy(float) + trace["decode_s"].to_numpy(float)
@@ -130,6 +135,7 @@ def profile_error(profile: DeviceProfile, trace: pd.DataFrame) -> dict[str, floa
     def mape(pred: np.ndarray, real: np.ndarray) -> float:
         return round(float(np.mean(np.abs(pred - real) / real) * 100), 2)
 
-    return {"latency_mape_pct": mape(ttft + dec, real_latency),
-            "active_energy_mape_pct": mape(profile.active_energy_J(ttft, dec), real_energy),
-            "rows": float(len(trace))}
+    errors = {"latency_mape_pct": mape(ttft + dec, real_latency)}
+    if np.isfinite(real_energy).all():
+        errors["active_energy_mape_pct"] = mape(profile.active_energy_J(ttft, dec), real_energy)
+    return errors | {"rows": float(len(trace))}

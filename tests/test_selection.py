@@ -26,7 +26,7 @@ from moe2sim.build import build_selector
 from moe2sim import selection
 from moe2sim.cli import main
 from moe2sim.policy import MixturePolicy
-from moe2sim.problem import budgets_of
+from moe2sim.problem import budgets_of, oracle_coverage
 from moe2sim.scenario import load_scenario
 from moe2sim.selection import (SOLVERS, Budgets, InfeasibleBudgets, Selection, SelectionProblem, Selector,
                                binding_constraints, check_feasible, members, solve_exhaustive, solve_monotone,
@@ -49,10 +49,7 @@ def random_utility(kind: str, rng: np.random.Generator, n: int) -> Callable[[int
         skill = rng.uniform(0.05, 0.8, n)
         correct = rng.random((items, n)) < skill[None, :]
         weight = rng.uniform(0.1, 1.0, items)
-        weight /= weight.sum()
-        pairs = [(to_mask(np.flatnonzero(row)), float(w)) for row, w in zip(correct, weight)]
-        pairs = [(m, w) for m, w in pairs if m]
-        return lambda mask: sum(w for m, w in pairs if m & mask)
+        return oracle_coverage(correct.astype(float), np.arange(items), weight / weight.sum())
     # Values with ties and zeros a third of the time (ties stress the pruning tolerance).
     values = rng.integers(0, 4, n).astype(float) if rng.random() < 1 / 3 else rng.uniform(0.0, 1.0, n)
     values = values.tolist()
