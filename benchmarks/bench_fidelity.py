@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from moe2sim.profiles import Sourced, fit_profile
-from moe2sim.traces import DEVICE_TRACE_COLUMNS, read_table
+from moe2sim.devices.profiles import Sourced, fit_profile
+from moe2sim.data.tables import DEVICE_TRACE_COLUMNS, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe2sim.gate import TrainConfig
-from moe2sim.gate_eval import GateData, train_on
-from moe2sim.policy import topk_in_subset
+from moe2sim.routing.gate import TrainConfig
+from moe2sim.routing.evaluation import GateData, train_on
+from moe2sim.routing.routers import topk_in_subset
 
 
 def top1_accuracy(logits: np.ndarray, correct: np.ndarray, allowed: np.ndarray) -> float:

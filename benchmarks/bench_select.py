@@ -27,9 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from moe2sim import selection
-from moe2sim.problem import oracle_coverage
-from moe2sim.selection import Budgets, InfeasibleBudgets, SelectionProblem, solve_exhaustive, solve_monotone
+from moe2sim.selection import solvers as selection
+from moe2sim.selection.problem import oracle_coverage
+from moe2sim.selection.budgets import Budgets
+from moe2sim.selection.problem import SelectionProblem
+from moe2sim.selection.solvers import InfeasibleBudgets, solve_exhaustive, solve_monotone
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = (7, 10, 14, 20, 30, 40)
@@ -137,14 +139,14 @@ def markdown(rows: list[dict]) -> str:
 
 
 def paper(repeats: int) -> list[dict]:
-    from moe2sim.build import build_selector
-    from moe2sim.problem import budgets_of
+    from moe2sim.twin.factory import Inputs, build_selector
+    from moe2sim.selection.budgets import budgets_of
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
 
     scenario = load_scenario(ROOT / "scenarios" / "paper.yaml", ["policy.selection.method=none"])
     twin = Twin.build(scenario)
-    problem = build_selector(scenario, twin.profiles, twin.workload, list(twin.quality.experts)).problem
+    problem = build_selector(Inputs(scenario), twin.profiles, twin.workload).problem
     budgets = budgets_of(scenario)
     solvers = {"monotone": solve_monotone, "exhaustive": solve_exhaustive}
     if hasattr(selection, "solve_exact") and getattr(problem, "upper_bound", None) is not None:

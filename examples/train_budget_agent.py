@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 import moe2sim.envs  # noqa: F401  (registers the envs)
-from moe2sim.agents import AGENT_FORMAT, AGENT_VERSION, QueueRule, build_agent, flatten, run_episode
-from moe2sim.checkpoint import save_checkpoint
+from moe2sim.envs.agents import AGENT_FORMAT, AGENT_VERSION, QueueRule, build_agent, flatten, run_episode
+from moe2sim.data.checkpoint import save_checkpoint
 
 ENV_ID = "moe2sim/BudgetDiscrete-v0"
 OBS_KEYS = ["arrival_rate", "queue", "utilisation", "latency_p50", "latency_p95", "accuracy",

@@ -70,8 +70,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from hardware.collect import fit
-    from moe2sim.profiles import save_profile
-    from moe2sim.traces import DEVICE_TRACE_COLUMNS, read_table
+    from moe2sim.devices.profiles import save_profile
+    from moe2sim.data.tables import DEVICE_TRACE_COLUMNS, read_table
 
     path = Path(args.trace)
     trace = read_table(path, {k: v for k, v in DEVICE_TRACE_COLUMNS.items() if k != "active_energy_J"},
@@ -111,7 +111,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_live(args: argparse.Namespace) -> int:
     from hardware.live import run_live
-    from moe2sim.run import staged, twin_summary, write_results
+    from moe2sim.experiments.run import twin_summary, write_results
+    from moe2sim.experiments.outputs import OutputDir
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
 
@@ -125,7 +126,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     out = Path(args.out)
     summary = twin_summary(twin, queries, legs, float(queries["finish_s"].max()))
     summary["errors"] = int((queries["error"] != "").sum())
-    with staged(out) as stage:
+    with OutputDir(out, allow_existing=True).staged() as stage:
         write_results(stage, scenario, f"hardware live: {scenario.name}", queries, legs, summary)
     print(f"{len(queries)} queries live ({summary['errors']} with errors), accuracy {summary['accuracy']:.3f}, "
           f"latency mean {summary['latency_s']['mean']:.3f} s -> {out}/")

@@ -18,7 +18,7 @@ import pandas as pd
 from hardware.backends import Backend
 from hardware.meters import SampledCounter
 from moe2sim.errors import InputError
-from moe2sim.profiles import DeviceProfile, Sourced, fit_profile
+from moe2sim.devices.profiles import DeviceProfile, Sourced, fit_profile
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,8 @@ import numpy as np
 import pandas as pd
 
 from hardware.backends import BackendError, Generation, OpenAIBackend
-from moe2sim.policy import Decision
-from moe2sim.problem import budgets_of
-from moe2sim.selection import worst_delay
+from moe2sim.routing.routers import Decision
+from moe2sim.selection.budgets import budgets_of
 from moe2sim.twin import Twin
 from moe2sim.workload import QueryBatch
 
@@ -63,9 +62,10 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
     names = [e.name for e in twin.experts]
     clients = [OpenAIBackend(endpoints[n], n, timeout_s) for n in names]
     questions = twin.quality.prompts["question"].astype(str).to_numpy()
-    prompt_ids = twin.quality.prompts["prompt_id"].astype(str).to_numpy()
+    prompt_ids = twin.quality.prompt_ids
     budgets = policy.budgets or budgets_of(scenario)
-    batches = list(twin.workload.batches(twin.streams(seed)[0]))
+    arrivals, _, routing = twin.streams(seed)
+    batches = list(twin.workload.batches(arrivals))
     queries, legs = [], []
     lock = threading.Lock()
     t_zero = time.perf_counter()
@@ -90,6 +90,7 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
         energy_total = float(np.sum([e for e in energy if e is not None])) if all(
             e is not None for e in energy) else np.nan
         c = int(batch.category[0])
+        worst_delay, worst_energy = policy.predicted_worst(batch.category)
         latency = finish - arrival
         subset = "|".join(n for n, ok in zip(names, policy.allowed) if ok)
         row = {"query_id": qid, "category": scenario.categories[c].name, "prompt_id": prompt_ids[i_prompt],
@@ -99,9 +100,7 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
                "correct": score > 0, "energy_J": energy_total, "latency_budget_s": budgets.latency_s[c],
                "latency_violation": latency > budgets.latency_s[c], "energy_budget_J": budgets.energy_J,
                "energy_violation": bool(energy_total > budgets.energy_J), "subset": subset,
-               "predicted_worst_delay_s": worst_delay(policy.selector.problem, policy.selector.last.mask)[c]
-               if policy.selector is not None and policy.selector.last is not None else np.nan,
-               "predicted_worst_energy_J": np.nan, "error": "; ".join(r.error for r in results if r.error)}
+               "predicted_worst_delay_s": worst_delay[0], "predicted_worst_energy_J": worst_energy, "error": "; ".join(r.error for r in results if r.error)}
         leg_rows = []
         for j, (n, r) in enumerate(zip(experts, results)):
             x = r.gen.extra if r.gen else {}
@@ -128,7 +127,7 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
             wait = float(one.arrival_s[0]) / speed - (time.perf_counter() - t_zero)
             if wait > 0:
                 time.sleep(wait)
-            decision = policy.decide(one)
+            decision = policy.decide(one, routing)
             score = float(policy.aggregate(one, decision)[0])
             th = threading.Thread(target=serve_query, args=(qid, one, decision, score))
             th.start()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe2sim.aggregation import HighestWeight, Oracle, WeightedVote
-from moe2sim.policy import FixedRouter, GateRouter, MixturePolicy, topk_in_subset
+from moe2sim.routing.aggregation import HighestWeight, Oracle, WeightedVote
+from moe2sim.policy import MixturePolicy
+from moe2sim.routing.routers import FixedRouter, GateRouter, topk_in_subset
 from moe2sim.workload import QueryBatch
 
 
@@ -267,59 +268,60 @@ def test_weighted_vote_with_k2_equals_highest_weight():
                                       top_agg.combine(prompts, experts, weights))
 
 
-# --- MixturePolicy.set_subset ------------------------------------------------------------------
+# --- MixturePolicy.with_subset (the policy is immutable) ------------------------------------------
+
+RNG = np.random.default_rng(0)
+
 
 def make_policy(k: int = 2, n_prompts: int = 300, n_experts: int = 6) -> MixturePolicy:
     logits = np.random.default_rng(11).normal(size=(n_prompts, n_experts))
     return MixturePolicy(GateRouter(logits), np.ones(n_experts, bool), k, HighestWeight(np.ones((n_prompts, n_experts))),
-                         0.0)
+                         0.0, tuple(f"e{i}" for i in range(n_experts)))
 
 
-def test_set_subset_restricts_later_decisions():
+def test_with_subset_restricts_decisions_and_leaves_the_original_alone():
     policy = make_policy()
     batch = batch_of(np.arange(300))
-    before = policy.decide(batch)
+    before = policy.decide(batch, RNG)
     assert len(np.unique(before.experts)) == 6  # all experts are used before the change
     new = np.array([False, True, False, False, True, True])
-    policy.set_subset(new)
-    after = policy.decide(batch)
+    restricted = policy.with_subset(new)
+    after = restricted.decide(batch, RNG)
     assert np.isin(after.experts, [1, 4, 5]).all()
-    expected, weights = topk_in_subset(policy.router.logits(batch), new, 2)
+    expected, weights = topk_in_subset(policy.router.logits(batch, RNG), new, 2)
     np.testing.assert_array_equal(after.experts, expected)
     np.testing.assert_allclose(after.weights, weights)
-    policy.set_subset(np.array([1, 1, 0, 0, 0, 0]))  # integer masks are read as booleans
-    assert policy.allowed.dtype == bool
-    assert set(np.unique(policy.decide(batch).experts)) == {0, 1}
+    assert policy.allowed.all() and restricted.subset == ["e1", "e4", "e5"]  # the original is unchanged
+    np.testing.assert_array_equal(policy.decide(batch, RNG).experts, before.experts)
+    ints = policy.with_subset(np.array([1, 1, 0, 0, 0, 0]))  # integer masks are read as booleans
+    assert ints.allowed.dtype == bool
+    assert set(np.unique(ints.decide(batch, RNG).experts)) == {0, 1}
 
 
-def test_set_subset_smaller_than_k_uses_whole_subset():
+def test_with_subset_smaller_than_k_uses_whole_subset():
     """MixturePolicy is documented as top-min(k, |S|) of S (the coarse level may pick fewer than k
     experts): a smaller subset is accepted and every query then goes to all of it."""
-    policy = make_policy(k=3)
-    policy.set_subset(np.array([True, False, False, False, False, True]))
+    policy = make_policy(k=3).with_subset(np.array([True, False, False, False, False, True]))
     assert policy.k_effective == 2
-    decision = policy.decide(batch_of(np.arange(50)))
+    decision = policy.decide(batch_of(np.arange(50)), RNG)
     assert decision.experts.shape == (50, 2)
     assert np.all(np.sort(decision.experts, axis=1) == [0, 5])
     np.testing.assert_allclose(decision.weights.sum(axis=1), 1.0)
-    policy.set_subset(np.ones(6, bool))
-    assert policy.decide(batch_of(np.arange(5))).experts.shape == (5, 3)
+    assert policy.with_subset(np.ones(6, bool)).decide(batch_of(np.arange(5)), RNG).experts.shape == (5, 3)
 
 
-def test_set_subset_empty_raises_and_keeps_old_subset():
-    policy = make_policy(k=2)
-    old = np.array([True, True, True, False, False, False])
-    policy.set_subset(old)
+def test_with_subset_empty_raises():
+    policy = make_policy(k=2).with_subset(np.array([True, True, True, False, False, False]))
     with pytest.raises(ValueError):
-        policy.set_subset(np.zeros(6, bool))
-    np.testing.assert_array_equal(policy.allowed, old)
-    assert np.isin(policy.decide(batch_of(np.arange(10))).experts, [0, 1, 2]).all()
+        policy.with_subset(np.zeros(6, bool))
+    assert np.isin(policy.decide(batch_of(np.arange(10)), RNG).experts, [0, 1, 2]).all()
 
 
 def test_fixed_router_follows_subset_order():
     order = np.array([2.0, 0.0, 1.0, 3.0])
-    policy = MixturePolicy(FixedRouter(order), np.ones(4, bool), 2, HighestWeight(np.ones((5, 4))), 0.0)
-    decision = policy.decide(batch_of(np.arange(5)))
+    policy = MixturePolicy(FixedRouter(order), np.ones(4, bool), 2, HighestWeight(np.ones((5, 4))), 0.0,
+                           ("a", "b", "c", "d"))
+    decision = policy.decide(batch_of(np.arange(5)), RNG)
     assert np.all(decision.experts == [1, 2])
-    policy.set_subset(np.array([True, False, False, True]))
-    assert np.all(policy.decide(batch_of(np.arange(5))).experts == [0, 3])
+    restricted = policy.with_subset(np.array([True, False, False, True]))
+    assert np.all(restricted.decide(batch_of(np.arange(5)), RNG).experts == [0, 3])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import SCENARIOS, quickstart_raw
-from moe2sim import workload as wl
+from moe2sim.workload import generator as wl
 from moe2sim.scenario import Diurnal, Scenario
-from moe2sim.traces import load_quality
+from moe2sim.data.quality import load_quality
 from moe2sim.workload import CHUNK, QueryBatch, Workload
 
 FIELDS = ("arrival_s", "category", "prompt", "prompt_tokens", "output_tokens", "prompt_bytes")

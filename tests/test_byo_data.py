@@ -21,9 +21,9 @@ import pytest
 import yaml
 
 from moe2sim.cli import main
-from moe2sim.embed import save_embeddings
-from moe2sim.gate import Gate, TrainConfig
-from moe2sim.gate_eval import train_on
+from moe2sim.data.embeddings import save_embeddings
+from moe2sim.routing.gate import Gate, TrainConfig
+from moe2sim.routing.evaluation import train_on
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

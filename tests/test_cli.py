@@ -185,7 +185,8 @@ def quickstart_runs(tmp_path_factory) -> dict[str, Path]:
 
 def test_run_writes_outputs(quickstart_runs):
     out = quickstart_runs["a"]
-    assert {p.name for p in out.iterdir()} == {"queries.parquet", "legs.parquet", "summary.json", "report.html"}
+    assert {p.name for p in out.iterdir()} == {"queries.parquet", "legs.parquet", "summary.json", "report.html",
+                                               ".moe2sim-manifest.json"}
     queries = pd.read_parquet(out / "queries.parquet")
     legs = pd.read_parquet(out / "legs.parquet")
     assert len(queries) == 2000 and len(legs) == 4000
@@ -236,25 +237,36 @@ def test_different_seed_different_summary(quickstart_runs):
     assert a["energy_J_total"] != c["energy_J_total"]
 
 
-def test_run_replaces_old_results(tmp_path, capsys):
+def test_run_replaces_its_own_results_and_keeps_the_users(tmp_path, capsys):
+    """A re-run replaces what moe2sim wrote before (its manifest says which files) and never deletes or
+    overwrites anything else; a folder moe2sim did not write is refused unless --allow-existing."""
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "summary.json").write_text('{"old": true}')
-    (out / "queries.csv").write_text("stale\n")
-    (out / "legs.parquet").write_bytes(b"stale")
-    (out / "report.html").write_text("old report")
-    (out / "notes.txt").write_text("mine")
-    code, stdout, _ = call(capsys, ["run", str(QUICKSTART), "--out", str(out), "--seed", "1", "--quiet",
-                                    "--set", "queries=300"])
-    assert code == 0
-    assert str(out) in stdout
+    args = ["run", str(QUICKSTART), "--out", str(out), "--seed", "1", "--quiet", "--set", "queries=300"]
+    assert call(capsys, [*args, "--set", "outputs.format=csv"])[0] == 0
+    (out / "notes.txt").write_text("mine")          # the user adds a file beside the results
+    code, stdout, _ = call(capsys, args)
+    assert code == 0 and str(out) in stdout
     s = json.loads((out / "summary.json").read_text())
-    assert "old" not in s and s["queries"] == 300
+    assert s["queries"] == 300
     assert not (out / "queries.csv").exists(), "stale result of an earlier run left in place"
     assert len(pd.read_parquet(out / "legs.parquet")) == 600
-    assert "old report" not in (out / "report.html").read_text()
-    assert (out / "notes.txt").read_text() == "mine"  # not a result file: left alone
+    assert (out / "notes.txt").read_text() == "mine"
     assert not any(".partial" in p.name for p in tmp_path.iterdir())
+
+    user = tmp_path / "user"
+    user.mkdir()
+    for name in ("report.md", "legs.xlsx", "summary.json"):
+        (user / name).write_text("keep")
+    code, stdout, err = call(capsys, ["run", str(QUICKSTART), "--out", str(user), "--quiet", "--set", "queries=50"])
+    assert code == 2 and "--out" in err and "did not write" in err and "Traceback" not in err
+    code, _, err = call(capsys, ["run", str(QUICKSTART), "--out", str(user), "--quiet", "--set", "queries=50",
+                                 "--allow-existing"])
+    assert code == 2 and "summary.json" in err and "will not be overwritten" in err  # a user's file of our name
+    (user / "summary.json").unlink()
+    code, _, _ = call(capsys, ["run", str(QUICKSTART), "--out", str(user), "--quiet", "--set", "queries=50",
+                               "--allow-existing"])
+    assert code == 0 and json.loads((user / "summary.json").read_text())["queries"] == 50
+    assert all((user / n).read_text() == "keep" for n in ("report.md", "legs.xlsx"))
 
 
 def test_run_csv_format_and_no_report(tmp_path, capsys, write_scenario):
@@ -264,7 +276,7 @@ def test_run_csv_format_and_no_report(tmp_path, capsys, write_scenario):
     out = tmp_path / "out"
     code, _, _ = call(capsys, ["run", str(write_scenario(base=raw)), "--out", str(out), "--quiet"])
     assert code == 0
-    assert {p.name for p in out.iterdir()} == {"queries.csv", "legs.csv", "summary.json"}
+    assert {p.name for p in out.iterdir()} == {"queries.csv", "legs.csv", "summary.json", ".moe2sim-manifest.json"}
     assert len(pd.read_csv(out / "queries.csv")) == 200
 
 

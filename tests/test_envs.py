@@ -17,17 +17,18 @@ import warnings
 
 import gymnasium as gym
 import numpy as np
+
+from moe2sim.sim import records
 import pytest
 import yaml
 from gymnasium.utils.env_checker import check_env
 
 from conftest import SCENARIOS, TRACES
-from moe2sim.agents import (AGENT_FORMAT, AGENT_VERSION, FixedBudgets, QueueRule, TorchAgent, build_agent,
-                            run_episode)
+from moe2sim.envs.agents import AGENT_FORMAT, AGENT_VERSION, FixedBudgets, QueueRule, TorchAgent, build_agent, run_episode
 from moe2sim.envs import ENV_IDS, BudgetEnv, register_envs
 from moe2sim.errors import InputError
 from moe2sim.scenario import load_scenario
-from moe2sim.selection import Budgets
+from moe2sim.selection.budgets import Budgets
 
 BUDGET_YAML = SCENARIOS / "budget_env.yaml"
 W = 12  # windows of the shared envs' episodes
@@ -655,8 +656,7 @@ REQUIRED_QUERY_COLUMNS = ["query_id", "category", "prompt_id", "arrival_s", "fin
                           "prompt_tokens", "output_tokens", "experts", "k", "score", "correct", "energy_J",
                           "latency_budget_s", "latency_violation", "energy_violation", "subset",
                           "predicted_worst_delay_s", "predicted_worst_energy_J"]  # traces/README.md
-LEG_COLUMNS = ["query_id", "rank", "expert", "weight", "uplink_s", "queue_s", "ttft_s", "decode_s",
-               "downlink_s", "start_s", "end_s", "energy_J"]
+LEG_COLUMNS = list(records.LEG_COLUMNS)
 
 
 def test_records_carry_the_budgets_in_force_at_arrival(box_env):

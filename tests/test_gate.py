@@ -17,11 +17,11 @@ import torch
 
 from conftest import TRACES
 from moe2sim.cli import main
-from moe2sim.embed import load_embeddings, save_embeddings
+from moe2sim.data.embeddings import load_embeddings, save_embeddings
 from moe2sim.errors import InputError
-from moe2sim.gate import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Gate, GateNet, TrainConfig, task_prior_logits, \
-    train_gate
-from moe2sim.traces import load_quality
+from moe2sim.routing.gate import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Gate, GateNet, TrainConfig, task_prior_logits,
+                                  train_gate)
+from moe2sim.data.quality import load_quality
 
 ROUTERDC_MODELS = ["mistralai/Mistral-7B-v0.1", "meta-math/MetaMath-Mistral-7B", "itpossible/Chinese-Mistral-7B-v0.1",
                    "HuggingFaceH4/zephyr-7b-beta", "cognitivecomputations/dolphin-2.6-mistral-7b",

@@ -22,7 +22,7 @@ from hardware.compare import error_table
 from hardware.live import run_live
 from hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
 from hardware.serve import serve
-from moe2sim.profiles import save_profile
+from moe2sim.devices.profiles import save_profile
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
 
@@ -297,7 +297,7 @@ def test_serve_reports_timings_and_null_energy(two_servers):
 
 
 def test_live_then_compare_with_the_simulator(tmp_path, tiny_profile, two_servers):
-    from moe2sim.run import run_scenario
+    from moe2sim.experiments.run import run_scenario
 
     scenario = load_scenario(live_scenario(tmp_path, tiny_profile))
     twin = Twin.build(scenario)

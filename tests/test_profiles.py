@@ -10,7 +10,7 @@ import yaml
 
 from conftest import TRACES, profile_dict
 from moe2sim.errors import InputError
-from moe2sim.profiles import DeviceProfile, Sourced, fit_profile, load_profile, profile_error, save_profile
+from moe2sim.devices.profiles import DeviceProfile, Sourced, fit_profile, load_profile, profile_error, save_profile
 
 PROFILES = sorted((TRACES / "profiles").glob("*.yaml"))
 SOURCED_FIELDS = ["ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s",

@@ -8,7 +8,7 @@
    grid, and by how much; how many S ⊂ S ∪ {j} pairs have U(S) > U(S ∪ {j}).
 3. Baselines (best_single, greedy_energy, random, all_fit).
 4. binding_constraints.
-5. Selector / MixturePolicy.set_budgets, and the subset and predictions the simulator records.
+5. Selector / MixturePolicy.with_budgets, and the subset and predictions the simulator records.
 6. The `moe2sim select` command.
 
 Run with `-s` to see the measured agreement numbers of part 2.
@@ -22,16 +22,17 @@ import numpy as np
 import pytest
 
 from conftest import PAPER, QUICKSTART
-from moe2sim.build import build_selector
-from moe2sim import selection
 from moe2sim.cli import main
-from moe2sim.policy import MixturePolicy
-from moe2sim.problem import budgets_of, oracle_coverage
+from moe2sim.errors import InputError
 from moe2sim.scenario import load_scenario
-from moe2sim.selection import (SOLVERS, Budgets, InfeasibleBudgets, Selection, SelectionProblem, Selector,
-                               binding_constraints, check_feasible, members, solve_exhaustive, solve_monotone,
-                               to_mask, worst_delay)
+from moe2sim.selection import solvers as selection
+from moe2sim.selection.budgets import Budgets, budgets_of
+from moe2sim.selection.problem import SelectionProblem, members, oracle_coverage, to_mask
+from moe2sim.selection.selector import Selector
+from moe2sim.selection.solvers import (SOLVERS, InfeasibleBudgets, Selection, binding_constraints, check_feasible,
+                                       solve_exhaustive, solve_monotone)
 from moe2sim.twin import Twin
+from moe2sim.twin.factory import Inputs, build_selector
 
 TOL = 1e-12
 
@@ -221,7 +222,7 @@ def paper():
     """(selection problem, scenario budgets) of scenarios/paper.yaml, built as the CLI does."""
     scenario = load_scenario(PAPER, ["policy.selection.method=none"])
     twin = Twin.build(scenario)
-    selector = build_selector(scenario, twin.profiles, twin.workload, list(twin.quality.experts))
+    selector = build_selector(Inputs(scenario), twin.profiles, twin.workload)
     return selector.problem, budgets_of(scenario)
 
 
@@ -464,7 +465,7 @@ def test_binding_on_paper(paper):
     assert set(binding_constraints(problem, sel.mask, tight)) == {f"latency[{c}]" for c in problem.categories}
 
 
-# --- Selector, MixturePolicy.set_budgets and the simulator --------------------------------------
+# --- Selector, MixturePolicy.with_budgets and the simulator --------------------------------------
 
 @pytest.fixture(scope="module")
 def quick_twin():
@@ -474,36 +475,46 @@ def quick_twin():
     return Twin.build(scenario)
 
 
-def test_set_budgets_resolves_and_changes_allowed(quick_twin):
+def test_with_budgets_resolves_and_changes_allowed(quick_twin):
     base = quick_twin.policy
     problem = base.selector.problem
-    policy = MixturePolicy(base.router, base.allowed.copy(), base.k, base.aggregator, base.aggregation_s,
-                           Selector(problem, "monotone"))
     latency = np.array([c.latency_budget_s for c in quick_twin.scenario.categories])
-    names = np.array(problem.names)
 
-    def allowed_names():
-        return names[policy.allowed].tolist()
+    def allowed(policy) -> list[str]:
+        return policy.subset
 
-    sel = policy.set_budgets(Budgets(400.0, latency))
-    assert allowed_names() == ["mistral-7b", "metamath-7b"] == sel.subset(problem.names)
-    assert policy.selector.last is sel and policy.k_effective == 2
-    policy.set_budgets(Budgets(200.0, latency))  # one Orin expert only
-    assert len(allowed_names()) == 1 and policy.k_effective == 1
-    assert allowed_names()[0] in ("mistral-7b", "metamath-7b")
-    policy.set_budgets(Budgets(1000.0, latency))
-    assert policy.allowed.all()
-    policy.set_budgets(Budgets(1000.0, np.full(4, 1.9)))  # only the RTX 4090 is fast enough
-    assert allowed_names() == ["llama3-8b"]
-    before, last = policy.allowed.copy(), policy.selector.last
+    policy = base.with_budgets(Budgets(400.0, latency))
+    assert allowed(policy) == ["mistral-7b", "metamath-7b"] == policy.selection.subset(problem.names)
+    assert policy.k_effective == 2 and policy.budgets.energy_J == 400.0
+    one = policy.with_budgets(Budgets(200.0, latency))  # one Orin expert only
+    assert len(allowed(one)) == 1 and one.k_effective == 1
+    assert allowed(one)[0] in ("mistral-7b", "metamath-7b")
+    assert policy.with_budgets(Budgets(1000.0, latency)).allowed.all()
+    fast = policy.with_budgets(Budgets(1000.0, np.full(4, 1.9)))  # only the RTX 4090 is fast enough
+    assert allowed(fast) == ["llama3-8b"]
     with pytest.raises(InfeasibleBudgets):
-        policy.set_budgets(Budgets(100.0, latency))
-    np.testing.assert_array_equal(policy.allowed, before)  # a failed re-solve changes nothing
-    assert policy.selector.last is last
+        fast.with_budgets(Budgets(100.0, latency))
+    assert allowed(fast) == ["llama3-8b"] and allowed(policy) == ["mistral-7b", "metamath-7b"]  # immutable
     # Decisions follow the subset.
     batch = quick_twin.workload.batches(np.random.default_rng(0))
-    decision = policy.decide(next(iter(batch)))
-    assert (decision.experts == names.tolist().index("llama3-8b")).all()
+    decision = fast.decide(next(iter(batch)), np.random.default_rng(0))
+    assert (decision.experts == problem.names.index("llama3-8b")).all()
+
+
+def test_subset_is_honoured_by_the_selection():
+    """policy.subset with a selection method: the selection chooses inside the subset (on main at
+    cd65cb7 the subset was silently ignored and all three experts were allowed)."""
+    twin = Twin.build(load_scenario(QUICKSTART, ["policy.selection.method=exact", "policy.subset=[llama3-8b]",
+                                                 "policy.k=1", "energy_budget_J=1000", "queries=200"]))
+    assert twin.policy.subset == ["llama3-8b"]
+    _, queries, _ = twin.simulate()
+    assert set(queries["experts"]) == {"llama3-8b"}
+    two = Twin.build(load_scenario(QUICKSTART, ["policy.selection.method=exhaustive", "energy_budget_J=1000",
+                                                "policy.subset=[mistral-7b, llama3-8b]", "queries=50"]))
+    assert set(two.policy.subset) <= {"mistral-7b", "llama3-8b"}
+    with pytest.raises(InputError):  # the only allowed expert cannot meet the budgets: said, not ignored
+        Twin.build(load_scenario(QUICKSTART, ["policy.selection.method=exact", "policy.subset=[llama3-8b]",
+                                              "policy.k=1", "energy_budget_J=50", "queries=50"]))
 
 
 def test_simulation_respects_selected_subset_and_budgets(quick_twin):
@@ -519,9 +530,9 @@ def test_simulation_respects_selected_subset_and_budgets(quick_twin):
     assert queries["predicted_worst_delay_s"].notna().all()
     assert (queries["predicted_worst_delay_s"] <= queries["latency_budget_s"] + 1e-9).all()
     assert (queries["predicted_worst_energy_J"] <= scenario.energy_budget_J + 1e-9).all()
-    problem, mask = policy.selector.problem, policy.selector.last.mask
+    problem, mask = policy.selector.problem, policy.selection.mask
     cats = [c.name for c in scenario.categories]
-    expected = worst_delay(problem, mask)[[cats.index(c) for c in queries["category"].astype(str)]]
+    expected = problem.delay_of(mask)[[cats.index(c) for c in queries["category"].astype(str)]]
     np.testing.assert_allclose(queries["predicted_worst_delay_s"], expected, rtol=0, atol=0)
     np.testing.assert_allclose(queries["predicted_worst_energy_J"], problem.energy_of(mask), rtol=0, atol=0)
 
@@ -543,8 +554,8 @@ def test_cli_select_json_and_exhaustive_agree(capsys, paper):
     assert {"subset", "U", "binding", "sets_evaluated", "solver_seconds", "worst_case_energy_J",
             "worst_case_delay_s"} <= set(result)
     problem, budgets = paper
-    assert result["subset"] == solve_monotone(problem, budgets).subset(problem.names)
-    assert result["method"] == "monotone" and result["binding"] == ["energy"]
+    assert result["subset"] == selection.solve_exact(problem, budgets).subset(problem.names)
+    assert result["method"] == "exact" and result["binding"] == ["energy"]  # the scenario's method by default
     assert result["worst_case_energy_J"] <= budgets.energy_J
     assert all(result["worst_case_delay_s"][c] <= t for c, t in zip(problem.categories, budgets.latency_s))
     assert 0 < result["sets_evaluated"] <= 2 ** problem.n - 1 and result["solver_seconds"] >= 0

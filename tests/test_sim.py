@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import TRACES, quickstart_raw
-from moe2sim.metrics import summarize
+from moe2sim.report.summary import summarize
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
 

@@ -8,21 +8,23 @@ window_s, windows, action ("box" | "discrete").
 """
 from gymnasium.envs.registration import register, registry
 
-from moe2sim.envs.budget_env import SCENARIOS, BudgetEnv
+from moe2sim.data.bundled import bundled_path
+from moe2sim.envs.budget_env import BudgetEnv
 from moe2sim.envs.handler import BudgetHandler, WindowStats
 
 ENV_IDS = {
-    "moe2sim/Budget-v0": dict(scenario=SCENARIOS / "budget_env.yaml"),
-    "moe2sim/BudgetDiscrete-v0": dict(scenario=SCENARIOS / "budget_env.yaml", action="discrete"),
-    "moe2sim/Paper-v0": dict(scenario=SCENARIOS / "paper.yaml"),
-    "moe2sim/Quickstart-v0": dict(scenario=SCENARIOS / "quickstart.yaml"),
+    "moe2sim/Budget-v0": dict(scenario="budget_env.yaml"),
+    "moe2sim/BudgetDiscrete-v0": dict(scenario="budget_env.yaml", action="discrete"),
+    "moe2sim/Paper-v0": dict(scenario="paper.yaml"),
+    "moe2sim/Quickstart-v0": dict(scenario="quickstart.yaml"),
 }
 
 
 def register_envs() -> None:
     for env_id, kwargs in ENV_IDS.items():
         if env_id not in registry:
-            register(id=env_id, entry_point="moe2sim.envs.budget_env:BudgetEnv", kwargs=kwargs)
+            register(id=env_id, entry_point="moe2sim.envs.budget_env:BudgetEnv",
+                     kwargs={**kwargs, "scenario": str(bundled_path(f"scenarios/{kwargs['scenario']}"))})
 
 
 register_envs()

@@ -17,76 +17,14 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
+from moe2sim.data.bundled import bundled_path
 from moe2sim.envs.handler import BudgetHandler, WindowStats
-from moe2sim.policy import UniformRouter
-from moe2sim.problem import budgets_of
+from moe2sim.envs.meter import WindowMeter
 from moe2sim.scenario import EnvConfig, Scenario, load_scenario
-from moe2sim.selection import InfeasibleBudgets
-from moe2sim.sim import EdgeSimulation, Plan, query_records
+from moe2sim.selection.budgets import budgets_of
+from moe2sim.selection.solvers import InfeasibleBudgets
+from moe2sim.sim.engine import EdgeSimulation
 from moe2sim.twin import Twin
-
-SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
-
-
-class WindowMeter:
-    """Turns the simulation's plans into per-window measurements, incrementally.
-
-    An answer is late when its latency exceeds its category's budget in the scenario (the service
-    level the operator promised), never the budgets the agent set: otherwise loosening the budgets
-    would hide lateness from the reward."""
-
-    def __init__(self, sim: EdgeSimulation, latency_budgets_s: np.ndarray, aggregation_s: float):
-        self.sim = sim
-        self.latency_budgets_s = latency_budgets_s
-        self.m = len(latency_budgets_s)
-        self.aggregation_s = aggregation_s
-        self.arrivals = np.zeros(self.m)
-        self.seen = 0
-        self.open: list[tuple[Plan, np.ndarray]] = []  # plan, mask of its queries already counted
-        self.energy_cum = 0.0
-
-    def on_batch(self, batch) -> None:
-        self.arrivals += np.bincount(batch.category, minlength=self.m)
-
-    def close_window(self, t0: float, t1: float) -> WindowStats:
-        for plan in self.sim.plans[self.seen:]:
-            self.open.append((plan, np.zeros(len(plan.batch), bool)))
-        self.seen = len(self.sim.plans)
-        n = len(self.sim.servers)
-        busy = np.zeros(n)
-        lat: list[list[np.ndarray]] = [[] for _ in range(self.m)]
-        correct = late = completed = 0
-        energy = 0.0
-        still_open = []
-        for plan, counted in self.open:
-            start = plan.start_s
-            end = start + plan.ttft_s + plan.decode_s
-            started = ~np.isnan(start)
-            overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0, None)
-            busy += np.bincount(plan.experts[started], weights=overlap[started], minlength=n)
-            finish = np.where(started.all(axis=1), (end + plan.downlink_s).max(axis=1) + self.aggregation_s, np.inf)
-            done = ~counted & (finish < t1)
-            if done.any():
-                cats = plan.batch.category[done]
-                latency = finish[done] - plan.batch.arrival_s[done]
-                for c in np.unique(cats):
-                    lat[c].append(latency[cats == c])
-                correct += int((plan.score[done] > 0).sum())
-                late += int((latency > self.latency_budgets_s[cats]).sum())
-                completed += int(done.sum())
-                energy += float(plan.energy_J[done].sum())
-                counted |= done
-            if not (counted.all() and np.nanmax(end) < t1):
-                still_open.append((plan, counted))
-        self.open = still_open
-        self.energy_cum += energy
-        stats = WindowStats(
-            duration_s=t1 - t0, end_s=t1, arrivals=self.arrivals.copy(),
-            queue=np.array([s.queued for s in self.sim.servers], float), busy_s=busy,
-            latencies=[np.concatenate(x) if x else np.empty(0) for x in lat],
-            correct=correct, late=late, completed=completed, energy_J=energy, energy_cum_J=self.energy_cum)
-        self.arrivals[:] = 0
-        return stats
 
 
 class BudgetEnv(gym.Env):
@@ -94,11 +32,13 @@ class BudgetEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, scenario: str | Path | Scenario = SCENARIOS / "budget_env.yaml",
+    def __init__(self, scenario: str | Path | Scenario | None = None,
                  overrides: list[str] | tuple[str, ...] = (), window_s: float | None = None,
                  windows: int | None = None, action: str | None = None, render_mode: str | None = None):
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported (metadata: {self.metadata})")
+        if scenario is None:
+            scenario = bundled_path("scenarios/budget_env.yaml")
         sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, list(overrides))
         cfg = (sc.env or EnvConfig()).model_copy(update={k: v for k, v in
                                                          {"window_s": window_s, "windows": windows, "action": action}.items()
@@ -122,17 +62,10 @@ class BudgetEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         # independent streams: the load must not depend on the service draws the agent's subsets cause
-        arrivals, service, routing = np.random.SeedSequence(int(self.np_random.integers(2**63))).spawn(3)
-        rng = np.random.default_rng(service)
-        if isinstance(self.twin.policy.router, UniformRouter):
-            self.twin.policy.router.rng = np.random.default_rng(routing)
-        prompt_ids = self.twin.quality.prompts["prompt_id"].astype(str).to_numpy()
-        self.twin.policy.set_budgets(self.initial_budgets)
         self.box = self.handler.action_for(self.initial_budgets)
-        self.sim = EdgeSimulation(self.twin.experts, self.twin.policy, prompt_ids, rng)
+        self.sim, arrivals = self.twin.simulation(int(self.np_random.integers(2**63)))
         self.meter = WindowMeter(self.sim, self.handler.base_latency, self.twin.policy.aggregation_s)
-        self.sim.start(self.twin.workload.batches(np.random.default_rng(arrivals), self.cfg.window_s),
-                       self.meter.on_batch)
+        self.sim.start(self.twin.workload.batches(arrivals, self.cfg.window_s), self.meter.on_batch)
         self.window, self.done = 0, False
         empty = WindowStats.empty(len(self.scenario.categories), len(self.twin.experts), self.cfg.window_s)
         return self.handler.observation(empty, self.box), {
@@ -149,7 +82,7 @@ class BudgetEnv(gym.Env):
         budgets = self.handler.budgets(box)
         infeasible = False
         try:
-            self.twin.policy.set_budgets(budgets)
+            self.sim.policy = self.sim.policy.with_budgets(budgets)
             self.box = box
         except InfeasibleBudgets:
             infeasible = True
@@ -159,10 +92,9 @@ class BudgetEnv(gym.Env):
         self.window += 1
         truncated = self.window >= self.cfg.windows
         self.done = truncated
-        budgets = self.twin.policy.budgets
-        info = {"energy_budget_J": budgets.energy_J, "latency_budget_s": budgets.latency_s.copy(),
-                "infeasible": infeasible,
-                "subset": [e.name for e, ok in zip(self.twin.experts, self.twin.policy.allowed) if ok],
+        policy = self.sim.policy
+        info = {"energy_budget_J": policy.budgets.energy_J, "latency_budget_s": policy.budgets.latency_s.copy(),
+                "infeasible": infeasible, "subset": policy.subset,
                 "completed": stats.completed, "correct": stats.correct, "late": stats.late,
                 "energy_J": stats.energy_J}
         return self.handler.observation(stats, self.box), self.handler.reward(stats), False, truncated, info
@@ -173,8 +105,4 @@ class BudgetEnv(gym.Env):
         if self.sim is None or not self.done:
             raise RuntimeError("records() is available once an episode has ended")
         self.sim.advance()
-        sc = self.scenario
-        prompt_ids = self.twin.quality.prompts["prompt_id"].astype(str).to_numpy()
-        budgets = budgets_of(sc)
-        return query_records(self.sim.result(), [c.name for c in sc.categories], budgets.latency_s,
-                             budgets.energy_J, prompt_ids)
+        return self.twin.records(self.sim.result())

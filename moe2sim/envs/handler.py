@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium import spaces
 
 from moe2sim.scenario import EnvConfig, Scenario
-from moe2sim.selection import Budgets
+from moe2sim.selection.budgets import Budgets
 
 DAY_S = 86_400.0
 

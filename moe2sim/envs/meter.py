@@ -1,0 +1,73 @@
+"""The environment's window meter: per-window measurements from the simulation, as it runs.
+
+Finish times and latencies come from moe2sim.sim.records (the same definitions as the records).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from moe2sim.envs.handler import WindowStats
+from moe2sim.sim.engine import EdgeSimulation, Plan
+from moe2sim.sim.records import finish_times, leg_end
+
+
+class WindowMeter:
+    """Turns the simulation's plans into per-window measurements, incrementally.
+
+    An answer is late when its latency exceeds its category's budget in the scenario (the service
+    level the operator promised), never the budgets the agent set: otherwise loosening the budgets
+    would hide lateness from the reward."""
+
+    def __init__(self, sim: EdgeSimulation, latency_budgets_s: np.ndarray, aggregation_s: float):
+        self.sim = sim
+        self.latency_budgets_s = latency_budgets_s
+        self.m = len(latency_budgets_s)
+        self.aggregation_s = aggregation_s
+        self.arrivals = np.zeros(self.m)
+        self.seen = 0
+        self.open: list[tuple[Plan, np.ndarray]] = []  # plan, mask of its queries already counted
+        self.energy_cum = 0.0
+
+    def on_batch(self, batch) -> None:
+        self.arrivals += np.bincount(batch.category, minlength=self.m)
+
+    def close_window(self, t0: float, t1: float) -> WindowStats:
+        for plan in self.sim.plans[self.seen:]:
+            self.open.append((plan, np.zeros(len(plan.batch), bool)))
+        self.seen = len(self.sim.plans)
+        n = len(self.sim.servers)
+        busy = np.zeros(n)
+        lat: list[list[np.ndarray]] = [[] for _ in range(self.m)]
+        correct = late = completed = 0
+        energy = 0.0
+        still_open = []
+        for plan, counted in self.open:
+            start = plan.start_s
+            end = leg_end(start, plan.ttft_s, plan.decode_s)
+            started = ~np.isnan(start)
+            overlap = np.clip(np.minimum(end, t1) - np.maximum(start, t0), 0, None)
+            busy += np.bincount(plan.experts[started], weights=overlap[started], minlength=n)
+            finish = np.where(started.all(axis=1), finish_times(start, plan.ttft_s, plan.decode_s, plan.downlink_s,
+                                                                self.aggregation_s), np.inf)
+            done = ~counted & (finish < t1)
+            if done.any():
+                cats = plan.batch.category[done]
+                latency = finish[done] - plan.batch.arrival_s[done]
+                for c in np.unique(cats):
+                    lat[c].append(latency[cats == c])
+                correct += int((plan.score[done] > 0).sum())
+                late += int((latency > self.latency_budgets_s[cats]).sum())
+                completed += int(done.sum())
+                energy += float(plan.energy_J[done].sum())
+                counted |= done
+            if not (counted.all() and np.nanmax(end) < t1):
+                still_open.append((plan, counted))
+        self.open = still_open
+        self.energy_cum += energy
+        stats = WindowStats(
+            duration_s=t1 - t0, end_s=t1, arrivals=self.arrivals.copy(),
+            queue=np.array([s.queued for s in self.sim.servers], float), busy_s=busy,
+            latencies=[np.concatenate(x) if x else np.empty(0) for x in lat],
+            correct=correct, late=late, completed=completed, energy_J=energy, energy_cum_J=self.energy_cum)
+        self.arrivals[:] = 0
+        return stats

@@ -1,0 +1,101 @@
+"""The output contract: a run writes into DIR only files it names in DIR/.moe2sim-manifest.json,
+and never deletes or overwrites a file it did not write.
+
+Before any work, `check` refuses an output folder that is a file, cannot be written, or is a
+non-empty folder moe2sim did not write (unless `allow_existing`), and any planned file name that
+would overwrite a user's file. Results are written into a hidden staging folder beside DIR and
+moved in only when all of them exist; files a previous run listed in the manifest and this run does
+not write are removed (they were ours); the new manifest is written last. An interrupted or failed
+run leaves DIR as it was.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from moe2sim.data.atomic import write_text_atomic
+from moe2sim.errors import InputError
+
+MANIFEST = ".moe2sim-manifest.json"
+
+
+@dataclass(frozen=True)
+class OutputDir:
+    path: Path
+    flag: str = "--out"
+    allow_existing: bool = False
+
+    def ours(self) -> set[str]:
+        """File names a previous moe2sim run wrote here (empty if none)."""
+        try:
+            return set(json.loads((self.path / MANIFEST).read_text())["files"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+
+    def check(self, names: Iterable[str] = ()) -> None:
+        """Refuse, before any work, an output location that would lose a user's file or cannot be written."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise InputError(self.flag, str(path), "exists and is not a folder")
+        ours = self.ours()
+        if path.is_dir():
+            foreign = sorted(p.name for p in path.iterdir() if p.name not in ours and p.name != MANIFEST)
+            if foreign and not (self.allow_existing or (path / MANIFEST).exists()):
+                raise InputError(self.flag, str(path), f"is a non-empty folder moe2sim did not write (holds "
+                                 f"{', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}); choose a new or "
+                                 "empty folder, or pass --allow-existing to write beside those files")
+            clash = sorted(set(names) & set(foreign))
+            if clash:
+                raise InputError(self.flag, str(path / clash[0]), "exists and was not written by moe2sim; "
+                                 "it will not be overwritten: choose another output folder")
+        parent = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise InputError(self.flag, str(path), f"cannot write into {parent}: permission denied")
+
+    @classmethod
+    def of(cls, out: "OutputDir | str | Path") -> "OutputDir":
+        """An OutputDir as is, or a plain path (a library caller's folder; nothing foreign in it is touched)."""
+        return out if isinstance(out, OutputDir) else cls(Path(out))
+
+    @contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A staging folder whose files become DIR's results only if the block completes."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
+        try:
+            yield stage
+            written = sorted(p.name for p in stage.iterdir())
+            self.check(written)
+            ours = self.ours()
+            self.path.mkdir(exist_ok=True)
+            for name in ours - set(written):
+                (self.path / name).unlink(missing_ok=True)
+            for name in written:
+                (stage / name).replace(self.path / name)
+            write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": written}, indent=1))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def strict(obj):
+    """The object with every non-finite float (NaN, ±inf) replaced by None, so it is valid JSON."""
+    if isinstance(obj, dict):
+        return {str(k): strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return strict(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(strict(obj), indent=2, allow_nan=False))

@@ -1,0 +1,89 @@
+"""`moe2sim run` (simulate a scenario) and `moe2sim rollout` (an agent driving the budget
+environment): both write the same per-query records, summary.json and report.html through the
+output contract of experiments/outputs.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moe2sim.experiments.outputs import OutputDir, write_json
+from moe2sim.report.summary import summarize
+from moe2sim.scenario import Scenario
+from moe2sim.twin import Twin
+
+RESULT_NAMES = ("queries.parquet", "queries.csv", "legs.parquet", "legs.csv", "summary.json", "report.html",
+                "sweep.csv", "windows.csv")
+
+
+def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    if fmt == "parquet":
+        df.to_parquet(path.with_suffix(".parquet"), index=False)
+    else:
+        df.to_csv(path.with_suffix(".csv"), index=False)
+
+
+def twin_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
+    summary = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
+                        {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())))
+    return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **summary}
+
+
+def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataFrame, legs: pd.DataFrame,
+                  summary: dict[str, Any], extra_html: str = "") -> None:
+    from moe2sim.report.html import write_report
+
+    write_table(queries, stage / "queries", scenario.outputs.format)
+    write_table(legs, stage / "legs", scenario.outputs.format)
+    write_json(stage / "summary.json", summary)
+    if scenario.outputs.report:
+        write_report(stage / "report.html", title, summary, queries,
+                     {c.name: c.latency_budget_s for c in scenario.categories}, scenario.description, extra_html)
+
+
+def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True
+                 ) -> dict[str, Any]:
+    from moe2sim.experiments.sweep import run_sweep
+
+    out = OutputDir.of(out)
+    out.check(RESULT_NAMES)
+    if seed is not None:
+        scenario = scenario.model_copy(update={"seed": seed})
+    twin = Twin.build(scenario)
+    result, queries, legs = twin.simulate(progress=progress)
+    summary = twin_summary(twin, queries, legs, result.run_s)
+    extra = ""
+    sweep = run_sweep(scenario, progress=progress) if scenario.sweep is not None else None
+    with out.staged() as stage:
+        if sweep is not None:
+            from moe2sim.report.html import sweep_section
+
+            write_table(sweep, stage / "sweep", "csv")
+            extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories])
+        write_results(stage, scenario, f"moe2sim run: {scenario.name} (seed {scenario.seed})", queries, legs,
+                      summary, extra)
+    return summary
+
+
+def rollout(scenario_path: str, overrides: list[str], agent_name: str, out: OutputDir | Path, seed: int,
+            windows: int | None = None) -> dict[str, Any]:
+    """One episode of an agent in BudgetEnv; the simulator's records plus a per-window log and plot."""
+    from moe2sim.envs.agents import build_agent, run_episode
+    from moe2sim.envs.budget_env import BudgetEnv
+    from moe2sim.report.html import windows_section
+
+    out = OutputDir.of(out)
+    out.check(RESULT_NAMES)
+    env = BudgetEnv(scenario_path, overrides, windows=windows)
+    agent = build_agent(agent_name, env)
+    total, log = run_episode(env, agent, seed)
+    queries, legs = env.records()
+    summary = twin_summary(env.twin, queries, legs, env.sim.result().run_s)
+    summary = {**summary, "seed": seed, "agent": agent_name, "episode_reward": total, "windows": len(log)}
+    windows_df = pd.DataFrame(log)
+    with out.staged() as stage:
+        write_table(windows_df, stage / "windows", "csv")
+        write_results(stage, env.scenario, f"moe2sim rollout: {agent_name} on {env.scenario.name} (seed {seed})",
+                      queries, legs, summary, windows_section(windows_df, [c.name for c in env.scenario.categories]))
+    return summary

@@ -1,0 +1,76 @@
+"""The policy object: which k experts answer a query, with what weights, and how answers combine.
+
+MixturePolicy = router (one logit per expert per prompt) + selector (the coarse level: subset S for
+the budgets) + k + aggregator. Per query: the top-min(k, |S|) experts of S by logit, softmax weights
+renormalised over those k; their answers are combined by the aggregator. One object serves the
+simulator, the gym environment and the live runner: it sees queries (category, prompt row) and
+random streams, never the clock. It is immutable: `with_budgets` returns the policy for other
+budgets (re-solving S), `with_subset` and `with_router` the same policy otherwise restricted or routed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from moe2sim.routing.aggregation import Aggregator
+from moe2sim.routing.routers import Decision, Router, topk_in_subset
+from moe2sim.selection.budgets import Budgets
+from moe2sim.selection.problem import members
+from moe2sim.selection.selector import Selector
+from moe2sim.selection.solvers import Selection
+from moe2sim.workload import QueryBatch
+
+
+@dataclass(frozen=True)
+class MixturePolicy:
+    router: Router
+    allowed: np.ndarray  # (n_experts,) bool: the subset S
+    k: int
+    aggregator: Aggregator
+    aggregation_s: float
+    names: tuple[str, ...]
+    selector: Selector | None = None
+    budgets: Budgets | None = None        # the budgets S was chosen for (None: no selector)
+    selection: Selection | None = None    # the selector's answer for them
+
+    def with_budgets(self, budgets: Budgets) -> "MixturePolicy":
+        """The coarse level: the policy with S re-solved for new budgets (raises InfeasibleBudgets)."""
+        if self.selector is None:
+            raise ValueError("this policy has no selector (selection.method: none)")
+        selection = self.selector.select(budgets)
+        allowed = np.zeros(len(self.allowed), bool)
+        allowed[members(selection.mask)] = True
+        return replace(self.with_subset(allowed), budgets=budgets, selection=selection)
+
+    def with_subset(self, allowed: np.ndarray) -> "MixturePolicy":
+        """The policy restricted to another subset S (a bool mask over the experts)."""
+        allowed = np.asarray(allowed).astype(bool)
+        if not allowed.any():
+            raise ValueError("the subset is empty")
+        return replace(self, allowed=allowed)
+
+    def with_router(self, router: Router) -> "MixturePolicy":
+        return replace(self, router=router)
+
+    @property
+    def subset(self) -> list[str]:
+        return [n for n, ok in zip(self.names, self.allowed) if ok]
+
+    @property
+    def k_effective(self) -> int:
+        return min(self.k, int(self.allowed.sum()))
+
+    def predicted_worst(self, categories: np.ndarray) -> tuple[np.ndarray, float]:
+        """S's worst-case delay for each query's category and its worst-case energy (NaN without a selector)."""
+        if self.selection is None:
+            return np.full(len(categories), np.nan), float("nan")
+        problem = self.selector.problem
+        return problem.delay_of(self.selection.mask)[categories], problem.energy_of(self.selection.mask)
+
+    def decide(self, batch: QueryBatch, rng: np.random.Generator) -> Decision:
+        return Decision(*topk_in_subset(self.router.logits(batch, rng), self.allowed, self.k_effective))
+
+    def aggregate(self, batch: QueryBatch, decision: Decision) -> np.ndarray:
+        """Score of the combined answer per query (> 0: correct)."""
+        return self.aggregator.combine(batch.prompt, decision.experts, decision.weights)

@@ -1,0 +1,66 @@
+"""Summary metrics from per-query and per-leg records (any source: simulator, environment, live run).
+
+energy_J_per_query is the mean active energy of a query (what the MoE² energy budget bounds);
+energy_J_total adds every device's idle power over the run length to the active energy.
+Utilisation of an expert = its busy slot-seconds / (slots * run length).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def _mean_or_none(value: float) -> float | None:
+    """A mean over nothing (an expert that served no leg) is null, not NaN."""
+    return float(value) if np.isfinite(value) else None
+
+
+def _latency(latency: pd.Series) -> dict[str, float]:
+    values = latency.to_numpy(float)
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"mean": float(values.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99),
+            "max": float(values.max())}
+
+
+def _block(queries: pd.DataFrame) -> dict[str, Any]:
+    lat_v = int(queries["latency_violation"].sum())
+    en_v = int(queries["energy_violation"].sum())
+    return {
+        "queries": int(len(queries)),
+        "accuracy": float(queries["correct"].mean()),
+        "latency_s": _latency(queries["latency_s"]),
+        "energy_J_per_query": float(queries["energy_J"].mean()),
+        "energy_J_active_total": float(queries["energy_J"].sum()),
+        "budget_violations": {
+            "latency": lat_v, "energy": en_v,
+            "any": int((queries["latency_violation"] | queries["energy_violation"]).sum()),
+            "rate": float((queries["latency_violation"] | queries["energy_violation"]).mean()),
+        },
+    }
+
+
+def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str, float],
+              slots: dict[str, int], run_s: float) -> dict[str, Any]:
+    """The summary.json contract: overall block, per category, per expert."""
+    overall = _block(queries)
+    idle = {name: p * run_s for name, p in idle_power_W.items()}
+    overall["energy_J_idle_total"] = float(sum(idle.values()))
+    overall["energy_J_total"] = overall["energy_J_active_total"] + overall["energy_J_idle_total"]
+    overall["run_s"] = float(run_s)
+    overall["throughput_qps"] = float(len(queries) / run_s) if run_s > 0 else 0.0
+    overall["categories"] = {str(c): _block(g) for c, g in queries.groupby("category", observed=True)}
+    busy = (legs["ttft_s"] + legs["decode_s"]).groupby(legs["expert"], observed=False).sum()
+    per_leg = legs.groupby("expert", observed=False)
+    overall["experts"] = {
+        name: {
+            "legs": int(per_leg.size().get(name, 0)),
+            "utilisation": float(busy.get(name, 0.0) / (slots[name] * run_s)) if run_s > 0 else 0.0,
+            "queue_s_mean": _mean_or_none(per_leg["queue_s"].mean().get(name, np.nan)),
+            "energy_J_active": float(per_leg["energy_J"].sum().get(name, 0.0)),
+            "energy_J_idle": float(idle[name]),
+        }
+        for name in idle_power_W
+    }
+    return overall

@@ -1,0 +1,258 @@
+"""The scenario schema (pydantic): experts, categories, budgets, arrivals, policy, sweep, env.
+
+Every model forbids unknown keys, so a typo is an error, never a silently ignored setting.
+Relative paths are resolved against the scenario file's directory (`data_dir` first, then the
+trace and profile paths against `data_dir`); without `data_dir` the bundled data is used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from moe2sim.data.bundled import bundled_path
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Link(Strict):
+    """A user<->edge-server link as a pure delay: bytes / rate + one-way propagation."""
+
+    uplink_Mbps: PositiveFloat = 100.0
+    downlink_Mbps: PositiveFloat = 100.0
+    propagation_s: NonNegativeFloat = 0.002
+
+
+class TraceService(Strict):
+    """Replay per-query device-trace rows (traces/README.md, device trace schema)."""
+
+    file: str
+    model: str | None = Field(None, description="rows whose `model` column equals this; all rows if unset")
+
+
+class Expert(Strict):
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1, description="expert id in the quality trace")
+    profile: str = Field(min_length=1, description="device profile: name in data_dir/profiles or a YAML path")
+    slots: Annotated[int, Field(ge=1)] = 1
+    link: Link = Link()
+    service: Literal["profile"] | TraceService = "profile"
+
+
+class FixedTokens(Strict):
+    dist: Literal["fixed"] = "fixed"
+    mean: Annotated[int, Field(ge=1)]
+
+
+class LognormalTokens(Strict):
+    """Token count ~ round(lognormal) with the given mean and coefficient of variation."""
+
+    dist: Literal["lognormal"]
+    mean: PositiveFloat
+    cv: PositiveFloat
+    max: Annotated[int, Field(ge=1)] = 4096
+
+
+class GeometricTokens(Strict):
+    """Token count ~ geometric on {1, 2, ...} with the given mean (memoryless lengths: M/M/c-like service)."""
+
+    dist: Literal["geometric"]
+    mean: Annotated[float, Field(ge=1)]
+
+
+TokenLengths = Annotated[Union[FixedTokens, LognormalTokens, GeometricTokens], Field(discriminator="dist")]
+
+
+class Category(Strict):
+    name: str = Field(min_length=1)
+    task: str | None = Field(None, description="task in the prompt trace; defaults to the name")
+    mix: PositiveFloat = Field(description="relative share of arrivals")
+    latency_budget_s: PositiveFloat
+    answer_options: Annotated[int, Field(ge=2)] | None = Field(
+        None, description="choices of a multiple-choice task; unset: free-form answers (wrong ones never agree)")
+    prompt_tokens: Literal["trace"] | TokenLengths = "trace"
+    output_tokens: TokenLengths
+
+    @property
+    def trace_task(self) -> str:
+        return self.task or self.name
+
+
+class Poisson(Strict):
+    process: Literal["poisson"]
+    rate_per_s: PositiveFloat
+
+
+class Bursts(Strict):
+    """Bursts on top of the diurnal rate: a two-state Markov-modulated Poisson process whose rate is
+    multiplied by `factor` during bursts; burst and gap durations are exponential."""
+
+    factor: Annotated[float, Field(gt=1)] = 3.0
+    mean_duration_s: PositiveFloat = 600.0
+    mean_gap_s: PositiveFloat = 7200.0
+
+
+class Diurnal(Strict):
+    """Non-homogeneous Poisson: rate(t) = mean_rate * (1 + amplitude * sin(2π (t - phase_s) / period_s)),
+    times the burst factor while a burst is on (if `bursts` is set)."""
+
+    process: Literal["diurnal"]
+    mean_rate_per_s: PositiveFloat
+    amplitude: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    period_s: PositiveFloat = 86_400.0
+    phase_s: float = 0.0
+    bursts: Bursts | None = None
+
+
+class Replay(Strict):
+    """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
+
+    process: Literal["replay"]
+    file: str
+    time_scale: PositiveFloat = 1.0
+
+
+Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
+
+
+class SelectionConfig(Strict):
+    """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
+
+    monotone: MoE²'s discrete monotonic optimisation (exact when U is monotone); exact: the same search
+    with a bound valid for any U; exhaustive: the reference; the rest are baselines
+    (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
+    """
+
+    method: Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
+                    "all_fit"] = "none"
+    quantile: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.95, description="prompt/output length quantile that defines an expert's worst case")
+    seed: int = Field(0, description="seed of the random baseline")
+
+
+class PolicyConfig(Strict):
+    """gate: the trained gating network (checkpoint under data_dir); prior_accuracy: per category the
+    experts with the best train accuracy; fixed_subset: the subset in its listed order; uniform: k
+    experts of the subset drawn uniformly per query, equal weights (the no-gate baseline)."""
+
+    name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
+    gate: str = "gate.pt"
+    k: Annotated[int, Field(ge=1)] = 2
+    subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
+    aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
+    aggregation_s: NonNegativeFloat = 0.005
+    vote_seed: int = Field(0, description="seed of the assumed wrong answers in weighted_vote")
+    selection: SelectionConfig = SelectionConfig()
+
+
+class SweepConfig(Strict):
+    """Budget sweeps drawn into the report: one axis varied at a time, the other at the scenario's values."""
+
+    energy_budget_J: list[PositiveFloat] = Field(default_factory=list)
+    latency_scale: list[PositiveFloat] = Field(default_factory=list, description="x each category's latency budget")
+    methods: list[Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]] = [
+        "moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
+    simulate: bool = True
+
+
+class RewardWeights(Strict):
+    """reward per window = quality·(correct answers) − latency_violation·(answers past their budget)
+    − energy_overshoot_per_kJ·(kJ of active energy spent beyond the episode allowance in the window)."""
+
+    quality: NonNegativeFloat = 1.0
+    latency_violation: NonNegativeFloat = 1.0
+    energy_overshoot_per_kJ: NonNegativeFloat = 1.0
+
+
+class EnvConfig(Strict):
+    """The Gymnasium environment: one step = one control window; the agent sets the budgets."""
+
+    window_s: PositiveFloat = 300.0
+    windows: Annotated[int, Field(ge=1)] = 288
+    energy_budget_J: tuple[PositiveFloat, PositiveFloat] = (150.0, 1500.0)
+    latency_scale: tuple[PositiveFloat, PositiveFloat] = Field(
+        (0.3, 2.0), description="range of the multiplier of every category's latency budget")
+    energy_allowance_J: PositiveFloat = Field(5e6, description="active energy the episode may spend")
+    action: Literal["box", "discrete"] = "box"
+    discrete_levels: Annotated[int, Field(ge=2)] = 5
+    reward: RewardWeights = RewardWeights()
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "EnvConfig":
+        for name in ("energy_budget_J", "latency_scale"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"{name}: the lower end must be below the upper end")
+        return self
+
+
+class Traces(Strict):
+    prompts: str = "prompts.parquet"
+    quality: str = "quality.parquet"
+    embeddings: str = "embeddings.npz"
+    split: Literal["train", "test"] = "test"
+
+
+class Outputs(Strict):
+    format: Literal["parquet", "csv"] = "parquet"
+    report: bool = True
+
+
+class Scenario(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    seed: int = 0
+    data_dir: str | None = Field(None, description="folder of the data files; unset: the bundled traces")
+    duration_s: PositiveFloat | None = None
+    queries: Annotated[int, Field(ge=1)] | None = None
+    traces: Traces = Traces()
+    experts: list[Expert] = Field(min_length=1)
+    categories: list[Category] = Field(min_length=1)
+    energy_budget_J: PositiveFloat
+    arrivals: Arrivals
+    policy: PolicyConfig = PolicyConfig()
+    outputs: Outputs = Outputs()
+    sweep: SweepConfig | None = None
+    env: EnvConfig | None = None
+    # Set by the loader, not by users: the scenario file (relative paths are resolved from its folder).
+    file: Path = Field(Path("scenario.yaml"), exclude=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scenario":
+        if (self.duration_s is None) == (self.queries is None):
+            raise ValueError("give exactly one of duration_s or queries")
+        for what, names in (("experts", [e.name for e in self.experts]),
+                            ("categories", [c.name for c in self.categories])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"duplicate {what} name(s): {sorted(dup)}")
+        known = {e.name for e in self.experts}
+        allowed = self.policy.subset if self.policy.subset is not None else sorted(known)
+        unknown = sorted(set(allowed) - known)
+        if unknown:
+            raise ValueError(f"policy.subset names unknown expert(s) {unknown}; experts are {sorted(known)}")
+        if self.policy.k > len(allowed):
+            raise ValueError(f"policy.k = {self.policy.k} is larger than the {len(allowed)} allowed experts")
+        return self
+
+    @property
+    def data_root(self) -> Path:
+        """data_dir, relative to the scenario's folder; the bundled traces when unset."""
+        if self.data_dir is None:
+            return bundled_path("traces")
+        return (self.file.parent / Path(self.data_dir).expanduser()).resolve()
+
+    def path(self, relative: str) -> Path:
+        """Resolve a data path: absolute as is, else under data_root."""
+        p = Path(relative).expanduser()
+        return p if p.is_absolute() else (self.data_root / p).resolve()
+
+    @property
+    def allowed_experts(self) -> list[str]:
+        return self.policy.subset if self.policy.subset is not None else [e.name for e in self.experts]

@@ -1,0 +1,199 @@
+"""The one factory: a scenario -> experts, workload and policy (router, aggregator, selector).
+
+Data is read once per build: the prompt and quality tables, each split, the gate checkpoint and its
+logits. The selector's utility U(S) is measured on the validation part of the train split
+(data.quality.validation_mask) with the same router and aggregation the simulation uses.
+Routers and aggregators are picked from registries keyed by the scenario's names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from moe2sim.data.bundled import bundled_path
+from moe2sim.data.embeddings import load_embeddings
+from moe2sim.data.quality import QualityData, QualityTables, validation_mask
+from moe2sim.devices.profiles import DeviceProfile, load_profile
+from moe2sim.devices.service import ProfileService, TraceReplayService
+from moe2sim.errors import InputError
+from moe2sim.policy import MixturePolicy
+from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, WeightedVote
+from moe2sim.routing.routers import FixedRouter, GateRouter, PriorRouter, Router, UniformRouter
+from moe2sim.scenario import Scenario
+from moe2sim.selection.budgets import budgets_of
+from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem, validation_utility
+from moe2sim.selection.selector import Selector
+from moe2sim.selection.solvers import InfeasibleBudgets
+from moe2sim.sim.engine import SimulatedExpert
+from moe2sim.workload import QueryBatch, Workload
+
+
+def profile_path(scenario: Scenario, ref: str) -> Path:
+    """A profile is a YAML path, or a name looked up in data_dir/profiles, then in the bundled profiles."""
+    if ref.endswith((".yaml", ".yml")):
+        return scenario.path(ref)
+    own = scenario.path(f"profiles/{ref}.yaml")
+    return own if own.is_file() else bundled_path(f"traces/profiles/{ref}.yaml")
+
+
+@dataclass
+class Inputs:
+    """A scenario's data, each piece read at most once per build."""
+
+    scenario: Scenario
+
+    @cached_property
+    def models(self) -> list[str]:
+        return [e.model for e in self.scenario.experts]
+
+    @cached_property
+    def tables(self) -> QualityTables:
+        sc = self.scenario
+        return QualityTables.read(sc.path(sc.traces.prompts), sc.path(sc.traces.quality))
+
+    @cached_property
+    def test(self) -> QualityData:
+        return self.tables.split(self.models, self.scenario.traces.split)
+
+    @cached_property
+    def train(self) -> QualityData:
+        return self.tables.split(self.models, "train")
+
+    @cached_property
+    def gate(self):
+        from moe2sim.routing.gate import Gate  # torch is imported only when a gate is used
+
+        path = self.scenario.path(self.scenario.policy.gate)
+        gate = Gate.load(path)
+        missing = [m for m in self.models if m not in gate.experts]
+        if missing:
+            raise InputError(self.scenario.file, "policy.gate", f"{path} was trained without model(s) {missing}")
+        return gate
+
+    def split(self, name: str) -> QualityData:
+        return self.train if name == "train" else self.test
+
+    def profiles(self) -> list[DeviceProfile]:
+        profiles = []
+        for i, ex in enumerate(self.scenario.experts):
+            path = profile_path(self.scenario, ex.profile)
+            if not path.is_file():
+                raise InputError(self.scenario.file, f"experts.{i}.profile",
+                                 f"unknown device profile '{ex.profile}' (no file {path})")
+            profiles.append(load_profile(path))
+        return profiles
+
+
+def category_prior(train: QualityData, scenario: Scenario) -> np.ndarray:
+    """prior[c, e]: expert e's train accuracy on category c (all train prompts if the task has none)."""
+    correct = train.scores > 0
+    prior = np.empty((len(scenario.categories), len(train.experts)))
+    for c, cat in enumerate(scenario.categories):
+        rows = train.rows_of_task(cat.trace_task)
+        prior[c] = correct[rows].mean(axis=0) if len(rows) else correct.mean(axis=0)
+    return prior
+
+
+def prompt_categories(quality: QualityData, scenario: Scenario) -> np.ndarray:
+    """Category index of each prompt row (-1 for tasks no category uses)."""
+    cats = np.full(len(quality.prompts), -1, np.int64)
+    for c, cat in enumerate(scenario.categories):
+        cats[quality.rows_of_task(cat.trace_task)] = c
+    return cats
+
+
+def _gate_router(inputs: Inputs, quality: QualityData) -> Router:
+    gate = inputs.gate
+    x = load_embeddings(inputs.scenario.path(inputs.scenario.traces.embeddings), quality.prompt_ids, gate.dim)
+    columns = [gate.experts.index(m) for m in quality.experts]
+    return GateRouter(gate.logits(x, quality.tasks)[:, columns])
+
+
+def _fixed_router(inputs: Inputs, quality: QualityData) -> Router:
+    sc = inputs.scenario
+    names = sc.allowed_experts
+    return FixedRouter(np.asarray([names.index(e.name) if e.name in names else len(names) for e in sc.experts], float))
+
+
+ROUTERS: dict[str, Callable[[Inputs, QualityData], Router]] = {
+    "gate": _gate_router,
+    "prior_accuracy": lambda inputs, quality: PriorRouter(category_prior(inputs.train, inputs.scenario)),
+    "fixed_subset": _fixed_router,
+    "uniform": lambda inputs, quality: UniformRouter(len(inputs.scenario.experts)),
+}
+
+
+def _weighted_vote(scenario: Scenario, quality: QualityData) -> Aggregator:
+    options = np.zeros(len(quality.prompts), np.int64)
+    for cat in scenario.categories:
+        options[quality.rows_of_task(cat.trace_task)] = cat.answer_options or 0
+    return WeightedVote.assumed_answers(quality.scores, options, scenario.policy.vote_seed)
+
+
+AGGREGATORS: dict[str, Callable[[Scenario, QualityData], Aggregator]] = {
+    "weighted_vote": _weighted_vote,
+    "highest_weight": lambda scenario, quality: HighestWeight(quality.scores),
+    "oracle": lambda scenario, quality: Oracle(quality.scores),
+}
+
+
+def build_router(inputs: Inputs, quality: QualityData) -> Router:
+    return ROUTERS[inputs.scenario.policy.name](inputs, quality)
+
+
+def build_aggregator(scenario: Scenario, quality: QualityData) -> Aggregator:
+    return AGGREGATORS[scenario.policy.aggregation](scenario, quality)
+
+
+def subset_utility(scenario: Scenario, quality: QualityData, router: Router, aggregator: Aggregator,
+                   workload: Workload, rows: np.ndarray | None = None):
+    """U(mask) and its oracle upper bound on the given prompt rows of `quality` (default: all rows
+    of the scenario's categories), averaged over categories with the scenario mix."""
+    cats = prompt_categories(quality, scenario)
+    rows = np.flatnonzero(cats >= 0) if rows is None else rows[cats[rows] >= 0]
+    if len(rows) == 0:
+        raise InputError(scenario.file, "categories", "no prompts of the scenario's categories to evaluate on")
+    ones = np.ones(len(rows), np.int64)
+    batch = QueryBatch(arrival_s=np.zeros(len(rows)), category=cats[rows], prompt=rows,
+                       prompt_tokens=ones, output_tokens=ones, prompt_bytes=ones)
+    weights = mix_weights(cats[rows], workload.mix)
+    logits = np.asarray(router.logits(batch, np.random.default_rng(scenario.seed)))
+    utility = validation_utility(logits, aggregator, rows, weights, scenario.policy.k)
+    return utility, oracle_coverage(quality.scores, rows, weights)
+
+
+def build_selector(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> Selector:
+    """The selection problem, U measured on the validation part of the train split."""
+    sc = inputs.scenario
+    train = inputs.train
+    val = np.flatnonzero(validation_mask(train.prompt_ids))
+    utility, bound = subset_utility(sc, train, build_router(inputs, train), build_aggregator(sc, train), workload, val)
+    problem = selection_problem(sc, profiles, workload, utility, sc.policy.selection.quantile, bound)
+    return Selector(problem, sc.policy.selection.method, sc.policy.selection.seed)
+
+
+def build_policy(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> MixturePolicy:
+    sc = inputs.scenario
+    names = tuple(e.name for e in sc.experts)
+    selector = None if sc.policy.selection.method == "none" else build_selector(inputs, profiles, workload)
+    policy = MixturePolicy(build_router(inputs, inputs.test), np.isin(names, sc.allowed_experts), sc.policy.k,
+                           build_aggregator(sc, inputs.test), sc.policy.aggregation_s, names, selector)
+    if selector is None:
+        return policy
+    try:
+        return policy.with_budgets(budgets_of(sc))
+    except InfeasibleBudgets as exc:
+        raise InputError(sc.file, "energy_budget_J / latency_budget_s", str(exc)) from None
+
+
+def build_experts(scenario: Scenario, profiles: list[DeviceProfile]) -> list[SimulatedExpert]:
+    experts = []
+    for ex, profile in zip(scenario.experts, profiles):
+        service = (ProfileService(profile) if ex.service == "profile"
+                   else TraceReplayService(scenario.path(ex.service.file), ex.service.model))
+        experts.append(SimulatedExpert(ex.name, ex.slots, ex.link, service, profile.idle_power_W.value))
+    return experts

@@ -1,0 +1,81 @@
+"""A runnable twin of one scenario: its data, simulated experts, workload and policy, built once by
+the factory, simulated as often as asked (each seed an independent replication)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from moe2sim.data.quality import QualityData
+from moe2sim.devices.profiles import DeviceProfile
+from moe2sim.policy import MixturePolicy
+from moe2sim.scenario import Scenario
+from moe2sim.selection.budgets import Budgets, budgets_of
+from moe2sim.sim.engine import EdgeSimulation, SimResult, SimulatedExpert
+from moe2sim.twin.factory import Inputs, build_experts, build_policy
+from moe2sim.workload import Workload
+
+
+@dataclass(frozen=True)
+class Twin:
+    """Everything a simulation of one scenario needs, built and checked once."""
+
+    scenario: Scenario
+    inputs: Inputs
+    profiles: list[DeviceProfile]
+    experts: list[SimulatedExpert]
+    workload: Workload
+    policy: MixturePolicy
+
+    @classmethod
+    def build(cls, scenario: Scenario) -> "Twin":
+        inputs = Inputs(scenario)
+        profiles = inputs.profiles()
+        workload = Workload(scenario, inputs.test)
+        return cls(scenario, inputs, profiles, build_experts(scenario, profiles), workload,
+                   build_policy(inputs, profiles, workload))
+
+    @property
+    def quality(self) -> QualityData:
+        return self.inputs.test
+
+    def with_budgets(self, budgets: Budgets) -> "Twin":
+        """The same twin under other budgets: the scenario's budgets replaced, and S re-solved when the
+        policy has a selector (raises InfeasibleBudgets)."""
+        scenario = self.scenario.model_copy(update={
+            "energy_budget_J": budgets.energy_J,
+            "categories": [c.model_copy(update={"latency_budget_s": float(t)})
+                           for c, t in zip(self.scenario.categories, budgets.latency_s)]})
+        policy = self.policy.with_budgets(budgets) if self.policy.selector is not None else self.policy
+        return replace(self, scenario=scenario, policy=policy)
+
+    def streams(self, seed: int | None = None) -> tuple[np.random.Generator, ...]:
+        """Independent random streams for the arrivals, the service draws and the routing, so that the
+        workload of a seed never depends on how many service draws the policy's choices cause."""
+        seq = np.random.SeedSequence(self.scenario.seed if seed is None else seed)
+        return tuple(np.random.default_rng(s) for s in seq.spawn(3))
+
+    def simulation(self, seed: int | None = None) -> tuple[EdgeSimulation, np.random.Generator]:
+        """A fresh simulation of this twin and its arrivals stream."""
+        arrivals, service, routing = self.streams(seed)
+        return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing), arrivals
+
+    def records(self, result: SimResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+        budgets = budgets_of(self.scenario)
+        return result.records(self.quality.prompt_ids, [c.name for c in self.scenario.categories],
+                              budgets.latency_s, budgets.energy_J)
+
+    def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
+        """Run the scenario; returns the raw result and the per-query and per-leg records."""
+        sim, arrivals = self.simulation(seed)
+        with _progress(self.scenario, progress) as bar:
+            result = sim.run(self.workload.batches(arrivals), lambda b: bar.update(len(b)))
+        return (result, *self.records(result))
+
+
+def _progress(scenario: Scenario, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=scenario.queries, unit="q", desc="simulating", disable=None if enabled else True,
+                mininterval=0.5, leave=False)

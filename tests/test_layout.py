@@ -1,0 +1,68 @@
+"""The package layout keeps its promises: data flows one way through the sub-packages (no import of a
+higher layer, lazy imports included), hardware/ imports moe2sim and never the reverse, every code
+package ships, and the bundled data is found by the documented rule."""
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Lowest first: a module may import its own package and lower layers only (see docs/ARCHITECTURE.md).
+LAYERS = [{"errors", "bundled"}, {"data"}, {"scenario"}, {"devices", "workload"}, {"routing"}, {"selection"},
+          {"policy"}, {"sim", "report"}, {"twin"}, {"envs"}, {"experiments"}, {"cli"}]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+
+
+def imports(path: Path) -> set[str]:
+    """Every moe2sim/hardware module a file imports, at top level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m.split(".")[0] in ("moe2sim", "hardware")}
+
+
+def package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def test_imports_only_go_down_the_layers():
+    upward = []
+    for path in sorted((ROOT / "moe2sim").rglob("*.py")):
+        rel = path.relative_to(ROOT / "moe2sim")
+        own = rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem in RANK else None
+        for module in imports(path):
+            assert not module.startswith("hardware"), f"{rel} imports {module}: moe2sim never imports hardware/"
+            target = package_of(module)
+            if own is None or target is None or target == own:
+                continue
+            assert target in RANK, f"{module} (imported by {rel}) is in no layer of this test"
+            if RANK[target] >= RANK[own]:
+                upward.append(f"{rel} -> {module}")
+    assert not upward, "imports against the data flow:\n" + "\n".join(upward)
+
+
+def test_every_package_is_listed_for_the_wheel():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.glob("moe2sim/**/__init__.py")}
+    on_disk |= {"hardware", "moe2sim.bundled.scenarios", "moe2sim.bundled.traces"}
+    assert on_disk == listed
+
+
+def test_hardware_imports_moe2sim_but_not_the_other_way():
+    used = set().union(*(imports(p) for p in (ROOT / "hardware").glob("*.py")))
+    assert any(m.startswith("moe2sim") for m in used)
+
+
+@pytest.mark.parametrize("relative", ["scenarios/paper.yaml", "scenarios/quickstart.yaml", "scenarios/budget_env.yaml",
+                                      "traces/prompts.parquet", "traces/gate.pt", "traces/profiles"])
+def test_bundled_data_is_found(relative):
+    from moe2sim.data.bundled import bundled_path
+
+    assert bundled_path(relative).exists()

