@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from moe2sim.data.bundled import bundled_path
 from moe2sim.errors import InputError, from_validation
 from moe2sim.scenario.schema import Scenario
 
@@ -49,13 +50,29 @@ def _list_index(items: list[Any], key: str, dotted: str) -> int:
     raise InputError("--set", dotted, f"no list element with index or name '{key}'")
 
 
+def bundled_scenarios() -> list[str]:
+    return sorted(p.stem for p in bundled_path("scenarios").glob("*.yaml"))
+
+
+def resolve_scenario(path: Path) -> Path:
+    """The path itself, or the bundled scenario a bare name refers to."""
+    if path.exists() or path.parent != Path("."):
+        return path
+    bundled = bundled_path(f"scenarios/{path.stem}.yaml")
+    return bundled if bundled.is_file() and path.suffix in ("", ".yaml") else path
+
+
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
-    """Read, override and validate a scenario; any problem raises InputError naming file and field."""
-    path = Path(path)
+    """Read, override and validate a scenario; any problem raises InputError naming file and field.
+
+    A bare name that is no file here (`quickstart`, `paper.yaml`) is the bundled scenario of that name."""
+    path = resolve_scenario(Path(path))
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(path, None, "file not found") from None
+        raise InputError(path, None, f"file not found (bundled scenarios: {', '.join(bundled_scenarios())})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not UTF-8 text (byte {exc.start}): a scenario is a YAML text file") from None
     except OSError as exc:
         raise InputError(path, None, f"cannot read: {exc.strerror}") from None
     try:
