@@ -9,7 +9,7 @@ import pandas as pd
 
 from moe2sim.data.embeddings import embed_texts, save_embeddings
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # traces/
 
 if __name__ == "__main__":
     prompts = pd.read_parquet(HERE / "prompts.parquet")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from moe2sim.devices.profiles import Sourced, fit_profile, save_profile
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # traces/
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from moe2sim.data.outcomes import OutcomeFile, outcome_tables, write_parquet_atomic
 
-OUT_DIR = Path(__file__).resolve().parent
+OUT_DIR = Path(__file__).resolve().parents[1]  # traces/
 SPLITS = ("train", "test")
 FILES: dict[str, tuple[str, str]] = {  # task -> (train file, test file) in data/routerdc
     "mmlu": ("mmlu_train.json", "mmlu_test.json"),
