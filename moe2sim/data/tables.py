@@ -24,6 +24,7 @@ def read_table(path: Path, columns: dict[str, str], what: str, optional: dict[st
     the right kind of values."""
     if not path.is_file():
         raise InputError(path, None, f"{what} file not found")
+
     try:
         if path.suffix == ".parquet":
             df = pd.read_parquet(path)
@@ -35,6 +36,8 @@ def read_table(path: Path, columns: dict[str, str], what: str, optional: dict[st
         raise
     except Exception as exc:  # pyarrow/pandas raise many types for a corrupt file
         raise InputError(path, None, f"cannot read {what}: {type(exc).__name__}: {exc}") from None
+    if df.empty:
+        raise InputError(path, None, f"{what} has no rows")
     checks = {**columns, **{c: k for c, k in (optional or {}).items() if c in df.columns}}
     for col, kind in checks.items():
         if col not in df.columns:
@@ -42,9 +45,10 @@ def read_table(path: Path, columns: dict[str, str], what: str, optional: dict[st
         series = df[col]
         if kind in ("int", "float"):
             values = pd.to_numeric(series, errors="coerce")
-            if values.isna().any():
-                row = int(np.flatnonzero(values.isna().to_numpy())[0])
-                raise InputError(path, col, f"row {row}: not a number ({series.iloc[row]!r})")
+            bad = ~np.isfinite(values.to_numpy(float))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise InputError(path, col, f"row {row}: not a finite number ({series.iloc[row]!r})")
             if kind == "int" and not np.all(np.mod(values, 1) == 0):
                 raise InputError(path, col, "must hold whole numbers")
             if np.any(values < 0):
@@ -62,3 +66,4 @@ def read_table(path: Path, columns: dict[str, str], what: str, optional: dict[st
                 raise InputError(path, col, "has empty values")
             df[col] = series.astype(str)
     return df
+

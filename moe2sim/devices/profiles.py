@@ -27,14 +27,14 @@ Provenance = Literal["measured", "published", "derived", "assumed"]
 class Sourced(BaseModel):
     """A number and where it came from: measured (how, on what), published (citation), derived (how)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     value: float = Field(ge=0)
     provenance: Provenance
     source: str = Field(min_length=1)
 
 
 class DeviceProfile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str
     device: str
     model: str = Field(description="the LLM shape this profile was taken for")
@@ -71,9 +71,11 @@ class DeviceProfile(BaseModel):
 
 def load_profile(path: Path) -> DeviceProfile:
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(path, None, "device profile file not found") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not UTF-8 text (byte {exc.start}): a profile is a YAML text file") from None
     except yaml.YAMLError as exc:
         raise InputError(path, None, f"malformed YAML: {exc}") from None
     try:

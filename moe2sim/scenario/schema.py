@@ -15,10 +15,14 @@ from moe2sim.data.bundled import bundled_path
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
+MAX_QUERIES = 20_000_000      # a run's expected arrivals; beyond it a run would not finish in reasonable time/memory
+MAX_DURATION_S = 366 * 86_400.0
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Link(Strict):
@@ -47,7 +51,7 @@ class Expert(Strict):
 
 class FixedTokens(Strict):
     dist: Literal["fixed"] = "fixed"
-    mean: Annotated[int, Field(ge=1)]
+    mean: Tokens
 
 
 class LognormalTokens(Strict):
@@ -56,14 +60,14 @@ class LognormalTokens(Strict):
     dist: Literal["lognormal"]
     mean: PositiveFloat
     cv: PositiveFloat
-    max: Annotated[int, Field(ge=1)] = 4096
+    max: Tokens = 4096
 
 
 class GeometricTokens(Strict):
     """Token count ~ geometric on {1, 2, ...} with the given mean (memoryless lengths: M/M/c-like service)."""
 
     dist: Literal["geometric"]
-    mean: Annotated[float, Field(ge=1)]
+    mean: Annotated[float, Field(ge=1, le=1_000_000)]
 
 
 TokenLengths = Annotated[Union[FixedTokens, LognormalTokens, GeometricTokens], Field(discriminator="dist")]
@@ -86,14 +90,17 @@ class Category(Strict):
 
 class Poisson(Strict):
     process: Literal["poisson"]
-    rate_per_s: PositiveFloat
+    rate_per_s: Annotated[float, Field(gt=0, le=1e6)]
+
+    def peak_rate_per_s(self) -> float:
+        return self.rate_per_s
 
 
 class Bursts(Strict):
     """Bursts on top of the diurnal rate: a two-state Markov-modulated Poisson process whose rate is
     multiplied by `factor` during bursts; burst and gap durations are exponential."""
 
-    factor: Annotated[float, Field(gt=1)] = 3.0
+    factor: Annotated[float, Field(gt=1, le=1000)] = 3.0
     mean_duration_s: PositiveFloat = 600.0
     mean_gap_s: PositiveFloat = 7200.0
 
@@ -103,11 +110,14 @@ class Diurnal(Strict):
     times the burst factor while a burst is on (if `bursts` is set)."""
 
     process: Literal["diurnal"]
-    mean_rate_per_s: PositiveFloat
+    mean_rate_per_s: Annotated[float, Field(gt=0, le=1e6)]
     amplitude: Annotated[float, Field(ge=0, lt=1)] = 0.5
     period_s: PositiveFloat = 86_400.0
     phase_s: float = 0.0
     bursts: Bursts | None = None
+
+    def peak_rate_per_s(self) -> float:
+        return self.mean_rate_per_s * (1 + self.amplitude) * (self.bursts.factor if self.bursts else 1.0)
 
 
 class Replay(Strict):
@@ -116,6 +126,9 @@ class Replay(Strict):
     process: Literal["replay"]
     file: str
     time_scale: PositiveFloat = 1.0
+
+    def peak_rate_per_s(self) -> None:
+        return None  # the file's length bounds the run
 
 
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
@@ -133,7 +146,7 @@ class SelectionConfig(Strict):
                     "all_fit"] = "none"
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
-    seed: int = Field(0, description="seed of the random baseline")
+    seed: Seed = Field(0, description="seed of the random baseline")
 
 
 class PolicyConfig(Strict):
@@ -147,7 +160,7 @@ class PolicyConfig(Strict):
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
     aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
     aggregation_s: NonNegativeFloat = 0.005
-    vote_seed: int = Field(0, description="seed of the assumed wrong answers in weighted_vote")
+    vote_seed: Seed = Field(0, description="seed of the assumed wrong answers in weighted_vote")
     selection: SelectionConfig = SelectionConfig()
 
 
@@ -207,10 +220,10 @@ class Outputs(Strict):
 class Scenario(Strict):
     name: str = Field(min_length=1)
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data_dir: str | None = Field(None, description="folder of the data files; unset: the bundled traces")
-    duration_s: PositiveFloat | None = None
-    queries: Annotated[int, Field(ge=1)] | None = None
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] | None = None
+    queries: Annotated[int, Field(ge=1, le=MAX_QUERIES)] | None = None
     traces: Traces = Traces()
     experts: list[Expert] = Field(min_length=1)
     categories: list[Category] = Field(min_length=1)
@@ -237,8 +250,14 @@ class Scenario(Strict):
         unknown = sorted(set(allowed) - known)
         if unknown:
             raise ValueError(f"policy.subset names unknown expert(s) {unknown}; experts are {sorted(known)}")
+        if len(set(allowed)) < len(allowed):
+            raise ValueError(f"policy.subset names an expert twice: {allowed}")
         if self.policy.k > len(allowed):
             raise ValueError(f"policy.k = {self.policy.k} is larger than the {len(allowed)} allowed experts")
+        peak = self.arrivals.peak_rate_per_s()
+        if self.duration_s is not None and peak is not None and self.duration_s * peak > MAX_QUERIES:
+            raise ValueError(f"duration_s × peak arrival rate = {self.duration_s * peak:.3g} queries, over the limit of "
+                             f"{MAX_QUERIES:,} per run: shorten duration_s or lower the rate")
         return self
 
     @property
