@@ -206,20 +206,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import base64
     import io
 
-    from hardware.compare import cdf_plot, error_table, markdown
+    from hardware.compare import cdf_plot, error_table, failures, markdown
 
     table = error_table(args.simulated, args.measured)
+    lost = failures(args.measured)
+    note = (f"measured: {lost['failed_queries']} of {lost['queries']} queries failed ({lost['failed_legs']} of "
+            f"{lost['legs']} legs) and are excluded from the comparison (n_failed column)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "compare.csv", index=False)
-    (out / "compare.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2, default=float))
+    from hardware.live import strict
+
+    (out / "compare.json").write_text(json.dumps(strict({"failures": lost, "rows": table.to_dict(orient="records")}),
+                                                 indent=2, allow_nan=False, default=float))
     buf = io.BytesIO()
     cdf_plot(args.simulated, args.measured).savefig(buf, format="png", dpi=100, bbox_inches="tight")
     md = markdown(table)
     (out / "report.html").write_text(
-        f"<html><body><h1>Simulated vs measured</h1><pre>{md}</pre>"
+        f"<html><body><h1>Simulated vs measured</h1><p>{note}</p><pre>{md}</pre>"
         f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></body></html>')
     print(md)
+    print(note)
     return 0
 
 
@@ -306,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=bounded(int, "--retries", 0),
                    help="most retries per leg (default: as many as fit in --retry-horizon-s)")
     p.add_argument("--retry-horizon-s", type=bounded(float, "--retry-horizon-s", 0), default=30.0,
-                   help="retry a failing leg with exponential backoff (0.25 s doubling, at most 8 s) while the next "
+                   help="retry a failing leg with exponential backoff (0.25 s doubling, at most 4 s) while the next "
                         "attempt would start within this many seconds of its first (default 30)")
     p.add_argument("--connect-timeout", type=bounded(float, "--connect-timeout", 0.001), default=5.0,
                    help="seconds to connect to an endpoint (default 5)")

@@ -11,7 +11,7 @@ a failed query (its `error` is set). Failed queries are kept out of the accuracy
 statistics and counted apart (summary: `failed_queries`, `failed_legs` per expert and category).
 
 Retries: a retryable error (connection refused or lost, timeout, 5xx, 429, garbage, cut stream) is
-retried with exponential backoff (0.25 s, doubling, at most 8 s, or the server's Retry-After) for
+retried with exponential backoff (0.25 s, doubling, at most 4 s, or the server's Retry-After) for
 as long as the next attempt would start within `retry_horizon_s` of the leg's first attempt (and at
 most `retries` retries if given). Every attempt's start, end and error is kept (`attempts` table);
 a leg's timing covers all its attempts: start_s is its first attempt's start (after the server's
@@ -48,7 +48,7 @@ from moe2sim.selection import worst_delay
 from moe2sim.twin import Twin
 from moe2sim.workload import QueryBatch
 
-BACKOFF_S, BACKOFF_MAX_S = 0.25, 8.0
+BACKOFF_S, BACKOFF_MAX_S = 0.25, 4.0
 JOURNALS = {"queries": "queries.partial.jsonl", "legs": "legs.partial.jsonl", "attempts": "attempts.partial.jsonl"}
 
 

@@ -179,17 +179,21 @@ def create_app(models: Backend | dict[str, Backend], meter: SampledCounter | Non
              "max_model_len": getattr(e.backend, "context_length", None)} for n, e in experts.items()]}
 
     async def read_body(request: Request, schema):
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise HTTPProblem(413, f"request body of {declared} bytes exceeds the limit of "
-                                   f"{limits.max_body_bytes} bytes (--max-body-bytes)", "request_too_large")
         chunks, size = [], 0
+        declared = request.headers.get("content-length")
+        too_big = declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes
         async for chunk in request.stream():
             size += len(chunk)
             if size > limits.max_body_bytes:
-                raise HTTPProblem(413, f"request body exceeds the limit of {limits.max_body_bytes} bytes "
-                                       f"(--max-body-bytes)", "request_too_large")
+                too_big = True
+            if too_big:  # read and drop the rest (closing on a client still sending resets its connection)
+                if size > max(64 << 20, 8 * limits.max_body_bytes):
+                    break
+                continue
             chunks.append(chunk)
+        if too_big:
+            raise HTTPProblem(413, f"request body of {declared or f'over {size}'} bytes exceeds the limit of "
+                                   f"{limits.max_body_bytes} bytes (--max-body-bytes)", "request_too_large")
         raw = b"".join(chunks)
         try:
             data = json.loads(raw) if raw else None
