@@ -91,8 +91,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from hardware.serve import CompletionServer, Limits, create_app
+    from hardware.serve import CompletionServer, Limits, bind, create_app
 
+    try:  # before loading any model: a taken port fails at once
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise InputError("--port", f"{args.host}:{args.port}", f"cannot listen there ({exc.strerror or exc})") from None
     models = {}
     for item in args.backend:
         name, _, spec = item.partition("=") if "=" in item.split(":", 1)[0] else ("default", "", item)
@@ -101,10 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         models[name] = make_backend(spec, args.device, args.threads)
     meter = make_meter(args.meter)
     limits = Limits.for_models(models, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.queue)
-    try:
-        server = CompletionServer(create_app(models, meter, args.slots, limits), args.host, args.port)
-    except OSError as exc:
-        raise InputError("--port", f"{args.host}:{args.port}", f"cannot listen there ({exc.strerror or exc})") from None
+    server = CompletionServer(create_app(models, meter, args.slots, limits), args.host, args.port, sock=sock)
     stop = threading.Event()
     caught: list[str] = []
 

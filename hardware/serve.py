@@ -80,7 +80,7 @@ def _models():
         x_prompt_tokens: int | None = Field(None, ge=1, description="prompt length in tokens, for token-less shapes")
 
     class CompletionRequest(Common):
-        prompt: str | list[str] = ""
+        prompt: str | list[str]
 
     class Message(BaseModel):
         role: str
@@ -436,10 +436,10 @@ class CompletionServer:
     caller's main thread); `port` is the bound port, `shutdown()` stops it and waits."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int = 0, backlog: int = 2048,
-                 graceful_s: float = 3.0):
+                 graceful_s: float = 3.0, sock: socket.socket | None = None):
         import uvicorn
 
-        self.app, self.sock = app, bind(host, port, backlog)
+        self.app, self.sock = app, sock or bind(host, port, backlog)
         self.host, self.port = host, self.sock.getsockname()[1]
         config = uvicorn.Config(app, http="h11", loop="asyncio", lifespan="on", log_level="warning",
                                 access_log=False, backlog=backlog, timeout_graceful_shutdown=graceful_s,
