@@ -311,10 +311,10 @@ class LiveRun:
             with self.lock:
                 stuck = dict(self.in_flight)
             now = self.clock()
+            why = "interrupted (in flight when the run was stopped)"
             for q, (one, decision, score, sent_at) in stuck.items():
-                self.record(q, one, decision, score, [
-                    LegResult(None, sent_at, now, 1, "interrupted (in flight when the run was stopped)")
-                    for _ in decision.experts[0]])
+                self.record(q, one, decision, score, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
+                                                      for _ in decision.experts[0]])
         finally:
             self.journal.close()
             for c in self.clients:
