@@ -12,8 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -40,9 +38,9 @@ SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
 class BackendError(RuntimeError):
     """A request failed; `retryable` says whether trying again may help."""
 
-    def __init__(self, message: str, retryable: bool):
+    def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None):
         super().__init__(message)
-        self.retryable = retryable
+        self.retryable, self.retry_after_s = retryable, retry_after_s
 
 
 @dataclass
@@ -90,6 +88,13 @@ class HFBackend:
         self.cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.name = path.name if path.is_dir() else model
         self.vocab = self.model.config.vocab_size
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
+
+    def prompt_length(self, prompt: str, prompt_tokens: int) -> int:
+        """How many tokens generate() will feed for this prompt (the tokenizer's count, if any)."""
+        if self.tokenizer is not None and prompt:
+            return len(self.tokenizer(prompt).input_ids)
+        return prompt_tokens
 
     def _ids(self, prompt: str, prompt_tokens: int):
         if self.tokenizer is not None and prompt:
@@ -132,44 +137,93 @@ class HFBackend:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else "".join(f"<{i}>" for i in ids)
 
 
-def server_says(error: urllib.error.HTTPError) -> str:
+def _server_says(response) -> str:
     """The error message of an OpenAI-style error body ({"error": {"message": ...}}), if it has one."""
     try:
-        message = json.loads(error.read() or b"{}").get("error", {}).get("message")
-    except (ValueError, AttributeError, OSError):
+        body = json.loads(response.read() or b"{}")
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else None
+    except Exception:  # noqa: BLE001  whatever the body is, the status says enough
         return ""
     return f": {message}" if message else ""
 
 
 class OpenAIBackend:
-    """Streaming client of an OpenAI-compatible /v1/completions endpoint."""
+    """Streaming client (httpx) of an OpenAI-compatible /v1/completions endpoint.
 
-    def __init__(self, base_url: str, model: str = "default", timeout_s: float = 120.0):
+    A generation succeeds only when the stream ends with its `data: [DONE]` marker: a stream cut
+    short (server died, connection dropped) or carrying an error event is a BackendError, as is
+    anything that is not HTTP or not server-sent events. Timeouts: `connect_timeout_s` to connect,
+    `read_timeout_s` for each wait for data (the first token included), `timeout_s` for the whole
+    attempt (a server trickling bytes is cut off there). Transport errors, 5xx, 408 and 429 are
+    retryable (429/503's Retry-After is kept in BackendError.retry_after_s).
+    """
+
+    def __init__(self, base_url: str, model: str = "default", timeout_s: float = 120.0,
+                 connect_timeout_s: float | None = None, read_timeout_s: float | None = None):
+        import httpx
+
+        self.httpx = httpx
         self.base_url, self.model, self.timeout_s = base_url.rstrip("/"), model, timeout_s
+        self.connect_timeout_s = connect_timeout_s if connect_timeout_s is not None else min(10.0, timeout_s)
+        self.read_timeout_s = min(read_timeout_s if read_timeout_s is not None else timeout_s, timeout_s)
         self.name = f"{model}@{self.base_url}"
+        self.client = httpx.Client(
+            timeout=httpx.Timeout(connect=self.connect_timeout_s, read=self.read_timeout_s,
+                                  write=self.read_timeout_s, pool=self.timeout_s),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+
+    def close(self) -> None:
+        self.client.close()
 
     def generate(self, prompt: str, prompt_tokens: int, max_tokens: int,
                  on_token: Callable[[str], None] | None = None) -> Generation:
-        body = json.dumps({"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-                           "stream": True, "ignore_eos": True, "x_prompt_tokens": prompt_tokens}).encode()
-        request = urllib.request.Request(f"{self.base_url}/v1/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        httpx = self.httpx
+        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+                "stream": True, "ignore_eos": True, "x_prompt_tokens": prompt_tokens}
         start = time.perf_counter()
+        deadline = start + self.timeout_s
         first = last = None
         pieces: list[str] = []
         extra: dict[str, Any] = {}
         usage: dict[str, Any] = {}
+        done = False
+        where = self.base_url
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                for raw in response:
-                    line = raw.decode().strip()
+            with self.client.stream("POST", f"{self.base_url}/v1/completions", json=body) as response:
+                if response.status_code >= 400:
+                    retry_after = response.headers.get("retry-after")
+                    raise BackendError(f"{where}: HTTP {response.status_code} {response.reason_phrase}"
+                                       f"{_server_says(response)}",
+                                       retryable=response.status_code >= 500 or response.status_code in (408, 429),
+                                       retry_after_s=float(retry_after) if retry_after and
+                                       retry_after.replace(".", "", 1).isdigit() else None)
+                for line in response.iter_lines():
+                    if time.perf_counter() > deadline:
+                        raise BackendError(f"{where}: no complete answer within {self.timeout_s:g} s "
+                                           f"(--timeout-s) after {len(pieces)} tokens", retryable=True)
+                    line = line.strip()
                     if not line.startswith("data:"):
+                        if line and not line.startswith((":", "event:", "id:", "retry:")):
+                            raise BackendError(f"{where}: not a server-sent event stream ({line[:60]!r})",
+                                               retryable=True)
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
-                    chunk = json.loads(data)
-                    text = "".join(c.get("text", "") for c in chunk.get("choices", []))
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:
+                        raise BackendError(f"{where}: malformed stream chunk ({exc})", retryable=True) from None
+                    if not isinstance(chunk, dict):
+                        raise BackendError(f"{where}: malformed stream chunk ({data[:60]!r})", retryable=True)
+                    if chunk.get("error"):
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise BackendError(f"{where}: the server failed mid-stream after {len(pieces)} tokens: "
+                                           f"{message}", retryable=True)
+                    text = "".join(c.get("text") or (c.get("delta") or {}).get("content") or ""
+                                   for c in chunk.get("choices") or [] if isinstance(c, dict))
                     if text:
                         last = time.perf_counter()
                         first = first or last
@@ -178,14 +232,26 @@ class OpenAIBackend:
                             on_token(text)
                     usage = chunk.get("usage") or usage
                     extra = chunk.get("x_moe2sim") or extra
-        except urllib.error.HTTPError as exc:
-            raise BackendError(f"{self.base_url}: HTTP {exc.code} {exc.reason}{server_says(exc)}",
-                               retryable=exc.code >= 500) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            raise BackendError(f"{self.base_url}: unreachable ({getattr(exc, 'reason', exc)})", retryable=True) from None
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{self.base_url}: malformed stream chunk ({exc})", retryable=False) from None
+        except httpx.ConnectTimeout:
+            raise BackendError(f"{where}: unreachable (no connection within {self.connect_timeout_s:g} s, "
+                               f"--connect-timeout)", retryable=True) from None
+        except httpx.ConnectError as exc:
+            raise BackendError(f"{where}: unreachable ({exc})", retryable=True) from None
+        except httpx.ReadTimeout:
+            raise BackendError(f"{where}: no data for {self.read_timeout_s:g} s (--read-timeout) after "
+                               f"{len(pieces)} tokens", retryable=True) from None
+        except httpx.RemoteProtocolError as exc:
+            raise BackendError(f"{where}: broken HTTP response after {len(pieces)} tokens ({exc})",
+                               retryable=True) from None
+        except httpx.HTTPError as exc:  # read/write errors, pool timeouts, ...
+            raise BackendError(f"{where}: connection failed after {len(pieces)} tokens "
+                               f"({type(exc).__name__}: {exc})", retryable=True) from None
+        except UnicodeDecodeError as exc:
+            raise BackendError(f"{where}: not text ({exc})", retryable=True) from None
+        if not done:
+            raise BackendError(f"{where}: the stream ended without its [DONE] marker after {len(pieces)} tokens "
+                               f"(cut off)", retryable=True)
         if first is None:
-            raise BackendError(f"{self.base_url}: the stream carried no tokens", retryable=True)
+            raise BackendError(f"{where}: the stream carried no tokens", retryable=True)
         return Generation("".join(pieces), int(usage.get("prompt_tokens", prompt_tokens)),
                           int(usage.get("completion_tokens", len(pieces))), first - start, last - first, extra)

@@ -70,8 +70,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from hardware.collect import fit
-    from moe2sim.devices.profiles import save_profile
     from moe2sim.data.tables import DEVICE_TRACE_COLUMNS, read_table
+    from moe2sim.devices.profiles import save_profile
 
     path = Path(args.trace)
     trace = read_table(path, {k: v for k, v in DEVICE_TRACE_COLUMNS.items() if k != "active_energy_J"},
@@ -88,8 +88,15 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from hardware.serve import serve
+    import signal
+    import threading
 
+    from hardware.serve import CompletionServer, Limits, bind, create_app
+
+    try:  # before loading any model: a taken port fails at once
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        raise InputError("--port", f"{args.host}:{args.port}", f"cannot listen there ({exc.strerror or exc})") from None
     models = {}
     for item in args.backend:
         name, _, spec = item.partition("=") if "=" in item.split(":", 1)[0] else ("default", "", item)
@@ -97,22 +104,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError("--backend", item, "give each expert of one server its own name: NAME=hf:... NAME2=...")
         models[name] = make_backend(spec, args.device, args.threads)
     meter = make_meter(args.meter)
-    server = serve(models, meter, args.host, args.port, args.slots)
+    limits = Limits.for_models(models, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.queue)
+    server = CompletionServer(create_app(models, meter, args.slots, limits), args.host, args.port, sock=sock)
+    stop = threading.Event()
+    caught: list[str] = []
+
+    def on_signal(signum, _frame) -> None:
+        caught.append(signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    server.start()
     print(f"serving {', '.join(f'{n}: {b.name}' for n, b in models.items())} on "
-          f"http://{args.host}:{server.server_address[1]} "
-          f"(meter {meter.name if meter else 'none: energy not measured'})", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        server.shutdown()
+          f"http://{args.host}:{server.port} "
+          f"(meter {meter.name if meter else 'none: energy not measured'}; slots {args.slots}, queue {limits.queue}, "
+          f"max_tokens {limits.max_tokens}, prompt tokens {limits.max_prompt_tokens})", flush=True)
+    while not stop.wait(0.5):
+        if not server.thread.is_alive():
+            print("hardware: error: the server stopped unexpectedly", file=sys.stderr)
+            return 1
+    server.shutdown()
+    if meter:
+        meter.close()
+    print(f"stopped on {caught[0]}: {server.served()} requests served", flush=True)
     return 0
 
 
+def nan_for_null(value):
+    """The strict summary back in the report's terms (it formats numbers: NaN prints as nan)."""
+    if isinstance(value, dict):
+        return {k: nan_for_null(v) for k, v in value.items()}
+    return float("nan") if value is None else value
+
+
 def cmd_live(args: argparse.Namespace) -> int:
-    from hardware.live import run_live
-    from moe2sim.experiments.run import twin_summary, write_results
-    from moe2sim.experiments.outputs import OutputDir
+    import signal
+
+    from hardware.live import JOURNALS, LiveRun, failures_html, live_summary
+    from moe2sim.experiments.outputs import OutputDir, write_json
+    from moe2sim.experiments.run import RESULT_NAMES, write_results, write_table
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
 
@@ -121,41 +152,108 @@ def cmd_live(args: argparse.Namespace) -> int:
     missing = [e.name for e in scenario.experts if e.name not in endpoints]
     if missing:
         raise InputError("--endpoint", ",".join(missing), "no endpoint for these experts (give NAME=URL each)")
+    bad = [u for u in endpoints.values() if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise InputError("--endpoint", bad[0], "expected an http:// or https:// URL")
     twin = Twin.build(scenario)
-    queries, legs = run_live(twin, endpoints, args.speed, args.retries, args.seed)
     out = Path(args.out)
-    summary = twin_summary(twin, queries, legs, float(queries["finish_s"].max()))
-    summary["errors"] = int((queries["error"] != "").sum())
-    with OutputDir(out, allow_existing=True).staged() as stage:
-        write_results(stage, scenario, f"hardware live: {scenario.name}", queries, legs, summary)
-    print(f"{len(queries)} queries live ({summary['errors']} with errors), accuracy {summary['accuracy']:.3f}, "
-          f"latency mean {summary['latency_s']['mean']:.3f} s -> {out}/")
-    return 0
+    # nothing of an older run may look current: its results (and only files moe2sim wrote) go first
+    output = OutputDir(out, "--out")
+    output.claim([*RESULT_NAMES, "attempts.csv", *JOURNALS.values()])
+    (out / "summary.json").write_text(json.dumps({"status": "running", "interrupted": None, "scenario": scenario.name,
+                                                  "journal": list(JOURNALS.values())}, indent=2) + "\n")
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run as Ctrl-C does
+        signal.signal(sig, signal.default_int_handler)
+    run = LiveRun(twin, endpoints, args.speed, args.retries, args.seed, args.timeout_s, args.connect_timeout,
+                  args.read_timeout, args.retry_horizon_s, journal=out)
+    queries, legs = run.run()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # writing the results: not to be cut short
+    summary = live_summary(twin, run, queries, legs, args.max_failed_fraction)
+    with output.staged() as stage:
+        if summary["queries_succeeded"]:  # the report's tables and plots: of the queries that succeeded
+            ok = (queries["error"] == "").to_numpy()
+            write_results(stage, scenario, f"hardware live: {scenario.name}", queries[ok].reset_index(drop=True),
+                          legs, nan_for_null(summary), failures_html(summary))
+            write_table(queries, stage / "queries", scenario.outputs.format)  # every query, failed ones too
+        else:
+            write_table(queries, stage / "queries", scenario.outputs.format)
+            write_table(legs, stage / "legs", scenario.outputs.format)
+            if scenario.outputs.report:
+                (stage / "report.html").write_text(f"<html><body><h1>hardware live: {scenario.name}</h1>"
+                                                   f"<p>No query succeeded.</p>{failures_html(summary)}</body></html>")
+        run.attempt_table().to_csv(stage / "attempts.csv", index=False)
+        write_json(stage / "summary.json", summary)
+    fq, fl = summary["failed_queries"], summary["failed_legs"]
+    per_expert = ", ".join(f"{n} {v}" for n, v in fl["per_expert"].items() if v)
+    stats = (f"accuracy {summary['accuracy']:.3f}, latency mean {summary['latency_s']['mean']:.3f} s over the "
+             f"{summary['queries_succeeded']} that succeeded" if summary["queries_succeeded"] else "no query succeeded")
+    line = (f"{len(queries)} queries recorded of {run.sent} sent ({run.planned} planned); {fq['total']} failed "
+            f"({fl['total']} of {fl['legs']} legs{': ' + per_expert if per_expert else ''}); "
+            f"{stats} -> {out}/")
+    if run.interrupted:
+        print(f"hardware live: interrupted: {line} (summary.json interrupted: true)", file=sys.stderr)
+    elif summary["exit_code"] == 3:
+        print(f"hardware live: failed legs {100 * fl['fraction']:.1f} % > --max-failed-fraction "
+              f"{100 * args.max_failed_fraction:g} %: {line}", file=sys.stderr)
+    else:
+        print(line)
+    return summary["exit_code"]
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import base64
     import io
 
-    from hardware.compare import cdf_plot, error_table, markdown
+    from hardware.compare import cdf_plot, error_table, failures, markdown
 
     table = error_table(args.simulated, args.measured)
+    lost = failures(args.measured)
+    note = (f"measured: {lost['failed_queries']} of {lost['queries']} queries failed ({lost['failed_legs']} of "
+            f"{lost['legs']} legs) and are excluded from the comparison (n_failed column)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "compare.csv", index=False)
-    (out / "compare.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2, default=float))
+    from moe2sim.experiments.outputs import strict
+
+    (out / "compare.json").write_text(json.dumps(strict({"failures": lost, "rows": table.to_dict(orient="records")}),
+                                                 indent=2, allow_nan=False, default=float))
     buf = io.BytesIO()
     cdf_plot(args.simulated, args.measured).savefig(buf, format="png", dpi=100, bbox_inches="tight")
     md = markdown(table)
     (out / "report.html").write_text(
-        f"<html><body><h1>Simulated vs measured</h1><pre>{md}</pre>"
+        f"<html><body><h1>Simulated vs measured</h1><p>{note}</p><pre>{md}</pre>"
         f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></body></html>')
     print(md)
+    print(note)
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad flags: one line naming the flag, exit 2 (as for every other input error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"hardware: error: {message} (see {self.prog} --help)\n")
+
+
+def bounded(kind, flag: str, low: float | None = None, high: float | None = None, what: str = ""):
+    """An argparse type: a number of `kind` within [low, high], else an error naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if (low is not None and value < low) or (high is not None and value > high) or value != value:
+            span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({span}{what})")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hardware", description=__doc__.splitlines()[0])
+    parser = Parser(prog="python -m hardware", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     backend = dict(help="hf:<checkpoint folder or shape: mistral-7b, llama-3-8b, llama-3.2-1b, smollm2-135m, tiny-llama> "
                         "or openai:<base url>[#model]")
@@ -192,16 +290,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--meter", **meter)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--slots", type=int, default=1)
-    p.add_argument("--threads", type=int, help="CPU threads of a local backend")
+    p.add_argument("--port", type=bounded(int, "--port", 0, 65535, "; 0: any free port"), default=8000)
+    p.add_argument("--slots", type=bounded(int, "--slots", 1), default=1,
+                   help="requests served at once per expert (they share the device's energy)")
+    p.add_argument("--queue", type=bounded(int, "--queue", 0), default=64,
+                   help="requests that may wait per expert beyond its slots; more are answered 429 + Retry-After")
+    p.add_argument("--max-body-bytes", type=bounded(int, "--max-body-bytes", 1024),
+                   help="largest request body (413 beyond); default max(1 MiB, 32 B x context)")
+    p.add_argument("--max-prompt-tokens", type=bounded(int, "--max-prompt-tokens", 1),
+                   help="longest prompt (400 beyond); default the model's context length")
+    p.add_argument("--max-tokens", type=bounded(int, "--max-tokens", 1),
+                   help="largest max_tokens (400 beyond); default the model's context length")
+    p.add_argument("--threads", type=bounded(int, "--threads", 1), help="CPU threads of a local backend")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("live", help="run a scenario's policy against real endpoints in real time")
     p.add_argument("scenario")
     p.add_argument("--endpoint", action="append", default=[], metavar="EXPERT=URL", required=True)
-    p.add_argument("--speed", type=float, default=1.0, help="arrivals this many times faster than the scenario's")
-    p.add_argument("--retries", type=int, default=2)
+    p.add_argument("--speed", type=bounded(float, "--speed", 1e-6), default=1.0, help="arrivals this many times faster than the scenario's")
+    p.add_argument("--retries", type=bounded(int, "--retries", 0),
+                   help="most retries per leg (default: as many as fit in --retry-horizon-s)")
+    p.add_argument("--retry-horizon-s", type=bounded(float, "--retry-horizon-s", 0), default=30.0,
+                   help="retry a failing leg with exponential backoff (0.25 s doubling, at most 4 s) while the next "
+                        "attempt would start within this many seconds of its first (default 30)")
+    p.add_argument("--connect-timeout", type=bounded(float, "--connect-timeout", 0.001), default=5.0,
+                   help="seconds to connect to an endpoint (default 5)")
+    p.add_argument("--read-timeout", type=bounded(float, "--read-timeout", 0.001), default=60.0,
+                   help="seconds to wait for the next data of an answer, the first token included (default 60)")
+    p.add_argument("--timeout-s", type=bounded(float, "--timeout-s", 0.001), default=300.0,
+                   help="seconds for a whole attempt (default 300)")
+    p.add_argument("--max-failed-fraction", type=bounded(float, "--max-failed-fraction", 0, 1), default=0.0,
+                   help="exit with code 3 when more than this fraction of legs failed after their retries "
+                        "(default 0: any failed leg)")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", required=True)

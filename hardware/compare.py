@@ -7,6 +7,9 @@ expert's queue, so an end-to-end error can be traced to the profile or to the qu
 
 Errors are signed relative errors, (simulated − measured) / measured, in %. Energy is compared
 only where the measured side has it (a run without a meter has NaN energy, reported as such).
+
+Failed queries and legs of a live run (a non-empty `error`) are excluded from the measured side,
+visibly: the `n_failed` column counts them per row and `failures()` says how many were left out.
 """
 from __future__ import annotations
 
@@ -25,8 +28,22 @@ def _read(folder) -> tuple[pd.DataFrame, pd.DataFrame]:
         found = [p for p in (folder / f"{stem}.parquet", folder / f"{stem}.csv") if p.exists()]
         if not found:
             raise InputError(folder, stem, f"no {stem}.parquet or {stem}.csv (not a run folder)")
-        tables.append(pd.read_parquet(found[0]) if found[0].suffix == ".parquet" else pd.read_csv(found[0]))
+        table = pd.read_parquet(found[0]) if found[0].suffix == ".parquet" else pd.read_csv(found[0])
+        if "error" in table.columns:  # CSV reads an empty error as NaN
+            table["error"] = table["error"].fillna("").astype(str)
+        tables.append(table)
     return tables[0], tables[1]
+
+
+def _failed(table: pd.DataFrame) -> pd.Series:
+    return table["error"] != "" if "error" in table.columns else pd.Series(False, index=table.index)
+
+
+def failures(real_dir) -> dict[str, int]:
+    """How many measured queries and legs failed (and are left out of the comparison)."""
+    rq, rl = _read(real_dir)
+    return {"queries": int(len(rq)), "failed_queries": int(_failed(rq).sum()),
+            "legs": int(len(rl)), "failed_legs": int(_failed(rl).sum())}
 
 
 def _pct(sim: float, real: float) -> float:
@@ -35,14 +52,17 @@ def _pct(sim: float, real: float) -> float:
 
 def error_table(sim_dir, real_dir) -> pd.DataFrame:
     sq, sl = _read(sim_dir)
-    rq, rl = _read(real_dir)
+    rq_all, rl_all = _read(real_dir)
+    q_failed, l_failed = _failed(rq_all), _failed(rl_all)
+    # a failed query's latency is a give-up time and its legs' timings are partial: left out, counted
+    rq, rl = rq_all[~q_failed], rl_all[~rl_all["query_id"].isin(rq_all.loc[q_failed, "query_id"])]
     rows = []
 
     def add(level: str, name: str, s_lat: pd.Series, r_lat: pd.Series, s_e: pd.Series | None = None,
-            r_e: pd.Series | None = None) -> None:
+            r_e: pd.Series | None = None, n_failed: int = 0) -> None:
         s_e, r_e = (pd.Series(dtype=float) if e is None else e for e in (s_e, r_e))
         r_lat, r_e = r_lat.dropna(), r_e.dropna()
-        row = {"level": level, "name": name, "n_sim": len(s_lat), "n_measured": len(r_lat),
+        row = {"level": level, "name": name, "n_sim": len(s_lat), "n_measured": len(r_lat), "n_failed": n_failed,
                "latency_mean_sim_s": s_lat.mean(), "latency_mean_measured_s": r_lat.mean(),
                "latency_p95_sim_s": s_lat.quantile(0.95), "latency_p95_measured_s": r_lat.quantile(0.95),
                "energy_mean_sim_J": s_e.mean(), "energy_mean_measured_J": r_e.mean() if len(r_e) else np.nan}
@@ -51,16 +71,19 @@ def error_table(sim_dir, real_dir) -> pd.DataFrame:
         row["energy_mean_err_pct"] = _pct(row["energy_mean_sim_J"], row["energy_mean_measured_J"])
         rows.append(row)
 
-    add("all", "all", sq["latency_s"], rq["latency_s"], sq["energy_J"], rq["energy_J"])
-    for cat in sorted(set(sq["category"].astype(str)) | set(rq["category"].astype(str))):
+    add("all", "all", sq["latency_s"], rq["latency_s"], sq["energy_J"], rq["energy_J"], int(q_failed.sum()))
+    for cat in sorted(set(sq["category"].astype(str)) | set(rq_all["category"].astype(str))):
         s, r = sq[sq["category"].astype(str) == cat], rq[rq["category"].astype(str) == cat]
-        add("category", cat, s["latency_s"], r["latency_s"], s["energy_J"], r["energy_J"])
+        add("category", cat, s["latency_s"], r["latency_s"], s["energy_J"], r["energy_J"],
+            int((q_failed & (rq_all["category"].astype(str) == cat)).sum()))
     s_service = sl["ttft_s"] + sl["decode_s"]
     r_service = rl["ttft_s"] + rl["decode_s"]
     s_tpot, r_tpot = time_per_output_token(sq, sl), time_per_output_token(rq, rl)
-    for expert in sorted(set(sl["expert"].astype(str)) | set(rl["expert"].astype(str))):
+    for expert in sorted(set(sl["expert"].astype(str)) | set(rl_all["expert"].astype(str))):
         sm, rm = sl["expert"].astype(str) == expert, rl["expert"].astype(str) == expert
-        add("expert (service time)", expert, s_service[sm], r_service[rm], sl["energy_J"][sm], rl["energy_J"][rm])
+        failed_legs = int((l_failed & (rl_all["expert"].astype(str) == expert)).sum())
+        add("expert (service time)", expert, s_service[sm], r_service[rm], sl["energy_J"][sm], rl["energy_J"][rm],
+            failed_legs)
         add("expert (queue wait)", expert, sl["queue_s"][sm], rl["queue_s"][rm])
         add("expert (TTFT)", expert, sl["ttft_s"][sm], rl["ttft_s"][rm])
         add("expert (time per output token)", expert, s_tpot[sm], r_tpot[rm])
@@ -75,7 +98,7 @@ def time_per_output_token(queries: pd.DataFrame, legs: pd.DataFrame) -> pd.Serie
 
 
 def markdown(table: pd.DataFrame) -> str:
-    cols = ["level", "name", "n_measured", "latency_mean_measured_s", "latency_mean_err_pct",
+    cols = ["level", "name", "n_measured", "n_failed", "latency_mean_measured_s", "latency_mean_err_pct",
             "latency_p95_measured_s", "latency_p95_err_pct", "energy_mean_measured_J", "energy_mean_err_pct"]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731

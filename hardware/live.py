@@ -4,30 +4,62 @@ time (or compressed by `speed`: arrivals come `speed` times as fast, so the load
 writing per-query and per-leg records in the simulator's schema, times in wall-clock seconds from
 the start.
 
-Every query sent is recorded: a leg that still fails after its retries is recorded with its
-error, and a query with any failed leg is scored on its answered legs only (wrong if none).
+Every query sent is recorded, whatever its endpoints do (refuse, hang, time out, answer something
+that is not HTTP, die mid-stream): a leg that still fails after its retries is recorded with its
+error, a stream without its `[DONE]` end marker is a failed leg, and a query with any failed leg is
+a failed query (its `error` is set). Failed queries are kept out of the accuracy and latency
+statistics and counted apart (summary: `failed_queries`, `failed_legs` per expert and category).
+
+Retries: a retryable error (connection refused or lost, timeout, 5xx, 429, garbage, cut stream) is
+retried with exponential backoff (0.25 s, doubling, at most 4 s, or the server's Retry-After) for
+as long as the next attempt would start within `retry_horizon_s` of the leg's first attempt (and at
+most `retries` retries if given). Every attempt's start, end and error is kept (`attempts` table);
+a leg's timing covers all its attempts: start_s is its first attempt's start (after the server's
+queue wait), time lost to failed attempts and backoff is inside ttft_s (the client waited for its
+first token that long).
 
 Leg timings are the client's, in the simulator's meaning: where the server reports how long the
 request waited for a free slot (`hardware serve` does, as x_moe2sim.queue_s), that wait is queue_s
 and is taken out of ttft_s, and start_s is when service began; an upstream server that does not
 report it leaves queue_s NaN and its queueing inside ttft_s. server_ttft_s and server_decode_s are
 the server's own timings (no network, no HTTP).
+
+Records are appended to a journal as queries complete (`Journal`), so a crash or Ctrl-C keeps what
+was done; after Ctrl-C the queries still in flight are recorded as failed ("interrupted").
 """
 from __future__ import annotations
 
+import json
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from hardware.backends import BackendError, Generation, OpenAIBackend
+from moe2sim.experiments.outputs import strict
+from moe2sim.policy import MixturePolicy
 from moe2sim.routing.routers import Decision
 from moe2sim.selection.budgets import budgets_of
+from moe2sim.sim.records import Legs
 from moe2sim.twin import Twin
 from moe2sim.workload import QueryBatch
+
+BACKOFF_S, BACKOFF_MAX_S = 0.25, 4.0
+JOURNALS = {"queries": "queries.partial.jsonl", "legs": "legs.partial.jsonl", "attempts": "attempts.partial.jsonl"}
+
+
+@dataclass
+class Attempt:
+    attempt: int
+    start_s: float
+    end_s: float
+    error: str  # "" for the attempt that succeeded
 
 
 @dataclass
@@ -37,106 +69,344 @@ class LegResult:
     end_s: float
     attempts: int
     error: str
+    log: list[Attempt] = field(default_factory=list)
 
 
 def call_with_retries(backend: OpenAIBackend, prompt: str, prompt_tokens: int, max_tokens: int,
-                      retries: int, clock) -> LegResult:
+                      clock: Callable[[], float], retry_horizon_s: float = 30.0, retries: int | None = None,
+                      stop: threading.Event | None = None) -> LegResult:
+    """One leg: attempts with exponential backoff until one succeeds, an error is not retryable, the
+    next attempt would start beyond `retry_horizon_s` after the first, `retries` retries are spent,
+    or `stop` is set. Never raises: whatever goes wrong is the leg's error."""
+    stop = stop or threading.Event()
     start = clock()
-    error = ""
-    for attempt in range(1, retries + 2):
+    log: list[Attempt] = []
+    delay = BACKOFF_S
+
+    def on_token(_: str) -> None:
+        if stop.is_set():
+            raise BackendError("interrupted (the run was stopped mid-stream)", retryable=False)
+
+    while True:
+        t0 = clock()
+        retry_after = None
         try:
-            gen = backend.generate(prompt, prompt_tokens, max_tokens)
-            return LegResult(gen, start, clock(), attempt, "")
+            gen = backend.generate(prompt, prompt_tokens, max_tokens, on_token=on_token)
+            log.append(Attempt(len(log) + 1, t0, clock(), ""))
+            return LegResult(gen, start, log[-1].end_s, len(log), "", log)
         except BackendError as exc:
-            error = str(exc)
-            if not exc.retryable:
-                break
-            time.sleep(min(0.1 * 2 ** attempt, 2.0))
-    return LegResult(None, start, clock(), attempt, error)
+            error, retryable, retry_after = str(exc), exc.retryable, exc.retry_after_s
+        except Exception as exc:  # noqa: BLE001  a bug or an unforeseen failure: recorded, not lost
+            error, retryable = f"unexpected {type(exc).__name__}: {exc}", False
+        log.append(Attempt(len(log) + 1, t0, clock(), error))
+        wait = max(delay, min(retry_after or 0.0, BACKOFF_MAX_S))
+        if (not retryable or stop.is_set() or (retries is not None and len(log) > retries)
+                or clock() + wait - start > retry_horizon_s):
+            break
+        if stop.wait(wait):
+            break
+        delay = min(delay * 2, BACKOFF_MAX_S)
+    end = log[-1].end_s
+    why = log[-1].error
+    if stop.is_set() and "interrupted" not in why:
+        why += " (then interrupted)"
+    if len(log) > 1:
+        why = f"{len(log)} attempts over {end - start:.2f} s failed; last: {why}"
+    return LegResult(None, start, end, len(log), why, log)
 
 
-def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries: int = 2,
-             seed: int | None = None, timeout_s: float = 120.0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Replay the scenario's arrivals in (scaled) real time through the policy onto the endpoints."""
-    scenario, policy = twin.scenario, twin.policy
-    names = [e.name for e in twin.experts]
-    clients = [OpenAIBackend(endpoints[n], n, timeout_s) for n in names]
-    questions = twin.quality.prompts["question"].astype(str).to_numpy()
-    prompt_ids = twin.quality.prompt_ids
+def _finite(value: Any) -> float:
+    return float(value) if value is not None and np.isfinite(value) else np.nan
+
+
+def records_of(twin: Twin, policy: MixturePolicy, qid: int, batch: QueryBatch, decision: Decision, score: float,
+               results: list[LegResult], speed: float = 1.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The query's record and its legs' records, through the simulator's records builder
+    (moe2sim.sim.records): the same columns, live's extras filled. A failed query is scored on its
+    answered legs (0 if none); the summary leaves it out of accuracy."""
+    scenario = twin.scenario
     budgets = policy.budgets or budgets_of(scenario)
-    arrivals, _, routing = twin.streams(seed)
-    batches = list(twin.workload.batches(arrivals))
-    queries, legs = [], []
-    lock = threading.Lock()
-    t_zero = time.perf_counter()
+    answered = [j for j, r in enumerate(results) if r.gen is not None]
+    if len(answered) < len(results):  # score only what came back
+        score = float(policy.aggregate(batch, decision.take(answered))[0]) if answered else 0.0
+    extra = [r.gen.extra if r.gen else {} for r in results]
 
-    def clock() -> float:
-        return time.perf_counter() - t_zero
+    def row(values) -> np.ndarray:
+        return np.array([values], dtype=float)
 
-    def serve_query(qid: int, batch: QueryBatch, decision: Decision, score: float) -> None:
+    waited = row([_finite(x.get("queue_s")) for x in extra])
+    held = np.nan_to_num(waited)  # as in the simulator: the wait for a free slot is queue_s, service starts after it
+    first_token = row([(r.log[-1].start_s - r.start_s) + r.gen.ttft_s if r.gen else np.nan for r in results])
+    worst_delay, worst_energy = policy.predicted_worst(batch.category)
+    legs = Legs(
+        query_id=np.array([qid]), category=batch.category, prompt_id=twin.quality.prompt_ids[batch.prompt],
+        arrival_s=batch.arrival_s / speed, prompt_tokens=batch.prompt_tokens, output_tokens=batch.output_tokens,
+        experts=decision.experts, weights=decision.weights, score=np.array([score]),
+        energy_J=row([_finite(x.get("energy_J")) for x in extra]), uplink_s=row([np.nan] * len(results)),
+        queue_s=waited, ttft_s=first_token - held, decode_s=row([r.gen.decode_s if r.gen else np.nan for r in results]),
+        downlink_s=row([np.nan] * len(results)), start_s=row([r.start_s for r in results]) + held,
+        latency_budget_s=budgets.latency_s[batch.category], energy_budget_J=np.array([budgets.energy_J]),
+        subset=np.array(["|".join(policy.subset)]), predicted_worst_delay_s=worst_delay,
+        predicted_worst_energy_J=np.array([worst_energy]), failed=np.array([[r.gen is None for r in results]]),
+        give_up_s=row([r.end_s for r in results]), attempts=np.array([[r.attempts for r in results]]),
+        error=np.array([[r.error for r in results]], dtype=object),
+        server_ttft_s=row([_finite(x.get("ttft_s")) for x in extra]),
+        server_decode_s=row([_finite(x.get("decode_s")) for x in extra]))
+    query, leg = legs.tables(policy.names, policy.aggregation_s)
+    names = list(policy.names)
+    query_row = {c: _plain(v[0]) for c, v in query.items()}
+    query_row["category"] = scenario.categories[int(query_row["category"])].name
+    leg_rows = [{c: _plain(v[j]) for c, v in leg.items()} for j in range(len(results))]
+    for r in leg_rows:
+        r["expert"] = names[int(r["expert"])]
+    return query_row, leg_rows
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def attempt_rows(twin: Twin, qid: int, decision: Decision, results: list[LegResult]) -> list[dict[str, Any]]:
+    names = [e.name for e in twin.experts]
+    return [{"query_id": qid, "rank": j, "expert": names[n], **asdict(a)}
+            for j, (n, r) in enumerate(zip(decision.experts[0], results)) for a in r.log]
+
+
+class Journal:
+    """Records appended (one JSON line each, flushed) as queries complete: what a crash or Ctrl-C keeps."""
+
+    def __init__(self, folder: Path | None):
+        self.files = {k: open(folder / name, "a", encoding="utf-8") for k, name in JOURNALS.items()} if folder else {}
+        self.lock = threading.Lock()
+
+    def write(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if table in self.files:
+            f = self.files[table]
+            f.write("".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in rows))
+            f.flush()
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class LiveRun:
+    """One live run; `run()` returns (queries, legs); `attempts`, `interrupted`, `planned`, `sent` after."""
+
+    def __init__(self, twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries: int | None = None,
+                 seed: int | None = None, timeout_s: float = 120.0, connect_timeout_s: float | None = None,
+                 read_timeout_s: float | None = None, retry_horizon_s: float = 30.0, journal: Path | None = None,
+                 grace_s: float = 2.0):
+        self.twin, self.speed, self.retries, self.seed = twin, speed, retries, seed
+        self.policy = twin.policy  # the very policy object the simulator uses
+        self.retry_horizon_s, self.grace_s = retry_horizon_s, grace_s
+        names = [e.name for e in twin.experts]
+        self.clients = [OpenAIBackend(endpoints[n], n, timeout_s, connect_timeout_s, read_timeout_s) for n in names]
+        self.journal = Journal(journal)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.queries: list[dict] = []
+        self.legs: list[dict] = []
+        self.attempts: list[dict] = []
+        self.recorded: set[int] = set()
+        self.in_flight: dict[int, tuple] = {}
+        self.interrupted = False
+        self.planned = self.sent = 0
+        self.t_zero = time.perf_counter()
+
+    def clock(self) -> float:
+        return time.perf_counter() - self.t_zero
+
+    def record(self, qid: int, batch: QueryBatch, decision: Decision, score: float,
+               results: list[LegResult]) -> None:
+        """Build the query's rows and journal them; the first to record a query wins."""
+        row, legs = records_of(self.twin, self.policy, qid, batch, decision, score, results, self.speed)
+        attempts = attempt_rows(self.twin, qid, decision, results)
+        with self.lock:
+            if qid in self.recorded:
+                return
+            self.recorded.add(qid)
+            self.in_flight.pop(qid, None)
+            self.queries.append(row)
+            self.legs.extend(legs)
+            self.attempts.extend(attempts)
+            self.journal.write("queries", [row])
+            self.journal.write("legs", legs)
+            self.journal.write("attempts", attempts)
+
+    def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, score: float) -> None:
+        twin = self.twin
         i_prompt = int(batch.prompt[0])
+        question = str(twin.quality.prompts["question"].iloc[i_prompt])
         experts = decision.experts[0]
-        with ThreadPoolExecutor(max_workers=len(experts)) as pool:
-            results = list(pool.map(lambda n: call_with_retries(
-                clients[n], questions[i_prompt], int(batch.prompt_tokens[0]), int(batch.output_tokens[0]),
-                retries, clock), experts))
-        answered = [j for j, r in enumerate(results) if r.gen is not None]
-        arrival = float(batch.arrival_s[0]) / speed
-        finish = max(r.end_s for r in results) + policy.aggregation_s
-        if len(answered) < len(experts):  # score only what came back
-            sub = Decision(decision.experts[:, answered], decision.weights[:, answered])
-            score = float(policy.aggregate(batch, sub)[0]) if answered else 0.0
-        energy = [r.gen.extra.get("energy_J") if r.gen else None for r in results]
-        energy_total = float(np.sum([e for e in energy if e is not None])) if all(
-            e is not None for e in energy) else np.nan
-        c = int(batch.category[0])
-        worst_delay, worst_energy = policy.predicted_worst(batch.category)
-        latency = finish - arrival
-        subset = "|".join(n for n, ok in zip(names, policy.allowed) if ok)
-        row = {"query_id": qid, "category": scenario.categories[c].name, "prompt_id": prompt_ids[i_prompt],
-               "arrival_s": arrival, "finish_s": finish, "latency_s": latency,
-               "prompt_tokens": int(batch.prompt_tokens[0]), "output_tokens": int(batch.output_tokens[0]),
-               "experts": "|".join(names[n] for n in experts), "k": len(experts), "score": score,
-               "correct": score > 0, "energy_J": energy_total, "latency_budget_s": budgets.latency_s[c],
-               "latency_violation": latency > budgets.latency_s[c], "energy_budget_J": budgets.energy_J,
-               "energy_violation": bool(energy_total > budgets.energy_J), "subset": subset,
-               "predicted_worst_delay_s": worst_delay[0], "predicted_worst_energy_J": worst_energy, "error": "; ".join(r.error for r in results if r.error)}
-        leg_rows = []
-        for j, (n, r) in enumerate(zip(experts, results)):
-            x = r.gen.extra if r.gen else {}
-            # as in the simulator: the wait for a free slot is queue_s, service starts after it
-            waited = x.get("queue_s") if x.get("queue_s") is not None else np.nan
-            held = waited if np.isfinite(waited) else 0.0
-            leg_rows.append({"query_id": qid, "rank": j, "expert": names[n], "weight": float(decision.weights[0, j]),
-                             "uplink_s": np.nan, "queue_s": waited,
-                             "ttft_s": r.gen.ttft_s - held if r.gen else np.nan,
-                             "decode_s": r.gen.decode_s if r.gen else np.nan, "downlink_s": np.nan,
-                             "start_s": r.start_s + held, "end_s": r.end_s,
-                             "energy_J": x.get("energy_J", np.nan) if x.get("energy_J") is not None else np.nan,
-                             "attempts": r.attempts, "error": r.error,
-                             "server_ttft_s": x.get("ttft_s", np.nan), "server_decode_s": x.get("decode_s", np.nan)})
-        with lock:
-            queries.append(row)
-            legs.extend(leg_rows)
+        try:
+            with ThreadPoolExecutor(max_workers=len(experts)) as pool:
+                results = list(pool.map(lambda n: call_with_retries(
+                    self.clients[n], question, int(batch.prompt_tokens[0]), int(batch.output_tokens[0]),
+                    self.clock, self.retry_horizon_s, self.retries, self.stop), experts))
+        except Exception as exc:  # noqa: BLE001  never lose a query, whatever broke
+            now = self.clock()
+            results = [LegResult(None, now, now, 0, f"unexpected {type(exc).__name__}: {exc}") for _ in experts]
+        try:
+            self.record(qid, batch, decision, score, results)
+        except Exception as exc:  # noqa: BLE001
+            now = self.clock()
+            self.record(qid, batch, decision, score, [LegResult(None, now, now, r.attempts,
+                                                               f"unexpected {type(exc).__name__}: {exc}")
+                                                     for r in results])
 
-    threads = []
-    qid = 0
-    for batch in batches:
-        for i in range(len(batch)):
-            one = batch.take(slice(i, i + 1))
-            wait = float(one.arrival_s[0]) / speed - (time.perf_counter() - t_zero)
-            if wait > 0:
-                time.sleep(wait)
-            decision = policy.decide(one, routing)
-            score = float(policy.aggregate(one, decision)[0])
-            th = threading.Thread(target=serve_query, args=(qid, one, decision, score))
-            th.start()
-            threads.append(th)
-            qid += 1
-    for th in threads:
-        th.join()
-    q = pd.DataFrame(queries).sort_values("query_id", ignore_index=True)
-    g = pd.DataFrame(legs).sort_values(["query_id", "rank"], ignore_index=True)
-    q["category"] = pd.Categorical(q["category"], [c.name for c in scenario.categories])
-    g["expert"] = pd.Categorical(g["expert"], names)
-    return q, g
+    def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        twin, policy = self.twin, self.policy
+        arrivals, _, routing = twin.streams(self.seed)
+        batches = list(twin.workload.batches(arrivals))
+        self.planned = sum(len(b) for b in batches)
+        threads = []
+        qid = 0
+        self.t_zero = time.perf_counter()
+        try:
+            for batch in batches:
+                for i in range(len(batch)):
+                    one = batch.take(slice(i, i + 1))
+                    wait = float(one.arrival_s[0]) / self.speed - self.clock()
+                    if wait > 0:
+                        time.sleep(wait)
+                    decision = policy.decide(one, routing)
+                    score = float(policy.aggregate(one, decision)[0])
+                    with self.lock:
+                        self.in_flight[qid] = (one, decision, score, self.clock())
+                    th = threading.Thread(target=self.serve_query, args=(qid, one, decision, score), daemon=True)
+                    th.start()
+                    self.sent += 1
+                    threads.append(th)
+                    qid += 1
+            for th in threads:
+                th.join()
+        except KeyboardInterrupt:
+            self.interrupted = True
+            self.stop.set()
+            deadline = time.monotonic() + self.grace_s
+            try:
+                for th in threads:
+                    th.join(max(0.0, deadline - time.monotonic()))
+            except KeyboardInterrupt:
+                pass
+            with self.lock:
+                stuck = dict(self.in_flight)
+            now = self.clock()
+            why = "interrupted (in flight when the run was stopped)"
+            for q, (one, decision, score, sent_at) in stuck.items():
+                self.record(q, one, decision, score, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
+                                                      for _ in decision.experts[0]])
+        finally:
+            self.journal.close()
+            for c in self.clients:
+                c.close()
+        return self.tables()
+
+    def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        names = [e.name for e in self.twin.experts]
+        with self.lock:
+            q, g = pd.DataFrame(self.queries), pd.DataFrame(self.legs)
+        if q.empty:
+            return q, g
+        q = q.sort_values("query_id", ignore_index=True)
+        g = g.sort_values(["query_id", "rank"], ignore_index=True)
+        q["category"] = pd.Categorical(q["category"], [c.name for c in self.twin.scenario.categories])
+        g["expert"] = pd.Categorical(g["expert"], names)
+        return q, g
+
+    def attempt_table(self) -> pd.DataFrame:
+        with self.lock:
+            a = pd.DataFrame(self.attempts, columns=["query_id", "rank", "expert", "attempt", "start_s", "end_s",
+                                                     "error"])
+        return a.sort_values(["query_id", "rank", "attempt"], ignore_index=True)
+
+
+def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries: int | None = None,
+             seed: int | None = None, timeout_s: float = 120.0, **options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay the scenario's arrivals in (scaled) real time through the policy onto the endpoints."""
+    return LiveRun(twin, endpoints, speed, retries, seed, timeout_s, **options).run()
+
+
+NO_ENERGY = "not measured: an endpoint reported no energy (no meter there, or a failed leg)"
+
+
+def live_summary(twin: Twin, run: LiveRun, queries: pd.DataFrame, legs: pd.DataFrame,
+                 max_failed_fraction: float) -> dict[str, Any]:
+    """The simulator's summary over the queries that succeeded, plus the failures counted apart:
+    failed_queries / failed_legs (per category and per expert), interrupted, exit_code. Energy that
+    was not measured is null with `energy_reason`, never 0."""
+    from moe2sim.experiments.run import twin_summary
+
+    names = [e.name for e in twin.experts]
+    cats = [c.name for c in twin.scenario.categories]
+    failed_q = queries["error"] != "" if len(queries) else pd.Series(dtype=bool)
+    ok_ids = set(queries.loc[~failed_q, "query_id"]) if len(queries) else set()
+    ok_q = queries[~failed_q] if len(queries) else queries
+    ok_legs = legs[legs["query_id"].isin(ok_ids)] if len(legs) else legs
+    run_s = float(queries["finish_s"].max()) if len(queries) else run.clock()
+    if len(ok_q):
+        summary = twin_summary(twin, ok_q, ok_legs, run_s)
+    else:
+        summary = {"scenario": twin.scenario.name, "seed": twin.scenario.seed, "queries": 0, "accuracy": None,
+                   "latency_s": None, "run_s": run_s, "categories": {}, "experts": {n: {"legs": 0} for n in names}}
+    leg_failed = legs["error"] != "" if len(legs) else pd.Series(dtype=bool)
+    leg_cat = (legs[["query_id"]].merge(queries[["query_id", "category"]], on="query_id", how="left")["category"]
+               .astype(str).to_numpy() if len(legs) else np.array([]))
+    n_legs, n_failed = int(len(legs)), int(leg_failed.sum())
+    failed_fraction = n_failed / n_legs if n_legs else 0.0
+    per_expert = {n: int((leg_failed & (legs["expert"].astype(str) == n)).sum()) if n_legs else 0 for n in names}
+    per_cat_legs = {c: int((leg_failed.to_numpy() & (leg_cat == c)).sum()) if n_legs else 0 for c in cats}
+    per_cat_q = {c: int((failed_q & (queries["category"].astype(str) == c)).sum()) if len(queries) else 0
+                 for c in cats}
+    summary["queries"] = int(len(ok_q))  # the statistics' population: queries that succeeded
+    summary.update({
+        "status": "interrupted" if run.interrupted else "complete", "interrupted": run.interrupted,
+        "queries_planned": run.planned, "queries_sent": run.sent, "queries_recorded": int(len(queries)),
+        "queries_succeeded": int(len(ok_q)),
+        "failed_queries": {"total": int(failed_q.sum()) if len(queries) else 0, "per_category": per_cat_q},
+        "failed_legs": {"total": n_failed, "legs": n_legs, "fraction": failed_fraction, "per_expert": per_expert,
+                        "per_category": per_cat_legs},
+        "max_failed_fraction": max_failed_fraction,
+        "statistics_note": "accuracy, latency and energy are over the queries that succeeded; failed queries "
+                           "(any leg failed after its retries) are counted in failed_queries / failed_legs",
+    })
+    for n, block in summary["experts"].items():
+        block["failed_legs"] = per_expert.get(n, 0)
+        block["attempts"] = int(legs.loc[legs["expert"].astype(str) == n, "attempts"].sum()) if n_legs else 0
+    for c, block in summary.get("categories", {}).items():
+        block["failed_queries"] = per_cat_q.get(c, 0)
+        block["failed_legs"] = per_cat_legs.get(c, 0)
+    measured = len(ok_q) > 0 and bool(np.isfinite(ok_q["energy_J"].to_numpy(float)).all())
+    if not measured:  # pandas sums NaN to 0: say "not measured" instead
+        summary["energy_reason"] = NO_ENERGY
+        for key in ("energy_J_per_query", "energy_J_active_total", "energy_J_total"):
+            if key in summary:
+                summary[key] = None
+        for block in summary.get("categories", {}).values():
+            block["energy_J_per_query"] = block["energy_J_active_total"] = None
+        for block in summary["experts"].values():
+            if "energy_J_active" in block:
+                block["energy_J_active"] = None
+    else:
+        summary["energy_reason"] = None
+    code = 130 if run.interrupted else (3 if failed_fraction > max_failed_fraction else 0)
+    summary["exit_code"] = code
+    return strict(summary)
+
+
+def failures_html(summary: dict[str, Any]) -> str:
+    import html
+
+    fq, fl = summary["failed_queries"], summary["failed_legs"]
+    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{v}</td></tr>" for n, v in fl["per_expert"].items())
+    cats = "".join(f"<tr><td>{html.escape(c)}</td><td>{fq['per_category'][c]}</td><td>{v}</td></tr>"
+                   for c, v in fl["per_category"].items())
+    state = ("<p><b>The run was interrupted</b>: "
+             f"{summary['queries_sent']} of {summary['queries_planned']} queries were sent.</p>"
+             if summary["interrupted"] else "")
+    return (f"<h2>Failures</h2>{state}<p>{fq['total']} of {summary['queries_recorded']} queries failed "
+            f"({fl['total']} of {fl['legs']} legs, {100 * fl['fraction']:.1f} %); they are left out of the "
+            f"accuracy, latency and energy above. Errors: the <code>error</code> column of queries/legs, every "
+            f"attempt in attempts.csv.</p><table><tr><th>expert</th><th>failed legs</th></tr>{rows}</table>"
+            f"<table><tr><th>category</th><th>failed queries</th><th>failed legs</th></tr>{cats}</table>")

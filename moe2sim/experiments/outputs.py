@@ -64,6 +64,15 @@ class OutputDir:
         """An OutputDir as is, or a plain path (a library caller's folder; nothing foreign in it is touched)."""
         return out if isinstance(out, OutputDir) else cls(Path(out))
 
+    def claim(self, names: Iterable[str]) -> None:
+        """Before a run that writes as it goes (e.g. a live run's journal): remove the previous run's files
+        (ours, listed in the manifest) so nothing old looks current, and list `names` as ours."""
+        self.check(names)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in self.ours():
+            (self.path / name).unlink(missing_ok=True)
+        write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(names)}, indent=1))
+
     @contextmanager
     def staged(self) -> Iterator[Path]:
         """A staging folder whose files become DIR's results only if the block completes."""

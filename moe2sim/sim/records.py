@@ -4,8 +4,9 @@ window meter and `hardware live`, so every report and comparison reads all three
 Per leg j of query i (an expert answering it):
     end_ij    = start_ij + ttft_ij + decode_ij                        (service ends on the expert)
     back_ij   = end_ij + downlink_ij                                  (answer back at the user)
-    finish_i  = max_j back_ij over the legs that answered + aggregation_s
-A query whose every leg failed finishes when its last leg gave up (`give_up_s`). Link delays
+    finish_i  = max_j back_ij + aggregation_s
+A failed leg (live runs) counts with the time it gave up (`give_up_s`) instead of back_ij; a query whose
+every leg failed finishes when its last leg gave up, with no aggregation. Link delays
 unknown to a source (a live run) are NaN and count as 0 in these sums. Column meanings and units:
 traces/README.md.
 """
@@ -74,9 +75,8 @@ class Legs:
         back = end + np.nan_to_num(self.downlink_s)
         failed = np.zeros((n, k), bool) if self.failed is None else self.failed
         if failed.any():
-            answered = np.where(failed, -np.inf, back).max(axis=1)
-            gave_up = np.where(failed, self.give_up_s, -np.inf).max(axis=1)
-            finish = np.where(failed.all(axis=1), gave_up, answered + aggregation_s)
+            last = np.where(failed, self.give_up_s, back).max(axis=1)
+            finish = last + np.where(failed.all(axis=1), 0.0, aggregation_s)
         else:
             finish = back.max(axis=1) + aggregation_s
         latency = finish - self.arrival_s
@@ -94,7 +94,8 @@ class Legs:
             "predicted_worst_delay_s": self.predicted_worst_delay_s,
             "predicted_worst_energy_J": self.predicted_worst_energy_J,
             "failed_legs": failed.sum(axis=1),
-            "error": ["; ".join(e for e in row if e) for row in error] if self.error is not None else np.full(n, ""),
+            "error": ["; ".join(f"{names[x]}: {e}" for x, e in zip(ex, row) if e) for ex, row in zip(self.experts, error)]
+            if self.error is not None else np.full(n, ""),
         }
         leg = {
             "query_id": np.repeat(self.query_id, k), "rank": np.tile(np.arange(k), n),

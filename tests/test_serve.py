@@ -1,0 +1,133 @@
+"""`hardware serve` on its ASGI stack, against a real tiny Llama on loopback: malformed and oversized
+requests get a JSON 4xx (never a traceback or a silent hang), a full queue answers 429 with
+Retry-After, a client that goes away frees its slot, every route answers, flags are validated and
+signals stop the server cleanly."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hardware.backends import HFBackend, OpenAIBackend
+from hardware.serve import Limits, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """One slot, a queue of one: easy to fill."""
+    backend = HFBackend("tiny-llama")
+    limits = Limits.for_models({"default": backend}, queue=1)
+    srv = serve(backend, None, "127.0.0.1", 0, slots=1, limits=limits)
+    yield srv
+    srv.shutdown()
+
+
+def wait_idle(url: str, timeout_s: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = httpx.get(f"{url}/health").json()["experts"]["default"]
+        if state["running"] == 0 and state["waiting"] == 0 or time.monotonic() > deadline:
+            return state
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("body,code,says", [
+    (b"[]", 422, "not a list"), (b"null", 422, "not null"), (b'"x"', 422, "not a string"),  # crashed before
+    (b"{oops", 400, "not JSON"), (b'{"prompt": 3}', 422, "prompt"), (b'{"max_tokens": 0}', 422, "max_tokens"),
+    (b'{"prompt": "x", "max_tokens": 1000000000}', 400, "--max-tokens"), (b'{"prompt": "x", "x_prompt_tokens": 100000}', 400,
+                                                          "--max-prompt-tokens"),
+    (b'{"prompt": "x", "x_prompt_tokens": 2000, "max_tokens": 100}', 400, "context"),
+    (b'{"prompt": "x", "stream": "maybe"}', 422, "stream"), (b'{"messages": []}', 422, "prompt"),
+])
+def test_bad_requests_get_a_json_4xx(server, body, code, says):
+    r = httpx.post(f"{server.url}/v1/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == code, r.text
+    assert says in r.json()["error"]["message"]
+
+
+def test_oversized_and_broken_http_requests(server):
+    r = httpx.post(f"{server.url}/v1/completions", content=b"x" * (5 << 20))
+    assert r.status_code == 413 and "--max-body-bytes" in r.json()["error"]["message"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:  # Content-Length: -1
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{}")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{server.url}/v1/completions").status_code == 405
+    assert httpx.post(f"{server.url}/v1/nothing", json={}).json()["error"]["code"] == 404
+    assert OpenAIBackend(server.url).generate("still fine", 8, 3).output_tokens == 3
+
+
+def test_routes_stream_and_end_with_done(server):
+    models = httpx.get(f"{server.url}/v1/models").json()
+    assert models["data"][0]["id"] == "default" and models["data"][0]["max_model_len"] == 2048
+    for path, body in (("/v1/completions", {"prompt": "hi", "max_tokens": 3}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})):
+        plain = httpx.post(f"{server.url}{path}", json=body).json()
+        assert plain["usage"]["completion_tokens"] == 3 and plain["x_moe2sim"]["energy_J"] is None
+        assert plain["x_moe2sim"]["energy_reason"] and plain["x_moe2sim"]["queue_s"] >= 0
+        with httpx.stream("POST", f"{server.url}{path}", json={**body, "stream": True}) as r:
+            lines = [x for x in r.iter_lines() if x]
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][5:])["x_moe2sim"]["output_tokens"] == 3
+
+
+def test_a_full_queue_is_429_and_a_gone_client_frees_its_slot(server):
+    """A long streamed request holds the only slot, a second waits in the queue of one, a third is
+    429 with Retry-After. Both leave: their generation stops, the slot is free for the next."""
+    url = server.url
+    long = {"prompt": "x", "max_tokens": 1500, "stream": True}
+
+    def impatient() -> None:  # non-streaming, queued behind the long one, gives up after 1.5 s
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json={"prompt": "y", "max_tokens": 1500}, timeout=1.5)
+
+    with httpx.Client(timeout=10) as c1:
+        with c1.stream("POST", f"{url}/v1/completions", json=long) as r1:
+            lines = r1.iter_lines()  # kept: dropping the iterator would close the connection
+            next(lines)  # it is generating
+            waiter = threading.Thread(target=impatient)
+            waiter.start()
+            deadline = time.monotonic() + 5
+            while httpx.get(f"{url}/health").json()["experts"]["default"]["waiting"] < 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            r3 = httpx.post(f"{url}/v1/completions", json={"prompt": "z", "max_tokens": 2})
+            assert r3.status_code == 429 and int(r3.headers["Retry-After"]) >= 1
+            assert "--queue" in r3.json()["error"]["message"]
+            waiter.join()
+        # r1 closed mid-stream, the impatient one gone while queued
+    start = time.monotonic()
+    state = wait_idle(url)
+    assert state["running"] == 0 and state["waiting"] == 0 and state["cancelled"] >= 2, state
+    assert time.monotonic() - start < 5  # 1,500 tokens would take far longer: generation stopped
+    assert OpenAIBackend(url).generate("next", 8, 3).output_tokens == 3
+
+
+def test_flags_are_checked_and_signals_stop_cleanly(tmp_path):
+    hw = [sys.executable, "-m", "hardware", "serve", "--backend", "hf:tiny-llama", "--meter", "none"]
+    for flag, value in (("--port", "99999"), ("--port", "x"), ("--slots", "0"), ("--queue", "-1"),
+                        ("--max-tokens", "0")):
+        proc = subprocess.run([*hw, flag, value], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and flag in proc.stderr and "Traceback" not in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([*hw, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        port = re.search(r":(\d+) ", proc.stdout.readline()).group(1)
+        if sig == signal.SIGINT:  # the port is taken now: a second server says so, exit 2
+            taken = subprocess.run([*hw, "--port", port], capture_output=True, text=True, cwd=ROOT)
+            assert taken.returncode == 2 and "--port" in taken.stderr and "Traceback" not in taken.stderr
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["status"] == "ok"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and stderr == "", stderr
+        assert stdout.strip().splitlines() == [f"stopped on {sig.name}: 0 requests served"]
