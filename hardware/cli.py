@@ -253,7 +253,8 @@ def bounded(kind, flag: str, low: float | None = None, high: float | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m hardware", description=__doc__.splitlines()[0])
+    invoked = Path(sys.argv[0]).name
+    parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m hardware", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     backend = dict(help="hf:<checkpoint folder or shape: mistral-7b, llama-3-8b, llama-3.2-1b, smollm2-135m, tiny-llama> "
                         "or openai:<base url>[#model]")
