@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from moe2sim.selection import solvers as selection
+from moe2sim.routing.aggregation import Outcomes
 from moe2sim.selection.problem import oracle_coverage
 from moe2sim.selection.budgets import Budgets
 from moe2sim.selection.problem import SelectionProblem
@@ -41,7 +42,7 @@ def coverage_utility(rng: np.random.Generator, n: int, items: int = 300):
     skill = rng.uniform(0.2, 0.75, n)
     correct = rng.random((items, n)) < skill[None, :]
     weight = rng.uniform(0.1, 1.0, items)
-    return oracle_coverage(correct.astype(float), np.arange(items), weight / weight.sum())
+    return oracle_coverage(Outcomes(correct.astype(float)), np.arange(items), weight / weight.sum())
 
 
 def additive_utility(rng: np.random.Generator, n: int):

@@ -119,16 +119,17 @@ def _finite(value: Any) -> float:
     return float(value) if value is not None and np.isfinite(value) else np.nan
 
 
-def records_of(twin: Twin, policy: MixturePolicy, qid: int, batch: QueryBatch, decision: Decision, score: float,
+def records_of(twin: Twin, policy: MixturePolicy, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray,
                results: list[LegResult], speed: float = 1.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The query's record and its legs' records, through the simulator's records builder
-    (moe2sim.sim.records): the same columns, live's extras filled. A failed query is scored on its
-    answered legs (0 if none); the summary leaves it out of accuracy."""
+    (moe2sim.sim.records): the same columns, live's extras filled. `right` (1, k): the legs' outcomes
+    drawn when the query was routed. A failed query is scored on its answered legs (wrong if none); the
+    summary leaves it out of accuracy."""
     scenario = twin.scenario
     budgets = policy.budgets or budgets_of(scenario)
     answered = [j for j, r in enumerate(results) if r.gen is not None]
-    if len(answered) < len(results):  # score only what came back
-        score = float(policy.aggregate(batch, decision.take(answered))[0]) if answered else 0.0
+    correct, score = policy.judge(batch, decision.take(answered), right[:, answered]) if answered else (
+        np.array([False]), np.array([0.0]))  # score only what came back
     extra = [r.gen.extra if r.gen else {} for r in results]
 
     def row(values) -> np.ndarray:
@@ -141,7 +142,7 @@ def records_of(twin: Twin, policy: MixturePolicy, qid: int, batch: QueryBatch, d
     legs = Legs(
         query_id=np.array([qid]), category=batch.category, prompt_id=twin.quality.prompt_ids[batch.prompt],
         arrival_s=batch.arrival_s / speed, prompt_tokens=batch.prompt_tokens, output_tokens=batch.output_tokens,
-        experts=decision.experts, weights=decision.weights, score=np.array([score]),
+        experts=decision.experts, weights=decision.weights, score=score, correct=correct,
         energy_J=row([_finite(x.get("energy_J")) for x in extra]), uplink_s=row([np.nan] * len(results)),
         queue_s=waited, ttft_s=first_token - held, decode_s=row([r.gen.decode_s if r.gen else np.nan for r in results]),
         downlink_s=row([np.nan] * len(results)), start_s=row([r.start_s for r in results]) + held,
@@ -217,10 +218,10 @@ class LiveRun:
     def clock(self) -> float:
         return time.perf_counter() - self.t_zero
 
-    def record(self, qid: int, batch: QueryBatch, decision: Decision, score: float,
+    def record(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray,
                results: list[LegResult]) -> None:
         """Build the query's rows and journal them; the first to record a query wins."""
-        row, legs = records_of(self.twin, self.policy, qid, batch, decision, score, results, self.speed)
+        row, legs = records_of(self.twin, self.policy, qid, batch, decision, right, results, self.speed)
         attempts = attempt_rows(self.twin, qid, decision, results)
         with self.lock:
             if qid in self.recorded:
@@ -234,7 +235,7 @@ class LiveRun:
             self.journal.write("legs", legs)
             self.journal.write("attempts", attempts)
 
-    def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, score: float) -> None:
+    def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray) -> None:
         twin = self.twin
         i_prompt = int(batch.prompt[0])
         question = str(twin.quality.prompts["question"].iloc[i_prompt])
@@ -248,16 +249,16 @@ class LiveRun:
             now = self.clock()
             results = [LegResult(None, now, now, 0, f"unexpected {type(exc).__name__}: {exc}") for _ in experts]
         try:
-            self.record(qid, batch, decision, score, results)
+            self.record(qid, batch, decision, right, results)
         except Exception as exc:  # noqa: BLE001
             now = self.clock()
-            self.record(qid, batch, decision, score, [LegResult(None, now, now, r.attempts,
+            self.record(qid, batch, decision, right, [LegResult(None, now, now, r.attempts,
                                                                f"unexpected {type(exc).__name__}: {exc}")
                                                      for r in results])
 
     def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         twin, policy = self.twin, self.policy
-        arrivals, _, routing = twin.streams(self.seed)
+        arrivals, _, routing, outcomes = twin.streams(self.seed)
         batches = list(twin.workload.batches(arrivals))
         self.planned = sum(len(b) for b in batches)
         threads = []
@@ -271,10 +272,10 @@ class LiveRun:
                     if wait > 0:
                         time.sleep(wait)
                     decision = policy.decide(one, routing)
-                    score = float(policy.aggregate(one, decision)[0])
+                    right = policy.outcomes.draw(one.prompt, decision.experts, outcomes)
                     with self.lock:
-                        self.in_flight[qid] = (one, decision, score, self.clock())
-                    th = threading.Thread(target=self.serve_query, args=(qid, one, decision, score), daemon=True)
+                        self.in_flight[qid] = (one, decision, right, self.clock())
+                    th = threading.Thread(target=self.serve_query, args=(qid, one, decision, right), daemon=True)
                     th.start()
                     self.sent += 1
                     threads.append(th)
@@ -294,8 +295,8 @@ class LiveRun:
                 stuck = dict(self.in_flight)
             now = self.clock()
             why = "interrupted (in flight when the run was stopped)"
-            for q, (one, decision, score, sent_at) in stuck.items():
-                self.record(q, one, decision, score, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
+            for q, (one, decision, right, sent_at) in stuck.items():
+                self.record(q, one, decision, right, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
                                                       for _ in decision.experts[0]])
         finally:
             self.journal.close()

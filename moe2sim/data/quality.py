@@ -9,6 +9,9 @@ import numpy as np
 import pandas as pd
 
 from moe2sim.data.tables import PROMPT_COLUMNS, QUALITY_COLUMNS, read_table
+
+SCORING_RULES = {"threshold", "expected"}
+OPTIONAL_PROMPT_COLUMNS = {"scoring": "string", "options": "int"}
 from moe2sim.errors import InputError
 
 
@@ -16,7 +19,8 @@ from moe2sim.errors import InputError
 class QualityData:
     """Prompts of one split with the score of each scenario expert on each prompt.
 
-    scores[i, j] is expert j's score on prompt i (> 0 means answered correctly).
+    scores[i, j] is expert j's score on prompt i; the prompt's `scoring` says how it becomes right or wrong
+    (threshold: right iff > 0; expected: one answer is right with probability = score).
     """
 
     prompts: pd.DataFrame            # prompt table rows of the split, index 0..n-1
@@ -30,6 +34,21 @@ class QualityData:
     @property
     def tasks(self) -> np.ndarray:
         return self.prompts["task"].astype(str).to_numpy()
+
+    @property
+    def expected(self) -> np.ndarray:
+        """(n,) True where the prompt's task is scored by expectation (score = P(one answer right))."""
+        if "scoring" not in self.prompts:
+            return np.zeros(len(self.prompts), bool)
+        return (self.prompts["scoring"].astype(str) == "expected").to_numpy()
+
+    def options(self, declared: dict[str, int] | None = None) -> np.ndarray:
+        """(n,) answer choices per prompt (0: free form): `declared` per task overrides the data's column."""
+        options = (np.array(self.prompts["options"], np.int64) if "options" in self.prompts
+                   else np.zeros(len(self.prompts), np.int64))
+        for task, m in (declared or {}).items():
+            options[self.rows_of_task(task)] = m
+        return options
 
     def rows_of_task(self, task: str) -> np.ndarray:
         return np.flatnonzero(self.prompts["task"].to_numpy() == task)
@@ -46,8 +65,12 @@ class QualityTables:
 
     @classmethod
     def read(cls, prompts_path: Path, quality_path: Path) -> "QualityTables":
-        return cls(read_table(prompts_path, PROMPT_COLUMNS, "prompt table"),
-                   read_table(quality_path, QUALITY_COLUMNS, "quality trace"), prompts_path, quality_path)
+        prompts = read_table(prompts_path, PROMPT_COLUMNS, "prompt table", optional=OPTIONAL_PROMPT_COLUMNS)
+        if "scoring" in prompts:
+            bad = sorted(set(prompts["scoring"]) - SCORING_RULES)
+            if bad:
+                raise InputError(prompts_path, "scoring", f"unknown scoring rule(s) {bad[:3]}; use threshold or expected")
+        return cls(prompts, read_table(quality_path, QUALITY_COLUMNS, "quality trace"), prompts_path, quality_path)
 
     @property
     def models(self) -> list[str]:

@@ -55,7 +55,7 @@ class WindowMeter:
                 latency = finish[done] - plan.batch.arrival_s[done]
                 for c in np.unique(cats):
                     lat[c].append(latency[cats == c])
-                correct += int((plan.score[done] > 0).sum())
+                correct += int(plan.correct[done].sum())
                 late += int((latency > self.latency_budgets_s[cats]).sum())
                 completed += int(done.sum())
                 energy += float(plan.energy_J[done].sum())

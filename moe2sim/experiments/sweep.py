@@ -157,6 +157,27 @@ def comparison(df: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=[m for m in METHODS if m in out.columns])
 
 
+def versus_moe2(df: pd.DataFrame, tie: float = 0.0005) -> pd.DataFrame:
+    """Per axis and baseline, over the budget points where both MoE² and the baseline keep the budgets:
+    mean test accuracy of each, MoE²'s wins / ties (|difference| < `tie`) / losses, and its best margin."""
+    kept = df[df["feasible"] & df["within_budget"].fillna(False).astype(bool)]
+    acc = kept.pivot_table(index=["axis", "value"], columns="method", values="accuracy_test")
+    if "moe2" not in acc.columns:
+        return pd.DataFrame()
+    rows = []
+    for method in [m for m in METHODS if m in acc.columns and m != "moe2"]:
+        for axis in acc.index.get_level_values("axis").unique():
+            both = acc.loc[axis, ["moe2", method]].dropna()
+            if both.empty:
+                continue
+            diff = both["moe2"] - both[method]
+            rows.append({"axis": axis, "baseline": method, "points": len(both), "moe2": both["moe2"].mean(),
+                         "baseline_mean": both[method].mean(), "wins": int((diff >= tie).sum()),
+                         "ties": int((diff.abs() < tie).sum()), "losses": int((diff <= -tie).sum()),
+                         "best_margin": float(diff.max())})
+    return pd.DataFrame(rows)
+
+
 def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
     """`moe2sim sweep`: run the scenario's sweep and write sweep.csv and report.html into `out`."""
     from moe2sim.report.html import sweep_section, write_report

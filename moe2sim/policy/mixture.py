@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moe2sim.routing.aggregation import Aggregator
+from moe2sim.routing.aggregation import Aggregator, Outcomes, expected_correct
 from moe2sim.routing.routers import Decision, Router, topk_in_subset
 from moe2sim.selection.budgets import Budgets
 from moe2sim.selection.problem import members
@@ -28,6 +28,7 @@ class MixturePolicy:
     allowed: np.ndarray  # (n_experts,) bool: the subset S
     k: int
     aggregator: Aggregator
+    outcomes: Outcomes                    # P(one answer right) per prompt and expert, by the scoring rule
     aggregation_s: float
     names: tuple[str, ...]
     selector: Selector | None = None
@@ -71,6 +72,15 @@ class MixturePolicy:
     def decide(self, batch: QueryBatch, rng: np.random.Generator) -> Decision:
         return Decision(*topk_in_subset(self.router.logits(batch, rng), self.allowed, self.k_effective))
 
-    def aggregate(self, batch: QueryBatch, decision: Decision) -> np.ndarray:
-        """Score of the combined answer per query (> 0: correct)."""
-        return self.aggregator.combine(batch.prompt, decision.experts, decision.weights)
+    def aggregate(self, batch: QueryBatch, decision: Decision, rng: np.random.Generator
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Per query: is the combined answer right (each leg's answer drawn right with its probability),
+        and the exact probability that it is, given the experts chosen."""
+        return self.judge(batch, decision, self.outcomes.draw(batch.prompt, decision.experts, rng))
+
+    def judge(self, batch: QueryBatch, decision: Decision, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`aggregate` with the legs' outcomes given (n, k): whether the combined answer is right, and
+        the probability that it is."""
+        prompts, experts, weights = batch.prompt, decision.experts, decision.weights
+        return (self.aggregator.correct(prompts, experts, weights, right),
+                expected_correct(self.aggregator, self.outcomes, prompts, experts, weights))

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from moe2sim.routing.aggregation import Aggregator
+from moe2sim.routing.aggregation import Aggregator, Outcomes, expected_correct
 from moe2sim.routing.routers import topk_in_subset
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets
@@ -108,13 +108,13 @@ def worst_case(scenario: Scenario, twin_profiles: list, workload: Workload, quan
     return delay, energy.max(axis=1)
 
 
-def validation_utility(logits: np.ndarray, aggregator: Aggregator, prompts: np.ndarray, weights: np.ndarray,
-                       k: int):
-    """U(mask): weighted accuracy of top-min(k, |S|) within S on validation prompts.
+def validation_utility(logits: np.ndarray, aggregator: Aggregator, outcomes: Outcomes, prompts: np.ndarray,
+                       weights: np.ndarray, k: int):
+    """U(mask): weighted expected accuracy of top-min(k, |S|) within S on validation prompts, under each
+    task's scoring rule (exact: aggregation.expected_correct).
 
-    logits (n_val, N) of the validation prompts, prompts (n_val,) their rows in the aggregator's
-    tables, weights (n_val,) per-prompt weights summing to 1 (the scenario mix spread over each
-    category's prompts).
+    logits (n_val, N) of the validation prompts, prompts (n_val,) their rows in the outcome tables,
+    weights (n_val,) per-prompt weights summing to 1 (the scenario mix spread over each category's prompts).
     """
     n = logits.shape[1]
 
@@ -122,17 +122,18 @@ def validation_utility(logits: np.ndarray, aggregator: Aggregator, prompts: np.n
         allowed = np.zeros(n, bool)
         allowed[members(mask)] = True
         experts, w = topk_in_subset(logits, allowed, min(k, int(allowed.sum())))
-        return float(((aggregator.combine(prompts, experts, w) > 0) * weights).sum())
+        return float((expected_correct(aggregator, outcomes, prompts, experts, w) * weights).sum())
 
     return utility
 
 
-def oracle_coverage(scores: np.ndarray, prompts: np.ndarray, weights: np.ndarray):
-    """bound(mask): weighted fraction of prompts some member answers right — ≥ U(T) for every T ⊆ mask."""
-    right = scores[prompts] > 0
+def oracle_coverage(outcomes: Outcomes, prompts: np.ndarray, weights: np.ndarray):
+    """bound(mask): weighted probability that some member answers right, 1 − Π_{j∈mask}(1 − p_j) —
+    ≥ U(T) for every T ⊆ mask (an aggregate can only be right where some chosen answer is)."""
+    p = outcomes.p[prompts]
 
     def bound(mask: int) -> float:
-        return float((right[:, members(mask)].any(axis=1) * weights).sum())
+        return float(((1.0 - np.prod(1.0 - p[:, members(mask)], axis=1)) * weights).sum())
 
     return bound
 

@@ -50,7 +50,8 @@ class Plan:
     batch: QueryBatch
     experts: np.ndarray        # (n, k)
     weights: np.ndarray        # (n, k)
-    score: np.ndarray          # (n,) aggregated answer score
+    score: np.ndarray          # (n,) probability that the combined answer is right, given the experts
+    correct: np.ndarray        # (n,) bool: the combined answer was right (seeded draw)
     uplink_s: np.ndarray       # (n, k)
     downlink_s: np.ndarray     # (n, k)
     ttft_s: np.ndarray         # (n, k)
@@ -76,7 +77,8 @@ class Plan:
         return Legs(
             query_id=np.arange(self.first_id, self.first_id + n), category=b.category, prompt_id=prompt_ids[b.prompt],
             arrival_s=b.arrival_s, prompt_tokens=b.prompt_tokens, output_tokens=b.output_tokens,
-            experts=self.experts, weights=self.weights, score=self.score, energy_J=self.energy_J,
+            experts=self.experts, weights=self.weights, score=self.score, correct=self.correct,
+            energy_J=self.energy_J,
             uplink_s=self.uplink_s, queue_s=self.start_s - b.arrival_s[:, None] - self.uplink_s, ttft_s=self.ttft_s,
             decode_s=self.decode_s, downlink_s=self.downlink_s, start_s=self.start_s,
             latency_budget_s=latency_budget_s[b.category], energy_budget_J=np.full(n, energy_budget_J),
@@ -140,15 +142,16 @@ class EdgeSimulation:
     """Runs a stream of query batches through k-way fan-out to expert queues.
 
     `policy` is the policy in force; a controller (the gym environment) replaces it between
-    windows with `policy.with_budgets(...)`. Routing and service draws use their own streams."""
+    windows with `policy.with_budgets(...)`. Routing, service and answer-outcome draws use their own streams."""
 
     def __init__(self, experts: list[SimulatedExpert], policy: MixturePolicy, prompt_ids: np.ndarray,
-                 service_rng: np.random.Generator, routing_rng: np.random.Generator):
+                 service_rng: np.random.Generator, routing_rng: np.random.Generator, outcome_rng: np.random.Generator):
         self.experts = experts
         self.policy = policy
         self.prompt_ids = prompt_ids
         self.rng = service_rng
         self.routing_rng = routing_rng
+        self.outcome_rng = outcome_rng
         self.env = simpy.Environment()
         self.servers = [SlotServer(self.env, e.slots) for e in experts]
         self.plans: list[Plan] = []
@@ -174,7 +177,8 @@ class EdgeSimulation:
             svc = ex.service.sample(batch.prompt_tokens[rows], batch.output_tokens[rows], ids[rows], self.rng)
             ttft[mask], dec[mask], energy[mask] = svc.ttft_s, svc.decode_s, svc.active_energy_J
         worst, worst_energy = policy.predicted_worst(batch.category)
-        plan = Plan(batch, experts, decision.weights, policy.aggregate(batch, decision), up, down, ttft, dec, energy,
+        correct, p_correct = policy.aggregate(batch, decision, self.outcome_rng)
+        plan = Plan(batch, experts, decision.weights, p_correct, correct, up, down, ttft, dec, energy,
                     "|".join(policy.subset), worst, worst_energy, policy.budgets, self.queries)
         self.queries += len(batch)
         return plan

@@ -47,7 +47,8 @@ class Legs:
     output_tokens: np.ndarray
     experts: np.ndarray           # (n, k) expert index, by descending weight
     weights: np.ndarray
-    score: np.ndarray             # (n,) score of the combined answer (> 0: right)
+    score: np.ndarray             # (n,) probability that the combined answer is right, given the experts chosen
+    correct: np.ndarray           # (n,) bool: the combined answer was right (drawn)
     energy_J: np.ndarray          # (n, k) active energy
     uplink_s: np.ndarray
     queue_s: np.ndarray
@@ -88,7 +89,7 @@ class Legs:
             "arrival_s": self.arrival_s, "finish_s": finish, "latency_s": latency,
             "prompt_tokens": self.prompt_tokens, "output_tokens": self.output_tokens,
             "experts": ["|".join(r) for r in names[self.experts]], "k": np.full(n, k), "score": self.score,
-            "correct": self.score > 0, "energy_J": energy, "latency_budget_s": self.latency_budget_s,
+            "correct": self.correct, "energy_J": energy, "latency_budget_s": self.latency_budget_s,
             "latency_violation": latency > self.latency_budget_s, "energy_budget_J": self.energy_budget_J,
             "energy_violation": energy > self.energy_budget_J, "subset": self.subset,
             "predicted_worst_delay_s": self.predicted_worst_delay_s,

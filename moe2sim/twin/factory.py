@@ -21,7 +21,7 @@ from moe2sim.devices.profiles import DeviceProfile, load_profile
 from moe2sim.devices.service import ProfileService, TraceReplayService
 from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
-from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, WeightedVote
+from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, Outcomes, WeightedVote
 from moe2sim.routing.routers import FixedRouter, GateRouter, PriorRouter, Router, UniformRouter
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import budgets_of
@@ -88,9 +88,14 @@ class Inputs:
         return profiles
 
 
+def outcomes_of(quality: QualityData) -> Outcomes:
+    """P(one answer right) per prompt and expert, under each task's scoring rule."""
+    return Outcomes.of(quality.scores, quality.expected)
+
+
 def category_prior(train: QualityData, scenario: Scenario) -> np.ndarray:
     """prior[c, e]: expert e's train accuracy on category c (all train prompts if the task has none)."""
-    correct = train.scores > 0
+    correct = outcomes_of(train).p
     prior = np.empty((len(scenario.categories), len(train.experts)))
     for c, cat in enumerate(scenario.categories):
         rows = train.rows_of_task(cat.trace_task)
@@ -128,16 +133,15 @@ ROUTERS: dict[str, Callable[[Inputs, QualityData], Router]] = {
 
 
 def _weighted_vote(scenario: Scenario, quality: QualityData) -> Aggregator:
-    options = np.zeros(len(quality.prompts), np.int64)
-    for cat in scenario.categories:
-        options[quality.rows_of_task(cat.trace_task)] = cat.answer_options or 0
-    return WeightedVote.assumed_answers(quality.scores, options, scenario.policy.vote_seed)
+    """Option counts from the data, overridden by a category's `answer_options`."""
+    declared = {c.trace_task: c.answer_options for c in scenario.categories if c.answer_options is not None}
+    return WeightedVote.assumed_answers(len(quality.experts), quality.options(declared), scenario.policy.vote_seed)
 
 
 AGGREGATORS: dict[str, Callable[[Scenario, QualityData], Aggregator]] = {
     "weighted_vote": _weighted_vote,
-    "highest_weight": lambda scenario, quality: HighestWeight(quality.scores),
-    "oracle": lambda scenario, quality: Oracle(quality.scores),
+    "highest_weight": lambda scenario, quality: HighestWeight(),
+    "oracle": lambda scenario, quality: Oracle(),
 }
 
 
@@ -162,8 +166,9 @@ def subset_utility(scenario: Scenario, quality: QualityData, router: Router, agg
                        prompt_tokens=ones, output_tokens=ones, prompt_bytes=ones)
     weights = mix_weights(cats[rows], workload.mix)
     logits = np.asarray(router.logits(batch, np.random.default_rng(scenario.seed)))
-    utility = validation_utility(logits, aggregator, rows, weights, scenario.policy.k)
-    return utility, oracle_coverage(quality.scores, rows, weights)
+    outcomes = outcomes_of(quality)
+    utility = validation_utility(logits, aggregator, outcomes, rows, weights, scenario.policy.k)
+    return utility, oracle_coverage(outcomes, rows, weights)
 
 
 def build_selector(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> Selector:
@@ -181,7 +186,8 @@ def build_policy(inputs: Inputs, profiles: list[DeviceProfile], workload: Worklo
     names = tuple(e.name for e in sc.experts)
     selector = None if sc.policy.selection.method == "none" else build_selector(inputs, profiles, workload)
     policy = MixturePolicy(build_router(inputs, inputs.test), np.isin(names, sc.allowed_experts), sc.policy.k,
-                           build_aggregator(sc, inputs.test), sc.policy.aggregation_s, names, selector)
+                           build_aggregator(sc, inputs.test), outcomes_of(inputs.test), sc.policy.aggregation_s, names,
+                           selector)
     if selector is None:
         return policy
     try:

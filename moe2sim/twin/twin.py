@@ -51,15 +51,15 @@ class Twin:
         return replace(self, scenario=scenario, policy=policy)
 
     def streams(self, seed: int | None = None) -> tuple[np.random.Generator, ...]:
-        """Independent random streams for the arrivals, the service draws and the routing, so that the
-        workload of a seed never depends on how many service draws the policy's choices cause."""
+        """Independent random streams for the arrivals, the service draws, the routing and the answers'
+        outcomes, so that the workload of a seed never depends on how many draws the policy's choices cause."""
         seq = np.random.SeedSequence(self.scenario.seed if seed is None else seed)
-        return tuple(np.random.default_rng(s) for s in seq.spawn(3))
+        return tuple(np.random.default_rng(s) for s in seq.spawn(4))
 
     def simulation(self, seed: int | None = None) -> tuple[EdgeSimulation, np.random.Generator]:
         """A fresh simulation of this twin and its arrivals stream."""
-        arrivals, service, routing = self.streams(seed)
-        return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing), arrivals
+        arrivals, service, routing, outcomes = self.streams(seed)
+        return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing, outcomes), arrivals
 
     def records(self, result: SimResult) -> tuple[pd.DataFrame, pd.DataFrame]:
         budgets = budgets_of(self.scenario)
