@@ -257,7 +257,7 @@ def test_run_embeddings_of_wrong_dimension(wrong_dim_data, tmp_path, capsys):
 
 def test_eval_gate_embeddings_of_wrong_dimension(wrong_dim_data, capsys):
     """Library bug: `eval-gate` loads the embeddings without the gate's dimension
-    (gate_eval.GateData.load -> load_embeddings(path, ids), no `dim`), so the mismatch is only
+    (routing.evaluation.GateData.load -> load_embeddings(path, ids), no `dim`), so the mismatch is only
     caught by Gate.logits, whose InputError has no file: stderr says
     "moe2sim: error: embedding: dimension 10, the gate expects 384" without naming embeddings.npz."""
     code, out, err = call(capsys, ["eval-gate", "--data", str(wrong_dim_data), "--json"])

@@ -332,7 +332,7 @@ print("OK", multiprocessing.get_start_method(), flush=True)
 def test_async_vector_env_default_context():
     """BUG: AsyncVectorEnv with the default start method (fork on Linux before Python 3.14) deadlocks.
     AsyncVectorEnv builds one env in the parent to read its spaces; building it runs torch ops
-    (moe2sim/gate.py Gate.load -> load_state_dict, Gate.logits) on torch's multi-threaded (OpenMP)
+    (moe2sim/routing/gate.py Gate.load -> load_state_dict, Gate.logits) on torch's multi-threaded (OpenMP)
     pool, and a forked child that then uses torch (its own BudgetEnv's Gate.load) hangs forever.
     It works when the parent never used more than one torch thread (torch.set_num_threads(1)
     before building), when each worker sets one thread before building (test_async_vector_env), or

@@ -1,4 +1,4 @@
-"""The gating network (moe2sim.gate) and its training/evaluation commands (moe2sim.gate_eval,
+"""The gating network (moe2sim.routing.gate) and its training/evaluation (moe2sim.routing.evaluation,
 `moe2sim train-gate`, `moe2sim eval-gate`): it learns from the embedding, starts from the task
 prior, round-trips through checkpoints, is seeded, and never trains on the test split.
 
@@ -232,7 +232,7 @@ def test_zero_epochs_is_not_a_crash():
     """`train-gate --epochs 0` (or TrainConfig(max_epochs=0)) must either give the untrained
     (task-prior) gate or a clean input error — not an UnboundLocalError traceback.
 
-    Library bug (moe2sim/gate.py, train_gate): `epoch` is only bound inside the epoch loop, and
+    Library bug (moe2sim/routing/gate.py, train_gate): `epoch` is only bound inside the epoch loop, and
     `gate.info = {..., "epochs_run": epoch + 1, ...}` reads it after the loop.
     """
     try:
