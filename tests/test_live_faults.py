@@ -180,7 +180,7 @@ def test_killed_restarted_and_never_restarted_endpoints(tmp_path):
     out = tmp_path / "out"
     live = subprocess.Popen([*HW, "live", str(scenario_file(tmp_path, 24, 4.0)), "--endpoint",
                              f"a=http://127.0.0.1:{port_a}", "--endpoint", f"b=http://127.0.0.1:{port_b}",
-                             "--retry-horizon-s", "20", "--read-timeout", "5", "--connect-timeout", "1",
+                             "--retry-horizon-s", "60", "--read-timeout", "10", "--connect-timeout", "1",
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     restarted = None
     try:
