@@ -194,7 +194,7 @@ def test_killed_restarted_and_never_restarted_endpoints(tmp_path):
         pb.wait(5)
         time.sleep(1.5)
         restarted, _ = start_serve(port_a)
-        stdout, stderr = live.communicate(timeout=90)
+        stdout, stderr = live.communicate(timeout=180)
     finally:
         for p in (pa, pb, restarted, live):
             if p is not None and p.poll() is None:
