@@ -12,8 +12,9 @@ if TYPE_CHECKING:
     import pydantic
 
 
-class InputError(Exception):
-    """Bad input: which file, which field (dotted path or column), and what is wrong."""
+class InputError(ValueError):
+    """Bad input: which file (or flag, or keyword argument), which field (dotted path or column), and what
+    is wrong. A ValueError, so library callers (e.g. the gym env's constructor) get the usual type."""
 
     def __init__(self, file: str | Path | None, field: str | None, message: str):
         self.file = str(file) if file is not None else None
@@ -26,11 +27,17 @@ class InputError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
-def from_validation(path: str | Path, exc: "pydantic.ValidationError") -> InputError:
-    """The first pydantic error as an InputError; an unknown key is reported before anything else."""
+def from_validation(path: str | Path, exc: "pydantic.ValidationError",
+                    blame: dict[tuple, str] | None = None) -> InputError:
+    """The first pydantic error as an InputError; an unknown key is reported before anything else.
+
+    `blame` maps a field location (a tuple of keys and list indices) to the flag that set it: an error
+    at or under that location names the flag instead of `path`."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    field = ".".join(str(p) for p in err["loc"]) or None
+    loc = tuple(err["loc"])
+    flag = next((f for prefix, f in (blame or {}).items() if loc[:len(prefix)] == prefix), None)
+    field = ".".join(str(p) for p in loc) or None
     message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return InputError(path, field, message + more)
+    return InputError(flag or path, field, message + more)

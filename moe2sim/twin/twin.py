@@ -29,12 +29,14 @@ class Twin:
     policy: MixturePolicy
 
     @classmethod
-    def build(cls, scenario: Scenario) -> "Twin":
+    def build(cls, scenario: Scenario, solve: bool = True) -> "Twin":
+        """Read and check every input once; `solve`: choose S for the scenario's budgets now (else the
+        caller sets budgets with `with_budgets` before simulating)."""
         inputs = Inputs(scenario)
         profiles = inputs.profiles()
         workload = Workload(scenario, inputs.test)
         return cls(scenario, inputs, profiles, build_experts(scenario, profiles), workload,
-                   build_policy(inputs, profiles, workload))
+                   build_policy(inputs, profiles, workload, solve))
 
     @property
     def quality(self) -> QualityData:
