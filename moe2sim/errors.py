@@ -12,14 +12,19 @@ if TYPE_CHECKING:
     import pydantic
 
 
+def _one_line(text: str) -> str:
+    """A name as it goes into a one-line message: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class InputError(ValueError):
     """Bad input: which file (or flag, or keyword argument), which field (dotted path or column), and what
     is wrong. A ValueError, so library callers (e.g. the gym env's constructor) get the usual type."""
 
     def __init__(self, file: str | Path | None, field: str | None, message: str):
-        self.file = str(file) if file is not None else None
-        self.field = field
-        self.message = message
+        self.file = _one_line(str(file)) if file is not None else None
+        self.field = _one_line(field) if field is not None else None
+        self.message = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
         super().__init__(file, field, message)  # args must rebuild the error (SimPy re-raises copies)
 
     def __str__(self) -> str:

@@ -34,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
     out.check(RESULT_NAMES)
-    Twin.build(scenario)  # resolves traces, profiles, replay files and experts without simulating
+    Twin.build(scenario).check_arrivals()  # reads traces, profiles, replay files, the gate; draws the first arrivals
     print(f"{args.scenario}: ok ({len(scenario.experts)} experts, {len(scenario.categories)} categories; "
           f"output {out.path}/ writable)")
     return 0
@@ -88,14 +88,26 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     from moe2sim.routing.gate import TrainConfig
 
     data = Path(args.data)
+    out = Path(args.out) if args.out else data / "gate.pt"
+    _check_file_out(out, "--out" if args.out else "--data")
     config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
     gate = train_on(data, config)
-    out = Path(args.out) if args.out else data / "gate.pt"
     gate.save(out)
     info = gate.info
     print(f"gate over {len(gate.experts)} experts: validation top-1 accuracy {info['val_top1_accuracy']:.3f} "
           f"(epoch {info['best_epoch']} of {info['epochs_run']}, {info['train_seconds']} s) -> {out}")
     return 0
+
+
+def _check_file_out(path: Path, flag: str) -> None:
+    """Before any work: a file to write must not be a folder, and its folder must be writable."""
+    import os
+
+    if path.is_dir():
+        raise InputError(flag, str(path), "is a folder: give the path of the file to write, e.g. DIR/gate.pt")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(flag, str(path), f"cannot write into {parent}")
 
 
 def cmd_eval_gate(args: argparse.Namespace) -> int:

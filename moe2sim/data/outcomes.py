@@ -36,6 +36,12 @@ def read_outcomes(source: OutcomeFile) -> list[dict]:
         raise InputError(path, None, "outcome file not found") from None
     except json.JSONDecodeError as exc:
         raise InputError(path, f"line {exc.lineno}", f"malformed JSON: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not UTF-8 text (byte {exc.start}): an outcome file is JSON text") from None
+    except RecursionError:
+        raise InputError(path, None, "malformed JSON: nested too deeply") from None
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read: {exc.strerror or exc}") from None
     if not isinstance(records, list) or not records:
         raise InputError(path, None, "expected a non-empty JSON list of {question, scores} records")
     for i, rec in enumerate(records):
