@@ -359,3 +359,45 @@ def cli_args(draw) -> list[str]:
                                                st.text(max_size=5)), max_size=3)),
     }
     return builders[command]()
+
+
+# --- the registry: what the test suite and the benchmark generate --------------------------------------
+
+raw_scenario_content = st.one_of(
+    st.binary(max_size=60), st.text(max_size=60),
+    st.sampled_from([b"\xff\xfe name: x", b"a: &a [*a]", b"[" * 5000, b"name: [", b"- 1\n- 2", b"name: x\nname: y",
+                     b"!!python/object:os.system {}", b"", b"~", b"queries: 1e999"]))
+
+
+def profile_base() -> dict:
+    return yaml.safe_load((TRACES / "profiles" / "rtx4090-8b-q4.yaml").read_text())
+
+
+csv_cells = st.one_of(st.sampled_from(["0", "1", "2.5", "-1", "inf", "nan", "1e300", "", "abc", "mmlu", "nope",
+                                       "1e12", "3"]), st.text(alphabet="0123456789.-e,\"", max_size=5))
+replay_inputs = st.tuples(
+    st.sampled_from(["time_s", "time_s,category", "category", "time", ""]),
+    st.lists(st.tuples(csv_cells, st.sampled_from(["mmlu", "gsm8k", "nope", "", "1"])), max_size=5),
+    st.sampled_from([1.0, 1e-9, 1e12, 0.5]))
+
+
+def replay_text(header: str, rows: list[tuple[str, str]]) -> str:
+    two = "," in header
+    return f"{header}\n" + "".join(f"{t},{c}\n" if two else f"{t}\n" for t, c in rows)
+
+
+@dataclass(frozen=True)
+class Case:
+    strategy: st.SearchStrategy
+    run: Callable[[Any], Outcome]
+    ci_examples: int   # examples per CI run (tests/test_bad_inputs.py)
+
+
+CASES: dict[str, Case] = {
+    "scenario mutations": Case(mutated(base_scenario()), lambda c: scenario_case(dump(c[0]), small(c[0])), 30),
+    "scenario bytes": Case(raw_scenario_content, lambda c: scenario_case(c, runnable=False), 15),
+    "profile mutations": Case(mutated(profile_base(), max_mutations=2), lambda c: profile_case(c[0]), 12),
+    "replay files": Case(replay_inputs, lambda c: replay_case(replay_text(c[0], c[1]), c[2]), 12),
+    "outcome files": Case(outcome_content, outcome_file_case, 60),
+    "CLI flags": Case(cli_args(), flags_case, 30),
+}

@@ -27,14 +27,12 @@ def _output(args: argparse.Namespace, default: Path):
 def cmd_validate(args: argparse.Namespace) -> int:
     """What `run` checks before simulating, and nothing more: the scenario, every file it names (traces,
     profiles, replay files, the gate) as the twin reads them, the budgets, and the output location."""
-    from moe2sim.experiments.run import RESULT_NAMES
+    from moe2sim.experiments.run import preflight
     from moe2sim.scenario import load_scenario
-    from moe2sim.twin import Twin
 
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
-    out.check(RESULT_NAMES)
-    Twin.build(scenario).check_arrivals()  # reads traces, profiles, replay files, the gate; draws the first arrivals
+    preflight(scenario, out)  # reads traces, profiles, replay files, the gate; draws the first arrivals
     print(f"{args.scenario}: ok ({len(scenario.experts)} experts, {len(scenario.categories)} categories; "
           f"output {out.path}/ writable)")
     return 0

@@ -45,15 +45,27 @@ def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataF
                      setup if setup is not None else setup_rows(scenario))
 
 
+def preflight(scenario: Scenario, out: OutputDir) -> Twin:
+    """Everything `run` checks before simulating (and `validate` checks alone): the output folder, every
+    input as the twin reads it, that queries arrive, and, with a sweep block, MoE²'s selection problem."""
+    from moe2sim.experiments.sweep import method_twin
+
+    out.check(RESULT_NAMES)
+    twin = Twin.build(scenario)
+    twin.check_arrivals()
+    if scenario.sweep is not None:
+        method_twin(scenario, "moe2")
+    return twin
+
+
 def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True
                  ) -> dict[str, Any]:
     from moe2sim.experiments.sweep import moe2_method, run_sweep
 
     out = OutputDir.of(out)
-    out.check(RESULT_NAMES)
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
-    twin = Twin.build(scenario)
+    twin = preflight(scenario, out)
     result, queries, legs = twin.simulate(progress=progress)
     summary = twin_summary(twin, queries, legs, result.run_s)
     extra = ""

@@ -44,12 +44,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+Rate = Annotated[float, Field(ge=1e-3, le=1e9, description="Mbit/s: from 1 kbit/s (slower overflows times)")]
+
+
 class Link(Strict):
     """A user<->edge-server link as a pure delay: bytes / rate + one-way propagation."""
 
-    uplink_Mbps: PositiveFloat = 100.0
-    downlink_Mbps: PositiveFloat = 100.0
-    propagation_s: NonNegativeFloat = 0.002
+    uplink_Mbps: Rate = 100.0
+    downlink_Mbps: Rate = 100.0
+    propagation_s: Annotated[float, Field(ge=0, le=1e6)] = 0.002
 
 
 class TraceService(Strict):
@@ -63,7 +66,7 @@ class Expert(Strict):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1, description="expert id in the quality trace")
     profile: PathText = Field(description="device profile: name in data_dir/profiles or a YAML path")
-    slots: Annotated[int, Field(ge=1)] = 1
+    slots: Annotated[int, Field(ge=1, le=100_000)] = 1
     link: Link = Link()
     service: Literal["profile"] | TraceService = "profile"
 
