@@ -1,6 +1,7 @@
 """Generated bad inputs, counted: how many distinct inputs each generator tried and how they ended.
 
     python benchmarks/bench_bad_inputs.py [--examples N] [--seed S] [--only NAME]
+    python benchmarks/bench_bad_inputs.py --ci      # exactly the inputs tests/test_bad_inputs.py tries
 
 Runs the generators of tests/bad_inputs.py (the CI suite runs a small derandomized sample of the same)
 with N examples each and prints, per generator, the distinct inputs tried and the outcome counts:
@@ -21,14 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bad_inputs import CASES, Outcome  # noqa: E402
 
 
-def sample(name: str, examples: int, rng_seed: int) -> tuple[dict[str, Outcome], float]:
-    """Distinct inputs (by repr) of one generator and their outcomes."""
+def sample(name: str, examples: int | None, rng_seed: int | None) -> tuple[dict[str, Outcome], float]:
+    """Distinct inputs (by repr) of one generator and their outcomes; examples None: the CI sample
+    (its example count, derandomized)."""
     case = CASES[name]
     seen: dict[str, Outcome] = {}
+    ci = examples is None
 
-    @seed(rng_seed)
-    @settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @seed(rng_seed or 0)
+    @settings(max_examples=case.ci_examples if ci else examples, derandomize=ci, deadline=None, database=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @given(case.strategy)
     def collect(value):
         key = repr(value)
@@ -45,12 +48,13 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=100, help="examples per generator (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--only", choices=list(CASES), help="one generator (default: all)")
+    parser.add_argument("--ci", action="store_true", help="the CI sample: each generator's CI count, derandomized")
     args = parser.parse_args()
     total: Counter = Counter()
     others = []
     print(f"| generator | distinct inputs | exit 2 | exit 0 | other | wall s |\n|---|---|---|---|---|---|")
     for name in [args.only] if args.only else CASES:
-        seen, wall = sample(name, args.examples, args.seed)
+        seen, wall = sample(name, None if args.ci else args.examples, args.seed)
         counts = Counter(o.kind for o in seen.values())
         total.update(counts)
         total["inputs"] += len(seen)

@@ -303,6 +303,7 @@ outcome_content = st.one_of(
 
 # --- CLI flags --------------------------------------------------------------------------------------
 
+valid_budget = st.sampled_from(["400", "900", "1e3", "2"])
 flag_numbers = st.one_of(st.sampled_from(["-1", "0", "1", "2", "-1e3", "1e400", "nan", "inf", "-inf", "0x10",
                                           "1_000", " 3", "", "abc", "½", "3.5", "1e-320", "99999999999999999999"]),
                          st.integers(-5, 5).map(str), st.text(max_size=6))
@@ -329,13 +330,14 @@ def cli_args(draw) -> list[str]:
     builders: dict[str, Callable[[], list[str]]] = {
         "select": lambda: ["select", "quickstart", *QUICK,
                            *draw(st.sampled_from([[], ["--json"]])),
-                           *draw(st.one_of(st.just([]), flag_numbers.map(lambda v: ["--energy-budget", v]))),
+                           *draw(st.one_of(st.just([]), st.one_of(valid_budget, flag_numbers).map(
+                               lambda v: ["--energy-budget", v]))),
                            *draw(st.one_of(st.just([]), pairs.map(lambda v: ["--latency-budget", v]))),
                            *draw(st.one_of(st.just([]), method_names.map(lambda v: ["--method", v])))],
         "sweep": lambda: ["sweep", "quickstart", *QUICK, "--set", "sweep.simulate=false", "--jobs",
                           draw(st.sampled_from(["1", "0", "-1", "x"])), "--out", "{tmp}/out", "--quiet",
                           "--methods", draw(st.one_of(st.just("moe2"), method_names)),
-                          *draw(st.one_of(st.just([]), flag_lists.map(lambda v: ["--energy-budgets", v]))),
+                          *draw(st.one_of(valid_budget, flag_lists).map(lambda v: ["--energy-budgets", v])),
                           *draw(st.one_of(st.just([]), flag_lists.map(lambda v: ["--latency-scales", v])))],
         "run": lambda: ["run", "quickstart", "--out", draw(st.sampled_from(["{tmp}/out", "{tmp}", "/dev/null",
                                                                              "{tmp}/" + "a" * 300, "{tmp}/nul\0x"])),
@@ -394,10 +396,10 @@ class Case:
 
 
 CASES: dict[str, Case] = {
-    "scenario mutations": Case(mutated(base_scenario()), lambda c: scenario_case(dump(c[0]), small(c[0])), 30),
-    "scenario bytes": Case(raw_scenario_content, lambda c: scenario_case(c, runnable=False), 15),
-    "profile mutations": Case(mutated(profile_base(), max_mutations=2), lambda c: profile_case(c[0]), 12),
-    "replay files": Case(replay_inputs, lambda c: replay_case(replay_text(c[0], c[1]), c[2]), 12),
-    "outcome files": Case(outcome_content, outcome_file_case, 60),
-    "CLI flags": Case(cli_args(), flags_case, 30),
+    "scenario mutations": Case(mutated(base_scenario()), lambda c: scenario_case(dump(c[0]), small(c[0])), 80),
+    "scenario bytes": Case(raw_scenario_content, lambda c: scenario_case(c, runnable=False), 40),
+    "profile mutations": Case(mutated(profile_base(), max_mutations=2), lambda c: profile_case(c[0]), 30),
+    "replay files": Case(replay_inputs, lambda c: replay_case(replay_text(c[0], c[1]), c[2]), 30),
+    "outcome files": Case(outcome_content, outcome_file_case, 150),
+    "CLI flags": Case(cli_args(), flags_case, 80),
 }

@@ -93,7 +93,7 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
 
     `overrides` are `--set` assignments; `flags` are (flag, assignment) pairs a command derived from its
     own flags (`select --energy-budget 5` -> ("--energy-budget", "energy_budget_J=5")), applied after
-    them: an error in a field a flag set names that flag, not the file.
+    them: an error in a field an override or a flag set names `--set` or that flag, not the file.
     A bare name that is no file here (`quickstart`, `paper.yaml`) is the bundled scenario of that name."""
     if not isinstance(path, (str, Path)):
         raise InputError(None, "scenario", f"expected a file path or a bundled scenario name, got {type(path).__name__}")
@@ -116,9 +116,8 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise InputError(path, where, f"malformed YAML: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
         raise InputError(path, None, "a scenario must be a YAML mapping")
-    for assignment in overrides:
-        apply_override(raw, assignment)
-    blame = {apply_override(raw, assignment, flag): flag for flag, assignment in flags}
+    blame = {apply_override(raw, assignment, flag): flag
+             for flag, assignment in [*(("--set", a) for a in overrides), *flags]}
     raw.pop("file", None)
     try:
         return Scenario.model_validate({**raw, "file": path.resolve()})
