@@ -264,33 +264,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, **backend)
     p.add_argument("--device", default="cpu", help="torch device of a local backend (cpu, cuda:0)")
     p.add_argument("--device-name", help="device label written into the trace")
-    p.add_argument("--threads", type=int, help="CPU threads of a local backend (match how it will be served)")
+    p.add_argument("--threads", type=bounded(int, "--threads", 1),
+                   help="CPU threads of a local backend (match how it will be served; default: torch's)")
     p.add_argument("--meter", **meter)
     p.add_argument("--shapes", default="64x32,256x64,512x128,1024x64,128x256", help="PROMPTxOUTPUT,...")
     p.add_argument("--scenario", help="instead of --shapes: draw --queries queries of this scenario's workload")
-    p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--idle-s", type=float, default=2.0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--queries", type=bounded(int, "--queries", 1, 100_000), default=50,
+                   help="queries drawn with --scenario (default 50)")
+    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), default=0, help="workload seed (default 0)")
+    p.add_argument("--reps", type=bounded(int, "--reps", 1, 10_000), default=3, help="repetitions per shape (default 3)")
+    p.add_argument("--warmup", type=bounded(int, "--warmup", 0, 10_000), default=1,
+                   help="unmeasured requests first (default 1)")
+    p.add_argument("--idle-s", type=bounded(float, "--idle-s", 0, 3600), default=2.0,
+                   help="seconds of idle power measured before the requests (default 2)")
+    p.add_argument("--out", required=True, help="device trace CSV to write")
     p.set_defaults(func=cmd_collect)
 
     p = sub.add_parser("fit", help="device trace -> device profile YAML, with its fit error")
-    p.add_argument("trace")
-    p.add_argument("--name", required=True)
-    p.add_argument("--device-name", required=True)
-    p.add_argument("--assume-power", type=float, help="W, for traces without energy (labelled assumed)")
-    p.add_argument("--out", required=True)
+    p.add_argument("trace", help="device trace (CSV or Parquet) from collect")
+    p.add_argument("--name", required=True, help="profile name")
+    p.add_argument("--device-name", required=True, help="device label")
+    p.add_argument("--assume-power", type=bounded(float, "--assume-power", 0, 1e6),
+                   help="W, for traces without energy (labelled assumed; default: the trace's measured energy)")
+    p.add_argument("--out", required=True, help="profile YAML to write")
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("serve", help="experts on one device as an OpenAI-compatible endpoint with metered energy")
     p.add_argument("--backend", required=True, action="append", metavar="[NAME=]SPEC",
                    help=backend["help"] + "; repeat as NAME=SPEC to serve several experts on this device, "
                                           "chosen by the request's model")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device of a local backend (default cpu)")
     p.add_argument("--meter", **meter)
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=bounded(int, "--port", 0, 65535, "; 0: any free port"), default=8000)
     p.add_argument("--slots", type=bounded(int, "--slots", 1), default=1,
                    help="requests served at once per expert (they share the device's energy)")
@@ -323,26 +328,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed-fraction", type=bounded(float, "--max-failed-fraction", 0, 1), default=0.0,
                    help="exit with code 3 when more than this fraction of legs failed after their retries "
                         "(default 0: any failed leg)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), help="override the scenario seed")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario field")
+    p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("compare", help="simulated vs measured records -> error table and plots")
-    p.add_argument("simulated")
-    p.add_argument("measured")
-    p.add_argument("--out", required=True)
+    p.add_argument("simulated", help="folder of a simulated run (moe2sim run)")
+    p.add_argument("measured", help="folder of a live run (hardware live)")
+    p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from moe2sim.cli.main import attach_values, value_flags
+
+    parser = build_parser()
+    args = parser.parse_args(attach_values(list(sys.argv[1:] if argv is None else argv), value_flags(parser)))
     try:
         return args.func(args)
     except (InputError, MeterUnavailable, BackendError) as exc:
         print(f"hardware: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a path the user gave that the OS refuses
+        print(f"hardware: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

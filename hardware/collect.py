@@ -67,10 +67,12 @@ def collect(backend: Backend, requests: list[Request], meter: SampledCounter | N
 def shape_grid(text: str) -> list[Request]:
     """'64x32,256x64' -> requests of those (prompt, output) token counts."""
     try:
-        pairs = [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
-        assert all(len(p) == 2 and p[0] > 0 and p[1] > 0 for p in pairs)
-    except (ValueError, AssertionError):
-        raise InputError("--shapes", text, "expected PROMPTxOUTPUT[,PROMPTxOUTPUT...], e.g. 64x32,256x64") from None
+        pairs = [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        pairs = []
+    if not pairs or not all(len(p) == 2 and 0 < p[0] <= 1_000_000 and 0 < p[1] <= 1_000_000 for p in pairs):
+        raise InputError("--shapes", text, "expected PROMPTxOUTPUT[,PROMPTxOUTPUT...] of whole numbers from 1 to "
+                                           "1,000,000, e.g. 64x32,256x64")
     return [Request("", p, o) for p, o in pairs]
 
 

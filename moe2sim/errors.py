@@ -12,13 +12,19 @@ if TYPE_CHECKING:
     import pydantic
 
 
-class InputError(Exception):
-    """Bad input: which file, which field (dotted path or column), and what is wrong."""
+def _one_line(text: str) -> str:
+    """A name as it goes into a one-line message: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+class InputError(ValueError):
+    """Bad input: which file (or flag, or keyword argument), which field (dotted path or column), and what
+    is wrong. A ValueError, so library callers (e.g. the gym env's constructor) get the usual type."""
 
     def __init__(self, file: str | Path | None, field: str | None, message: str):
-        self.file = str(file) if file is not None else None
-        self.field = field
-        self.message = message
+        self.file = _one_line(str(file)) if file is not None else None
+        self.field = _one_line(field) if field is not None else None
+        self.message = "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
         super().__init__(file, field, message)  # args must rebuild the error (SimPy re-raises copies)
 
     def __str__(self) -> str:
@@ -26,11 +32,17 @@ class InputError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
-def from_validation(path: str | Path, exc: "pydantic.ValidationError") -> InputError:
-    """The first pydantic error as an InputError; an unknown key is reported before anything else."""
+def from_validation(path: str | Path, exc: "pydantic.ValidationError",
+                    blame: dict[tuple, str] | None = None) -> InputError:
+    """The first pydantic error as an InputError; an unknown key is reported before anything else.
+
+    `blame` maps a field location (a tuple of keys and list indices) to the flag that set it: an error
+    at or under that location names the flag instead of `path`."""
     errors = exc.errors()
     err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    field = ".".join(str(p) for p in err["loc"]) or None
+    loc = tuple(err["loc"])
+    flag = next((f for prefix, f in (blame or {}).items() if loc[:len(prefix)] == prefix), None)
+    field = ".".join(str(p) for p in loc) or None
     message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return InputError(path, field, message + more)
+    return InputError(flag or path, field, message + more)

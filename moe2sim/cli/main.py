@@ -25,12 +25,16 @@ def _output(args: argparse.Namespace, default: Path):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    """What `run` checks before simulating, and nothing more: the scenario, every file it names (traces,
+    profiles, replay files, the gate) as the twin reads them, the budgets, and the output location."""
+    from moe2sim.experiments.run import preflight
     from moe2sim.scenario import load_scenario
-    from moe2sim.twin import Twin
 
     scenario = load_scenario(args.scenario, args.set)
-    Twin.build(scenario)  # resolves traces, profiles and experts without simulating
-    print(f"{args.scenario}: ok ({len(scenario.experts)} experts, {len(scenario.categories)} categories)")
+    out = _output(args, Path("runs") / scenario.name)
+    preflight(scenario, out)  # reads traces, profiles, replay files, the gate; draws the first arrivals
+    print(f"{args.scenario}: ok ({len(scenario.experts)} experts, {len(scenario.categories)} categories; "
+          f"output {out.path}/ writable)")
     return 0
 
 
@@ -49,13 +53,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
+    """NAME=VALUE flag values as pairs; anything else is an error naming the flag."""
     out = []
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key or not value:
+        if not sep or not key.strip() or not value.strip():
             raise InputError(flag, item, "expected NAME=VALUE")
-        out.append((key, value))
+        out.append((key.strip(), value.strip()))
     return out
+
+
+def _checked(flag: str, item: str, text: str, parse) -> object:
+    """`parse(text)` (an argparse type), its error as an InputError naming the flag and the item."""
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as exc:
+        raise InputError(flag, item, str(exc)) from None
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -77,9 +90,10 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     from moe2sim.routing.gate import TrainConfig
 
     data = Path(args.data)
+    out = Path(args.out) if args.out else data / "gate.pt"
+    _check_file_out(out, "--out" if args.out else "--data")
     config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
     gate = train_on(data, config)
-    out = Path(args.out) if args.out else data / "gate.pt"
     gate.save(out)
     info = gate.info
     verdict = (f"epoch {info['best_epoch']} of {info['epochs_run']}" if info["beat_prior"] else
@@ -88,6 +102,17 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
           f"{info['val_task_mean_accuracy']:.3f} (prior alone {info['val_prior_only_accuracy']:.3f}; {verdict}; "
           f"{info['train_seconds']} s) -> {out}")
     return 0
+
+
+def _check_file_out(path: Path, flag: str) -> None:
+    """Before any work: a file to write must not be a folder, and its folder must be writable."""
+    import os
+
+    if path.is_dir():
+        raise InputError(flag, str(path), "is a folder: give the path of the file to write, e.g. DIR/gate.pt")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(flag, str(path), f"cannot write into {parent}")
 
 
 def cmd_eval_gate(args: argparse.Namespace) -> int:
@@ -100,11 +125,7 @@ def cmd_eval_gate(args: argparse.Namespace) -> int:
         print(json.dumps(table, indent=2) if args.json else format_table(table))
         return 0
     gate = Gate.load(Path(args.gate) if args.gate else data / "gate.pt")
-    options = {}
-    for task, m in _pairs(args.options, "--options"):
-        if not m.isdigit() or int(m) < 2:
-            raise InputError("--options", f"{task}={m}", "expected TASK=M with M a whole number of choices ≥ 2")
-        options[task] = int(m)
+    options = {t: _checked("--options", f"{t}={m}", m, _options_count) for t, m in _pairs(args.options, "--options")}
     table = evaluate(gate, data, options)
     print(json.dumps(table, indent=2) if args.json else format_table(table))
     return 0
@@ -114,13 +135,21 @@ def cmd_select(args: argparse.Namespace) -> int:
     from moe2sim.experiments.select import select_subset
     from moe2sim.scenario import load_scenario
 
-    overrides = list(args.set)
+    flags = [("--latency-budget", f"categories.{cat}.latency_budget_s="
+              f"{_checked('--latency-budget', f'{cat}={value}', value, _positive_float)}")
+             for cat, value in _pairs(args.latency_budget, "--latency-budget")]
     if args.energy_budget is not None:
-        overrides.append(f"energy_budget_J={args.energy_budget}")
-    overrides += [f"categories.{cat}.latency_budget_s={value}" for cat, value in _pairs(args.latency_budget, "--latency-budget")]
+        flags.append(("--energy-budget", f"energy_budget_J={args.energy_budget}"))
     if args.method is not None:
-        overrides.append(f"policy.selection.method={args.method}")
-    out = select_subset(load_scenario(args.scenario, overrides))
+        flags.append(("--method", f"policy.selection.method={json.dumps(args.method)}"))
+    scenario = load_scenario(args.scenario, args.set, flags)
+    try:
+        out = select_subset(scenario)
+    except InputError as exc:  # budgets no subset meets: name the flags that set them
+        budget_flags = list(dict.fromkeys(f for f, _ in flags if f != "--method"))
+        if exc.field != "budgets" or not budget_flags:
+            raise
+        raise InputError(" / ".join(budget_flags), None, exc.message) from None
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -135,32 +164,29 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def _floats(text: str | None, flag: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise InputError(flag, text, "expected comma-separated numbers") from None
+# sweep's list flags and the scenario fields they set
+SWEEP_FLAGS = {"energy_budgets": ("--energy-budgets", "sweep.energy_budget_J"),
+               "latency_scales": ("--latency-scales", "sweep.latency_scale"),
+               "methods": ("--methods", "sweep.methods")}
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from moe2sim.experiments.sweep import comparison, sweep_to, versus_moe2
     from moe2sim.scenario import load_scenario
 
-    overrides = list(args.set)
-    for flag, key, value in (("--energy-budgets", "sweep.energy_budget_J", _floats(args.energy_budgets, "--energy-budgets")),
-                             ("--latency-scales", "sweep.latency_scale", _floats(args.latency_scales, "--latency-scales")),
-                             ("--methods", "sweep.methods", args.methods.split(",") if args.methods else None)):
-        if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
-    scenario = load_scenario(args.scenario, overrides)
+    flags = [(flag, f"{key}={json.dumps(getattr(args, dest))}") for dest, (flag, key) in SWEEP_FLAGS.items()
+             if getattr(args, dest) is not None]
+    scenario = load_scenario(args.scenario, args.set, flags)
     if scenario.sweep is None or not (scenario.sweep.energy_budget_J or scenario.sweep.latency_scale):
         raise InputError(args.scenario, "sweep", "nothing to sweep: give --energy-budgets and/or --latency-scales")
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
     df = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet)
-    print("mean test accuracy over the budget points where each method keeps the budgets:")
-    print(comparison(df).to_string(float_format=lambda v: f"{v:.3f}"))
+    table = comparison(df)
+    if table.empty:
+        print("no method found a subset within the budgets at any sweep point (see the report's table)")
+    else:
+        print("mean test accuracy over the budget points where each method keeps the budgets:")
+        print(table.to_string(float_format=lambda v: f"{v:.3f}"))
     versus = versus_moe2(df)
     if not versus.empty:
         print("\nMoE² against each baseline, over the points where both keep the budgets:")
@@ -183,70 +209,138 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
+def _options_count(text: str) -> int:
+    """The number of choices of a multiple-choice task: a whole number >= 2."""
+    value = _whole(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"a multiple-choice task has at least 2 choices, got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    """An argparse type: a seed in [0, 2^63)."""
+    value = _whole(text)
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2^63), got {value}")
     return value
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _positive_floats(text: str) -> list[float]:
+    """An argparse type: comma-separated finite numbers > 0 (at least one)."""
+    values = [_positive_float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    return values
+
+
+def _names(text: str) -> list[str]:
+    """An argparse type: comma-separated names (at least one)."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every flag's help ends with its default, unless the help already states it."""
+
+    EMPTY = {False: "off", None: "none"}
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
+            return text
+        default = action.default if action.default != [] else None
+        shown = self.EMPTY.get(default, "%(default)s") if isinstance(default, (bool, type(None))) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad flags: one line naming the command and the flag, exit 2 (as for every other input error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"moe2sim: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(prog="moe2sim", description="Simulator and digital twin of MoE² edge LLM serving",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"moe2sim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. policy.k=3 or categories.gsm8k.latency_budget_s=5")
     allow = dict(action="store_true", help="write into a non-empty folder moe2sim did not write (its files are "
                                             "never overwritten or deleted)")
+    scenario_help = "a scenario YAML file, or a bundled scenario's name: quickstart, paper, budget_env"
 
     def command(name: str, func, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
-    p = command("validate", cmd_validate, "check a scenario and the files it names, without running")
-    p.add_argument("scenario")
+    p = command("validate", cmd_validate, "check a scenario, the files it names and the output folder, without "
+                                          "running: what run would refuse, validate refuses")
+    p.add_argument("scenario", help=scenario_help)
+    p.add_argument("--out", help="output folder to check (default: runs/<scenario name>, as run)")
     p.add_argument("--set", **overrides)
+    p.add_argument("--allow-existing", **allow)
 
     p = command("run", cmd_run, "simulate a scenario; write per-query records, summary.json, report.html")
-    p.add_argument("scenario")
-    p.add_argument("--out", help="output folder (default runs/<scenario name>)")
-    p.add_argument("--seed", type=_seed, help="override the scenario seed")
+    p.add_argument("scenario", help=scenario_help)
+    p.add_argument("--out", help="output folder (default: runs/<scenario name>)")
+    p.add_argument("--seed", type=_seed, help="override the scenario seed, in [0, 2^63) (default: the scenario's)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("select", cmd_select, "solve MoE²'s coarse level: the best expert subset within the budgets")
-    p.add_argument("scenario")
-    p.add_argument("--energy-budget", type=float, metavar="J", help="per-query energy budget (J; default: the scenario's)")
+    p.add_argument("scenario", help=scenario_help)
+    p.add_argument("--energy-budget", type=_positive_float, metavar="J",
+                   help="per-query energy budget, J > 0 (default: the scenario's)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S",
-                   help="a category's latency budget (default: the scenario's)")
+                   help="a category's latency budget, s > 0; repeat per category (default: the scenario's)")
     p.add_argument("--method", help="selection method (default: the scenario's): monotone, exact, exhaustive, "
                                     "best_single, greedy_energy, random, all_fit")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--set", **overrides)
 
     p = command("sweep", cmd_sweep, "MoE² and baselines across energy / latency budgets: table and trade-off figures")
-    p.add_argument("scenario")
-    p.add_argument("--energy-budgets", metavar="J,J,...", help="energy budgets (default: the scenario's sweep block)")
-    p.add_argument("--latency-scales", metavar="X,X,...", help="multipliers of every category's latency budget")
-    p.add_argument("--methods", metavar="M,M,...", help="moe2,best_single,greedy_energy,random,all_fit,uniform_vote")
+    p.add_argument("scenario", help=scenario_help)
+    p.add_argument("--energy-budgets", type=_positive_floats, metavar="J,J,...",
+                   help="energy budgets, J > 0 (default: the scenario's sweep block)")
+    p.add_argument("--latency-scales", type=_positive_floats, metavar="X,X,...",
+                   help="multipliers > 0 of every category's latency budget (default: the scenario's sweep block)")
+    p.add_argument("--methods", type=_names, metavar="M,M,...",
+                   help="of moe2, best_single, greedy_energy, random, all_fit, uniform_vote "
+                        "(default: the scenario's sweep block, else all)")
     p.add_argument("--jobs", type=_positive_int, help="worker processes (default: all cores)")
-    p.add_argument("--out", help="output folder (default runs/<scenario>-sweep)")
+    p.add_argument("--out", help="output folder (default: runs/<scenario>-sweep)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -256,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="fixed", help="fixed | rule | path of a saved agent (.pt)")
     p.add_argument("--seed", type=_seed, default=0, help="episode seed")
     p.add_argument("--windows", type=_positive_int, help="episode length in control windows (default: the scenario's)")
-    p.add_argument("--out", help="output folder (default runs/rollout-<agent>)")
+    p.add_argument("--out", help="output folder (default: runs/rollout-<agent>)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
 
@@ -267,13 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-split outcome file (test files alone make a test-only data folder)")
     p.add_argument("--embed-tail", type=_positive_int, metavar="N",
                    help="embed only each prompt's last N encoder tokens (the part few-shot prompts do not share)")
-    p.add_argument("--out", required=True, help="data folder to write")
+    p.add_argument("--out", required=True, help="data folder to write (required)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("train-gate", cmd_train_gate, "train the gating network on a data folder's train split")
     p.add_argument("--data", default=None, help="folder with prompts/quality parquet and embeddings.npz "
                                                 "(default: the bundled traces)")
-    p.add_argument("--out", help="checkpoint path (default DATA/gate.pt)")
+    p.add_argument("--out", help="checkpoint path (default: DATA/gate.pt)")
     p.add_argument("--seed", type=_seed, default=0, help="training seed")
     p.add_argument("--hidden", type=_positive_int, default=256, help="hidden units")
     p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
@@ -282,18 +376,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("eval-gate", cmd_eval_gate, "test-split accuracy of the gate and the baselines, pooled and per task")
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")
-    p.add_argument("--gate", help="checkpoint (default DATA/gate.pt)")
+    p.add_argument("--gate", help="checkpoint (default: DATA/gate.pt)")
     p.add_argument("--options", action="append", default=[], metavar="TASK=M",
-                   help="choices of a multiple-choice task for the vote (default: the data's `options` column)")
+                   help="choices (M >= 2) of a multiple-choice task for the vote; repeat per task "
+                        "(default: the data's options column)")
     p.add_argument("--leave-task-out", action="store_true",
                    help="for each task: train without it, test on it (label-free, k=1) against best single experts")
     p.add_argument("--seed", type=_seed, default=0, help="training seed of --leave-task-out")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
+def value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The flags of every sub-command that take a value (not switches like --quiet)."""
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.values()
+    return {flag for p in subs for a in p._actions if a.nargs is None and a.option_strings for flag in a.option_strings}
+
+
+def attach_values(argv: list[str], flags: set[str]) -> list[str]:
+    """`--flag -1e3` as `--flag=-1e3`: a value that starts with '-' is the flag's value, not another flag
+    (argparse only takes plain negative integers and decimals that way)."""
+    out: list[str] = []
+    for item in argv:
+        if out and out[-1] in flags and item.startswith("-") and item not in flags and item != "--":
+            out[-1] = f"{out[-1]}={item}"
+        else:
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(attach_values(list(sys.argv[1:] if argv is None else argv), value_flags(parser)))
     if getattr(args, "data", "") is None:
         from moe2sim.data.bundled import bundled_path
 
@@ -302,7 +416,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except InputError as exc:
         print(f"moe2sim: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a path the user gave that the OS refuses (too long, not a folder, ...)
+        print(f"moe2sim: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
     except KeyboardInterrupt:
         print("moe2sim: interrupted; nothing was written", file=sys.stderr)
         return 130
+    return 2

@@ -79,8 +79,12 @@ def _routerdc_json(path: Path) -> list[Outcome]:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise InputError(path, f"line {exc.lineno}", f"malformed JSON: {exc.msg}") from None
-    except UnicodeDecodeError:
-        raise InputError(path, None, "not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, None, f"not UTF-8 text (byte {exc.start}): an outcome file is JSON text") from None
+    except RecursionError:
+        raise InputError(path, None, "malformed JSON: nested too deeply") from None
+    except OSError as exc:
+        raise InputError(path, None, f"cannot read: {exc.strerror or exc}") from None
     if not isinstance(records, list) or not records:
         raise InputError(path, None, "expected a non-empty JSON list of {question, scores} records")
     out = []

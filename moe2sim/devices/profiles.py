@@ -33,6 +33,11 @@ class Sourced(BaseModel):
     source: str = Field(min_length=1)
 
 
+# the range of each value a profile may hold (rates in tokens/s, times in s, powers in W)
+PHYSICAL = {"ttft_base_s": (0.0, 1e6), "prefill_tokens_per_s": (1e-3, 1e15), "decode_tokens_per_s": (1e-3, 1e15),
+            "prefill_power_W": (0.0, 1e7), "decode_power_W": (0.0, 1e7), "idle_power_W": (0.0, 1e7)}
+
+
 class DeviceProfile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     name: str
@@ -52,6 +57,9 @@ class DeviceProfile(BaseModel):
         for f in ("prefill_tokens_per_s", "decode_tokens_per_s", "prefill_power_W", "decode_power_W"):
             if getattr(self, f).value <= 0:
                 raise ValueError(f"{f} must be positive")
+        for f, (low, high) in PHYSICAL.items():  # beyond these, simulated times or energies overflow
+            if not low <= getattr(self, f).value <= high:
+                raise ValueError(f"{f} = {getattr(self, f).value:g} is outside [{low:g}, {high:g}]")
         idle = self.idle_power_W.value
         for f in ("prefill_power_W", "decode_power_W"):
             if getattr(self, f).value < idle:

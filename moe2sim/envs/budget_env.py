@@ -17,7 +17,10 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
+from pydantic import ValidationError
+
 from moe2sim.data.bundled import bundled_path
+from moe2sim.errors import InputError, from_validation
 from moe2sim.envs.handler import BudgetHandler, WindowStats
 from moe2sim.envs.meter import WindowMeter
 from moe2sim.scenario import EnvConfig, Scenario, load_scenario
@@ -25,6 +28,51 @@ from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.sim.engine import EdgeSimulation
 from moe2sim.twin import Twin
+
+
+def _scenario(scenario: Any, overrides: Any) -> Scenario:
+    """The constructor's scenario argument (a path, a bundled name, a Scenario or None) with `overrides`."""
+    if isinstance(overrides, (str, bytes)) or not all(isinstance(o, str) for o in _iterable(overrides, "overrides")):
+        raise TypeError(f"BudgetEnv(overrides=...): expected a list of 'dotted.key=value' strings, got {overrides!r}")
+    if scenario is None:
+        scenario = bundled_path("scenarios/budget_env.yaml")
+    if isinstance(scenario, Scenario):
+        if overrides:
+            raise ValueError("BudgetEnv(overrides=...): overrides apply to a scenario file, not to a Scenario object "
+                             "(use its model_copy)")
+        return scenario
+    if not isinstance(scenario, (str, Path)):
+        raise TypeError(f"BudgetEnv(scenario=...): expected a path, a bundled scenario's name or a Scenario, "
+                        f"got {type(scenario).__name__}")
+    return load_scenario(scenario, list(overrides))
+
+
+def _iterable(value: Any, name: str) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        raise TypeError(f"BudgetEnv({name}=...): expected a list, got {type(value).__name__}") from None
+
+
+def _env_config(sc: Scenario, kwargs: dict[str, Any]) -> EnvConfig:
+    """The scenario's env block with the constructor's keyword arguments; a bad one is an error naming it."""
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        return EnvConfig.model_validate({**(sc.env or EnvConfig()).model_dump(), **given})
+    except ValidationError as exc:
+        raise from_validation("BudgetEnv", exc, {(k,): f"BudgetEnv({k}={v!r})" for k, v in given.items()}) from None
+
+
+def _episode_scenario(sc: Scenario, cfg: EnvConfig, policy) -> Scenario:
+    """The scenario an episode simulates: window_s × windows long, re-validated (its run length limits)."""
+    update = {"env": cfg.model_dump(), "duration_s": cfg.window_s * cfg.windows, "queries": None,
+              "policy": policy.model_dump()}
+    try:
+        return Scenario.model_validate({**sc.model_dump(), **update, "file": sc.file})
+    except ValidationError as exc:
+        err = from_validation(sc.file, exc)
+        raise InputError("BudgetEnv(window_s, windows)", f"{cfg.window_s:g} s × {cfg.windows} windows",
+                         f"{err.field + ': ' if err.field else ''}{err.message}") from None
 
 
 class BudgetEnv(gym.Env):
@@ -37,18 +85,12 @@ class BudgetEnv(gym.Env):
                  windows: int | None = None, action: str | None = None, render_mode: str | None = None):
         if render_mode is not None:
             raise ValueError(f"render_mode {render_mode!r} is not supported (metadata: {self.metadata})")
-        if scenario is None:
-            scenario = bundled_path("scenarios/budget_env.yaml")
-        sc = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, list(overrides))
-        cfg = (sc.env or EnvConfig()).model_copy(update={k: v for k, v in
-                                                         {"window_s": window_s, "windows": windows, "action": action}.items()
-                                                         if v is not None})
-        cfg = EnvConfig.model_validate(cfg.model_dump())
+        sc = _scenario(scenario, overrides)
+        cfg = _env_config(sc, {"window_s": window_s, "windows": windows, "action": action})
         selection = sc.policy.selection
         if selection.method == "none":
             selection = selection.model_copy(update={"method": "exact"})
-        sc = sc.model_copy(update={"env": cfg, "duration_s": cfg.window_s * cfg.windows, "queries": None,
-                                   "policy": sc.policy.model_copy(update={"selection": selection})})
+        sc = _episode_scenario(sc, cfg, sc.policy.model_copy(update={"selection": selection}))
         self.scenario, self.cfg = sc, cfg
         self.twin = Twin.build(sc)
         self.handler = BudgetHandler(sc, cfg, np.array([e.slots for e in self.twin.experts], float))
@@ -60,6 +102,11 @@ class BudgetEnv(gym.Env):
         self.done = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if options:
+            raise ValueError(f"BudgetEnv.reset: unknown option(s) {sorted(map(str, options))}: it takes none "
+                             "(set budgets with step's action, the set-up with the constructor's arguments)")
+        if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0):
+            raise TypeError(f"BudgetEnv.reset: seed must be a whole number >= 0 or None, got {seed!r}")
         super().reset(seed=seed)
         # independent streams: the load must not depend on the service draws the agent's subsets cause
         self.box = self.handler.action_for(self.initial_budgets)

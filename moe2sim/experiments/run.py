@@ -31,38 +31,55 @@ def twin_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: f
 
 
 def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataFrame, legs: pd.DataFrame,
-                  summary: dict[str, Any], extra_html: str = "") -> None:
-    from moe2sim.report.html import write_report
+                  summary: dict[str, Any], extra_html: str = "", setup: list[list[str]] | None = None) -> None:
+    """Records, summary.json and (unless the scenario turns it off) report.html; `setup`: the report's
+    set-up table (default: the scenario's policy and budgets)."""
+    from moe2sim.report.html import setup_rows, write_report
 
     write_table(queries, stage / "queries", scenario.outputs.format)
     write_table(legs, stage / "legs", scenario.outputs.format)
     write_json(stage / "summary.json", summary)
     if scenario.outputs.report:
         write_report(stage / "report.html", title, summary, queries,
-                     {c.name: c.latency_budget_s for c in scenario.categories}, scenario.description, extra_html)
+                     {c.name: c.latency_budget_s for c in scenario.categories}, scenario.description, extra_html,
+                     setup if setup is not None else setup_rows(scenario))
+
+
+def preflight(scenario: Scenario, out: OutputDir) -> Twin:
+    """Everything `run` checks before simulating (and `validate` checks alone): the output folder, every
+    input as the twin reads it, that queries arrive, and, with a sweep block, MoE²'s selection problem."""
+    from moe2sim.experiments.sweep import method_twin
+
+    out.check(RESULT_NAMES)
+    twin = Twin.build(scenario)
+    twin.check_arrivals()
+    if scenario.sweep is not None:
+        method_twin(scenario, "moe2")
+    return twin
 
 
 def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True
                  ) -> dict[str, Any]:
-    from moe2sim.experiments.sweep import run_sweep
+    from moe2sim.experiments.sweep import moe2_method, run_sweep
 
     out = OutputDir.of(out)
-    out.check(RESULT_NAMES)
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
-    twin = Twin.build(scenario)
+    twin = preflight(scenario, out)
     result, queries, legs = twin.simulate(progress=progress)
     summary = twin_summary(twin, queries, legs, result.run_s)
     extra = ""
     sweep = run_sweep(scenario, progress=progress) if scenario.sweep is not None else None
+    from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
+
+    setup = [*setup_rows(scenario, twin.policy.subset),
+             *(sweep_setup_rows(scenario, moe2_method(scenario)) if sweep is not None else [])]
     with out.staged() as stage:
         if sweep is not None:
-            from moe2sim.report.html import sweep_section
-
             write_table(sweep, stage / "sweep", "csv")
             extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories])
         write_results(stage, scenario, f"moe2sim run: {scenario.name} (seed {scenario.seed})", queries, legs,
-                      summary, extra)
+                      summary, extra, setup)
     return summary
 
 
@@ -71,7 +88,7 @@ def rollout(scenario_path: str, overrides: list[str], agent_name: str, out: Outp
     """One episode of an agent in BudgetEnv; the simulator's records plus a per-window log and plot."""
     from moe2sim.envs.agents import build_agent, run_episode
     from moe2sim.envs.budget_env import BudgetEnv
-    from moe2sim.report.html import windows_section
+    from moe2sim.report.html import setup_rows, windows_section
 
     out = OutputDir.of(out)
     out.check(RESULT_NAMES)
@@ -84,6 +101,9 @@ def rollout(scenario_path: str, overrides: list[str], agent_name: str, out: Outp
     windows_df = pd.DataFrame(log)
     with out.staged() as stage:
         write_table(windows_df, stage / "windows", "csv")
+        setup = [["agent", agent_name], *setup_rows(env.scenario),
+                 ["budgets", "the agent sets them every window (figures below); above: the starting budgets"]]
         write_results(stage, env.scenario, f"moe2sim rollout: {agent_name} on {env.scenario.name} (seed {seed})",
-                      queries, legs, summary, windows_section(windows_df, [c.name for c in env.scenario.categories]))
+                      queries, legs, summary, windows_section(windows_df, [c.name for c in env.scenario.categories]),
+                      setup)
     return summary

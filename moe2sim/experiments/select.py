@@ -12,7 +12,11 @@ from moe2sim.workload import Workload
 
 
 def select_subset(scenario: Scenario) -> dict[str, Any]:
-    """The scenario's selection method at its budgets: subset, U, binding constraints, worst cases."""
+    """The scenario's selection method at its budgets (`exact` when the scenario's is `none`, as in a
+    sweep): subset, U, binding constraints, worst cases."""
+    from moe2sim.experiments.sweep import variant
+
+    scenario = variant(scenario, "moe2")
     inputs = Inputs(scenario)
     profiles = inputs.profiles()
     selector = build_selector(inputs, profiles, Workload(scenario, inputs.test))

@@ -31,6 +31,9 @@ from moe2sim.twin import Twin
 from moe2sim.twin.factory import subset_utility
 
 METHODS = ("moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote")
+# columns of sweep.csv even when no point is feasible (the rest depend on the categories and on `simulate`)
+ALWAYS = ("axis", "value", "method", "energy_budget_J", "feasible", "reason", "within_budget", "subset", "size",
+          "U_validation", "accuracy_test", "worst_energy_J")
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,15 @@ class SweepPoint:
     method: str
 
 
+def moe2_method(scenario: Scenario) -> str:
+    """MoE²'s selection method in a sweep: the scenario's, `exact` unless it names another."""
+    return scenario.policy.selection.method if scenario.policy.selection.method != "none" else "exact"
+
+
 def variant(scenario: Scenario, method: str) -> Scenario:
-    """The scenario as `method` selects: MoE² (and the uniform vote over MoE²'s subset) with the
-    scenario's selection method (`exact` unless it names another), baselines with their own."""
-    moe2 = scenario.policy.selection.method if scenario.policy.selection.method != "none" else "exact"
-    selection = moe2 if method in ("moe2", "uniform_vote") else method
+    """The scenario as `method` selects: MoE² (and the uniform vote over MoE²'s subset) with
+    moe2_method, baselines with their own."""
+    selection = moe2_method(scenario) if method in ("moe2", "uniform_vote") else method
     policy = scenario.policy.model_copy(update={
         "selection": scenario.policy.selection.model_copy(update={"method": selection})})
     return scenario.model_copy(update={"policy": policy})
@@ -65,7 +72,7 @@ def budgets_at(scenario: Scenario, point: SweepPoint) -> Budgets:
 
 def method_twin(scenario: Scenario, method: str) -> Twin:
     """The twin a method's points share; each point only re-solves S for its budgets."""
-    twin = Twin.build(variant(scenario, method))
+    twin = Twin.build(variant(scenario, method), solve=False)  # each point solves S for its own budgets
     if method == "uniform_vote":  # MoE²'s subset, but no gate: k experts uniformly, equal weights
         twin = replace(twin, policy=twin.policy.with_router(UniformRouter(len(twin.experts))))
     return twin
@@ -145,6 +152,7 @@ def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True
         pool.shutdown()
     bar.close()
     df = pd.DataFrame(rows)
+    df = df.reindex(columns=[*df.columns, *(c for c in ALWAYS if c not in df.columns)])
     order = {m: i for i, m in enumerate(METHODS)}
     return df.sort_values(["axis", "method", "value"], key=lambda c: c.map(order) if c.name == "method" else c,
                           ignore_index=True)
@@ -152,7 +160,7 @@ def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True
 
 def comparison(df: pd.DataFrame) -> pd.DataFrame:
     """Per axis and method: mean test accuracy over the points where the method's subset keeps the budgets."""
-    feasible = df[df["feasible"] & df["within_budget"].fillna(False).astype(bool)]
+    feasible = df[df["feasible"].fillna(False).astype(bool) & df["within_budget"].fillna(False).astype(bool)]
     out = feasible.groupby(["axis", "method"], sort=False)["accuracy_test"].mean().unstack("method")
     return out.reindex(columns=[m for m in METHODS if m in out.columns])
 
@@ -180,12 +188,13 @@ def versus_moe2(df: pd.DataFrame, tie: float = 0.0005) -> pd.DataFrame:
 
 def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
     """`moe2sim sweep`: run the scenario's sweep and write sweep.csv and report.html into `out`."""
-    from moe2sim.report.html import sweep_section, write_report
+    from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows, write_report
 
     out.check(("sweep.csv", "report.html"))
     df = run_sweep(scenario, jobs=jobs, progress=progress)
     with out.staged() as stage:
         df.to_csv(stage / "sweep.csv", index=False)
         write_report(stage / "report.html", f"moe2sim sweep: {scenario.name}", None, None, {}, scenario.description,
-                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories]))
+                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories]),
+                     [*setup_rows(scenario), *sweep_setup_rows(scenario, moe2_method(scenario))])
     return df

@@ -1,10 +1,16 @@
-"""A self-contained report.html: summary tables and plots (PNG embedded as base64)."""
+"""A self-contained report.html: what was run (budgets, k, policy, aggregation, selection), summary
+tables and plots (PNG embedded as base64, one figure per image, each with alt text).
+
+Every figure builder returns None when it has nothing to draw (an axis a sweep did not vary, a run
+without queries), and the image is left out; sweep points where a method finds no subset within the
+budgets are drawn as crosses and listed in a table, never dropped silently.
+"""
 from __future__ import annotations
 
 import base64
 import html
 import io
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -12,6 +18,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from moe2sim.scenario import Scenario  # noqa: E402
+
+STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+         "xtick.labelsize": 10, "ytick.labelsize": 10}
+FIGSIZE = (7.5, 4.5)
+INFEASIBLE = dict(marker="x", ls="", ms=9, mew=2)
 
 
 def _png(fig: plt.Figure) -> str:
@@ -21,15 +34,38 @@ def _png(fig: plt.Figure) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def latency_cdf(queries: pd.DataFrame, budgets: dict[str, float]) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (cat, g) in enumerate(queries.groupby("category", observed=True)):
+Figure = tuple[Callable[[], "plt.Figure | None"], str]  # (builder, alt text)
+
+
+def images(figures: list[Figure]) -> str:
+    """Each builder's figure as an <img> with its alt text, in a legible style; empty figures left out."""
+    parts = []
+    with plt.rc_context(STYLE):
+        for build, alt in figures:
+            fig = build()
+            if fig is not None:
+                parts.append(f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">')
+    return "".join(parts)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    """A number formatted, or '–' for a missing one (a mean over no queries)."""
+    return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else format(value, spec)
+
+
+def latency_cdf(queries: pd.DataFrame, budgets: dict[str, float]) -> plt.Figure | None:
+    if queries is None or queries.empty:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for cat, g in queries.groupby("category", observed=True):
         x = np.sort(g["latency_s"].to_numpy())
         line, = ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=str(cat))
-        ax.axvline(budgets[str(cat)], color=line.get_color(), ls=":", lw=1)
-    ax.set(xscale="log", xlabel="latency (s, log)", ylabel="fraction of queries",
-           title="Latency CDF per category (dotted: budget)")
-    ax.legend(fontsize=8)
+        if str(cat) in budgets:
+            ax.axvline(budgets[str(cat)], color=line.get_color(), ls=":", lw=1.5)
+    log = bool((queries["latency_s"] > 0).all())
+    ax.set(xscale="log" if log else "linear", xlabel=f"latency (s{', log scale' if log else ''})",
+           ylabel="fraction of queries", title="Latency CDF per category (dotted: its budget)")
+    ax.legend()
     return fig
 
 
@@ -38,27 +74,30 @@ def energy_per_expert(summary: dict[str, Any]) -> plt.Figure:
     names = list(experts)
     active = np.array([experts[n]["energy_J_active"] for n in names]) / 1e3
     idle = np.array([experts[n]["energy_J_idle"] for n in names]) / 1e3
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.barh(names, active, label="active")
     ax.barh(names, idle, left=active, label="idle")
     ax.set(xlabel="energy over the run (kJ)", title="Energy per expert")
-    ax.legend(fontsize=8)
+    ax.legend()
     return fig
 
 
-def accuracy_per_category(summary: dict[str, Any]) -> plt.Figure:
+def accuracy_per_category(summary: dict[str, Any]) -> plt.Figure | None:
     cats = summary["categories"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(list(cats), [c["accuracy"] for c in cats.values()])
-    ax.axhline(summary["accuracy"], color="k", ls="--", lw=1, label=f"overall {summary['accuracy']:.3f}")
+    if not cats:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.bar(list(cats), [c["accuracy"] or 0.0 for c in cats.values()])
+    if summary["accuracy"] is not None:
+        ax.axhline(summary["accuracy"], color="k", ls="--", lw=1, label=f"overall {summary['accuracy']:.3f}")
+        ax.legend()
     ax.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy per category")
-    ax.legend(fontsize=8)
     return fig
 
 
 def utilisation(summary: dict[str, Any]) -> plt.Figure:
     experts = summary["experts"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.barh(list(experts), [e["utilisation"] for e in experts.values()])
     ax.set(xlim=(0, 1), xlabel="busy fraction of slot time", title="Expert utilisation")
     return fig
@@ -70,116 +109,231 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _violations(block: dict[str, Any], kind: str) -> str:
+    n, total = block["budget_violations"][kind], block["queries"]
+    return f"{n} ({n / total:.1%})" if total else "0"
+
+
 def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy, violations."""
+    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy, latency and energy
+    budget violations (count and share of the queries)."""
     blocks = {**summary["categories"], "all": summary}
-    return [[name, b["queries"], f"{b['accuracy']:.3f}", f"{b['latency_s']['mean']:.3f}",
-             f"{b['latency_s']['p95']:.3f}", f"{b['energy_J_per_query']:.1f}",
-             f"{b['budget_violations']['rate']:.3f}"] for name, b in blocks.items()]
+    return [[name, b["queries"], _fmt(b["accuracy"], ".3f"), _fmt(b["latency_s"]["mean"], ".3f"),
+             _fmt(b["latency_s"]["p95"], ".3f"), _fmt(b["energy_J_per_query"], ".1f"),
+             _violations(b, "latency"), _violations(b, "energy")] for name, b in blocks.items()]
 
 
 SUMMARY_HEADER = ["category", "queries", "accuracy", "latency mean (s)", "latency p95 (s)",
-                  "energy/query (J)", "violation rate"]
+                  "energy/query (J)", "latency violations", "energy violations"]
 
 
-def sweep_accuracy(df: pd.DataFrame, axis: str, xlabel: str) -> plt.Figure:
-    """Test accuracy vs budget per method; hollow markers where a subset breaks the budget."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    part = df[(df["axis"] == axis) & df["feasible"]]
+def setup_rows(scenario: Scenario, subset: list[str] | None = None) -> list[list[str]]:
+    """What was run: policy, k, aggregation, selection method, the allowed and chosen experts, budgets."""
+    p = scenario.policy
+    method = p.selection.method + (" (no selection: the budgets do not choose the experts)"
+                                   if p.selection.method == "none" else "")
+    rows = [["policy (router)", p.name], ["k (experts per query)", str(p.k)], ["aggregation", p.aggregation],
+            ["selection method", method], ["allowed experts", ", ".join(scenario.allowed_experts)]]
+    if subset is not None:
+        rows.append(["subset S used", ", ".join(subset)])
+    rows.append(["energy budget (J per query)", f"{scenario.energy_budget_J:g}"])
+    rows += [[f"latency budget: {c.name} (s)", f"{c.latency_budget_s:g}"] for c in scenario.categories]
+    return rows
+
+
+def setup_section(rows: list[list[str]]) -> str:
+    return f"<h2>Set-up</h2>{_table(rows, ['setting', 'value'])}"
+
+
+# --- budget sweeps ---------------------------------------------------------------------------------
+
+def _axis(df: pd.DataFrame, axis: str, method: str | None = None) -> pd.DataFrame:
+    """The points of one axis (and method); empty if the sweep did not vary it."""
+    part = df[df["axis"] == axis]
+    return part[part["method"] == method] if method is not None else part
+
+
+def _feasible(part: pd.DataFrame) -> pd.Series:
+    return part["feasible"].fillna(False).astype(bool)
+
+
+def sweep_accuracy(df: pd.DataFrame, axis: str, xlabel: str) -> plt.Figure | None:
+    """Test accuracy vs budget per method; hollow markers where a subset breaks the budget, crosses on the
+    x axis where the method finds no subset at all."""
+    part = _axis(df, axis)
+    if part.empty:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    marked = False
     for method, g in part.groupby("method", sort=False):
-        line, = ax.plot(g["value"], g["accuracy_test"], marker="o", label=method)
-        broken = g[~g["within_budget"].astype(bool)]
-        ax.plot(broken["value"], broken["accuracy_test"], ls="", marker="o", mfc="white",
-                color=line.get_color())
-    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy",
-           title=f"Accuracy vs {axis} budget (hollow: subset breaks the budget)")
-    ax.legend(fontsize=7)
+        ok = g[_feasible(g)]
+        line, = ax.plot(ok["value"], ok["accuracy_test"], marker="o", label=method)
+        broken = ok[~ok["within_budget"].fillna(True).astype(bool)]
+        ax.plot(broken["value"], broken["accuracy_test"], ls="", marker="o", mfc="white", color=line.get_color())
+        none = g[~_feasible(g)]
+        ax.plot(none["value"], np.zeros(len(none)), color=line.get_color(), clip_on=False, **INFEASIBLE)
+        marked = marked or not none.empty
+    if marked:  # one legend entry for the crosses of every method
+        ax.plot([], [], color="k", label="no subset within the budget (× on the axis)", **INFEASIBLE)
+    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy", ylim=(0, None),
+           title=f"Accuracy vs {axis} budget (hollow: breaks the budget; ×: infeasible)")
+    ax.legend()
     return fig
 
 
-def sweep_subsets(df: pd.DataFrame, experts: list[str]) -> plt.Figure:
-    """MoE²'s chosen subset at each energy budget."""
-    part = df[(df["axis"] == "energy") & (df["method"] == "moe2")]
-    grid = np.array([[e in str(s).split("|") for s in part["subset"]] for e in experts], float)
-    fig, ax = plt.subplots(figsize=(6, 4))
+def sweep_subsets(df: pd.DataFrame, experts: list[str]) -> plt.Figure | None:
+    """MoE²'s chosen subset at each energy budget (× where none meets the budgets)."""
+    part = _axis(df, "energy", "moe2")
+    if part.empty:
+        return None
+    chosen = part["subset"].fillna("").astype(str) if "subset" in part else pd.Series([""] * len(part))
+    grid = np.array([[e in s.split("|") for s in chosen] for e in experts], float)
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.imshow(grid, aspect="auto", cmap="Greens", vmin=0, vmax=1)
-    ax.set_yticks(range(len(experts)), experts, fontsize=7)
-    ax.set_xticks(range(len(part)), [f"{v:g}" for v in part["value"]], fontsize=7)
-    ax.set(xlabel="energy budget (J per query)", title="MoE² subset per energy budget (green: chosen)")
+    ax.set_yticks(range(len(experts)), experts)
+    ax.set_xticks(range(len(part)), [f"{v:g}" + ("" if ok else "\n×") for v, ok in zip(part["value"], _feasible(part))])
+    ax.set(xlabel="energy budget (J per query; ×: no subset meets it)", title="MoE² subset per energy budget (green: chosen)")
     return fig
 
 
-def sweep_measured(df: pd.DataFrame, categories: list[str]) -> plt.Figure:
-    """Simulated energy and p95 latency of MoE² against the budgets it was given."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    e = df[(df["axis"] == "energy") & (df["method"] == "moe2") & df["feasible"]]
-    ax1.plot(e["energy_budget_J"], e["sim_energy_J_mean"], marker="o", label="mean per query")
-    ax1.plot(e["energy_budget_J"], e["sim_energy_J_max"], marker="^", label="max per query")
-    ax1.plot(e["energy_budget_J"], e["worst_energy_J"], ls="--", label="predicted worst case")
-    ax1.plot(e["energy_budget_J"], e["energy_budget_J"], "k:", label="budget")
-    ax1.set(xlabel="energy budget (J)", ylabel="J per query (simulated)", title="MoE² energy vs budget")
-    ax1.legend(fontsize=7)
-    lat = df[(df["axis"] == "latency") & (df["method"] == "moe2") & df["feasible"]]
+def sweep_energy(df: pd.DataFrame) -> plt.Figure | None:
+    """Simulated energy per query of MoE² against the energy budget it was given."""
+    part = _axis(df, "energy", "moe2")
+    if part.empty or "sim_energy_J_mean" not in part:
+        return None
+    e, none = part[_feasible(part)], part[~_feasible(part)]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot(e["energy_budget_J"], e["sim_energy_J_mean"], marker="o", label="mean per query")
+    ax.plot(e["energy_budget_J"], e["sim_energy_J_max"], marker="^", label="max per query")
+    ax.plot(e["energy_budget_J"], e["worst_energy_J"], ls="--", label="predicted worst case")
+    ax.plot(part["energy_budget_J"], part["energy_budget_J"], "k:", label="budget")
+    if not none.empty:
+        ax.plot(none["energy_budget_J"], none["energy_budget_J"], color="tab:red", label="× no subset within it",
+                **INFEASIBLE)
+    ax.set(xscale="log", yscale="log", xlabel="energy budget (J per query)", ylabel="J per query (simulated)",
+           title="MoE² energy vs budget")
+    ax.legend()
+    return fig
+
+
+def sweep_latency(df: pd.DataFrame, categories: list[str]) -> plt.Figure | None:
+    """Simulated p95 latency of MoE² per category against the latency budget it was given."""
+    part = _axis(df, "latency", "moe2")
+    if part.empty or not all(f"sim_latency_p95_s[{c}]" in part for c in categories):
+        return None
+    lat, none = part[_feasible(part)], part[~_feasible(part)]
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     for c in categories:
-        line, = ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"sim_latency_p95_s[{c}]"], marker="o", label=f"{c} p95")
-        ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"worst_delay_s[{c}]"], ls="--", color=line.get_color())
-    lo = min(lat[[f"latency_budget_s[{c}]" for c in categories]].min())
-    hi = max(lat[[f"latency_budget_s[{c}]" for c in categories]].max())
-    ax2.plot([lo, hi], [lo, hi], "k:", label="budget")
-    ax2.set(xscale="log", yscale="log", xlabel="latency budget (s)", ylabel="simulated p95 latency (s)",
-            title="MoE² latency vs budget (dashed: predicted worst case)")
-    ax2.legend(fontsize=7)
+        line, = ax.plot(lat[f"latency_budget_s[{c}]"], lat[f"sim_latency_p95_s[{c}]"], marker="o", label=f"{c} p95")
+        ax.plot(lat[f"latency_budget_s[{c}]"], lat[f"worst_delay_s[{c}]"], ls="--", color=line.get_color())
+        ax.plot(none[f"latency_budget_s[{c}]"], none[f"latency_budget_s[{c}]"], color=line.get_color(), **INFEASIBLE)
+    budgets = part[[f"latency_budget_s[{c}]" for c in categories]].to_numpy()
+    ax.plot([budgets.min(), budgets.max()], [budgets.min(), budgets.max()], "k:", label="budget")
+    ax.set(xscale="log", yscale="log", xlabel="latency budget (s)", ylabel="simulated p95 latency (s)",
+           title="MoE² latency vs budget (dashed: predicted worst case; ×: infeasible)")
+    ax.legend()
     return fig
+
+
+def infeasible_table(df: pd.DataFrame) -> str:
+    """The sweep points where a method found no subset within the budgets, and why."""
+    none = df[~_feasible(df)]
+    if none.empty:
+        return "<p>Every method found a subset at every sweep point.</p>"
+    rows = [[r["axis"], f"{r['value']:g}", r["method"], r.get("reason", "")] for _, r in none.iterrows()]
+    return ("<h3>Points where no subset meets the budgets (× in the figures)</h3>"
+            + _table(rows, ["axis", "value", "method", "why"]))
 
 
 def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -> str:
-    figures = [sweep_accuracy(df, "energy", "energy budget (J per query)"),
-               sweep_accuracy(df, "latency", "latency budget (x the scenario's per-category budgets)"),
-               sweep_subsets(df, experts), sweep_measured(df, categories)]
-    images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
-    return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images}"
+    figures: list[Figure] = [
+        (lambda: sweep_accuracy(df, "energy", "energy budget (J per query)"),
+         "Test accuracy of each method against the energy budget"),
+        (lambda: sweep_accuracy(df, "latency", "latency budget (x the scenario's per-category budgets)"),
+         "Test accuracy of each method against the latency budget scale"),
+        (lambda: sweep_subsets(df, experts), "Experts MoE² selects at each energy budget"),
+        (lambda: sweep_energy(df), "Simulated energy per query of MoE² against its energy budget"),
+        (lambda: sweep_latency(df, categories), "Simulated p95 latency of MoE² per category against its budget"),
+    ]
+    return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images(figures)}{infeasible_table(df)}"
 
 
-def windows_plot(windows: pd.DataFrame, categories: list[str]) -> plt.Figure:
-    """Per window: the budgets the agent set, the load, and the reward."""
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+def sweep_setup_rows(scenario: Scenario, moe2_method: str) -> list[list[str]]:
+    """The sweep's axes and methods, and the selection method MoE² uses in it."""
+    sweep = scenario.sweep
+    return [["sweep: energy budgets (J)", ", ".join(f"{v:g}" for v in sweep.energy_budget_J) or "–"],
+            ["sweep: latency scales (x the budgets)", ", ".join(f"{v:g}" for v in sweep.latency_scale) or "–"],
+            ["sweep: methods", ", ".join(sweep.methods)],
+            ["sweep: MoE²'s selection method", moe2_method]]
+
+
+# --- control windows (rollout) -----------------------------------------------------------------------
+
+def windows_budgets(windows: pd.DataFrame, categories: list[str]) -> plt.Figure:
+    """Per window: the energy and latency budgets the agent set."""
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     hours = windows["time_s"] / 3600
-    ax = axes[0]
     ax.plot(hours, windows["energy_budget_J"], color="k", label="energy budget (J)")
-    ax.set_ylabel("energy budget (J)")
-    twin = ax.twinx()
+    ax.set(xlabel="time (h)", ylabel="energy budget (J per query)", title="Budgets the agent set per window")
+    right = ax.twinx()
     for c in categories:
-        twin.plot(hours, windows[f"latency_budget_s[{c}]"], lw=0.8, label=f"{c} latency budget (s)")
-    twin.set_ylabel("latency budget (s)")
-    twin.legend(fontsize=6, loc="upper right")
-    axes[1].plot(hours, windows["arrivals"], label="arrival rate (q/s)")
-    axes[1].plot(hours, windows["queue_max"], label="longest queue")
-    axes[1].set_ylabel("load")
-    axes[1].legend(fontsize=7)
-    axes[2].plot(hours, windows["reward"], color="tab:green")
-    axes[2].set(ylabel="reward", xlabel="time (h)")
-    axes[0].set_title("Per control window: budgets, load, reward")
+        right.plot(hours, windows[f"latency_budget_s[{c}]"], lw=1, label=f"{c} latency budget (s)")
+    right.set_ylabel("latency budget (s)")
+    lines = ax.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right")
+    return fig
+
+
+def windows_load(windows: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    hours = windows["time_s"] / 3600
+    ax.plot(hours, windows["arrivals"], label="arrival rate (queries/s)")
+    ax.plot(hours, windows["queue_max"], label="longest queue (requests)")
+    ax.set(xlabel="time (h)", ylabel="load", title="Load per window")
+    ax.legend()
+    return fig
+
+
+def windows_reward(windows: pd.DataFrame) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    ax.plot(windows["time_s"] / 3600, windows["reward"], color="tab:green")
+    ax.set(xlabel="time (h)", ylabel="reward", title="Reward per window")
     return fig
 
 
 def windows_section(windows: pd.DataFrame, categories: list[str]) -> str:
+    figures: list[Figure] = [
+        (lambda: windows_budgets(windows, categories), "Energy and latency budgets the agent set in each window"),
+        (lambda: windows_load(windows), "Arrival rate and longest queue in each window"),
+        (lambda: windows_reward(windows), "Reward in each window"),
+    ]
     return (f"<h2>Control windows ({len(windows)}), total reward {windows['reward'].sum():.1f}</h2>"
-            f'<img style="width:98%" src="data:image/png;base64,{_png(windows_plot(windows, categories))}">')
+            f"{images(figures)}")
+
+
+def run_figures(summary: dict[str, Any], queries: pd.DataFrame, budgets: dict[str, float]) -> list[Figure]:
+    return [(lambda: latency_cdf(queries, budgets), "Latency CDF per category with each category's budget"),
+            (lambda: accuracy_per_category(summary), "Accuracy per category and overall"),
+            (lambda: energy_per_expert(summary), "Active and idle energy per expert over the run"),
+            (lambda: utilisation(summary), "Busy fraction of each expert's slots")]
 
 
 def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.DataFrame | None,
-                 budgets: dict[str, float], notes: str = "", extra_html: str = "") -> None:
-    body = ""
+                 budgets: dict[str, float], notes: str = "", extra_html: str = "",
+                 setup: list[list[str]] | None = None) -> None:
+    """report.html: the set-up table (if given), the summary (if a run) and `extra_html`."""
+    body = setup_section(setup) if setup else ""
     if summary is not None:
-        figures = [latency_cdf(queries, budgets), accuracy_per_category(summary),
-                   energy_per_expert(summary), utilisation(summary)]
-        images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
-        body = f"""{_table(summary_rows(summary), SUMMARY_HEADER)}
+        body += f"""<h2>Results</h2>{_table(summary_rows(summary), SUMMARY_HEADER)}
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
-+ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>{images}"""
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{width:48%;margin:1%}}</style></head>
++ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s. A latency violation is an answer
+past its category's latency budget; an energy violation, a query whose active energy exceeds the energy
+budget.</p>{images(run_figures(summary, queries, budgets))}"""
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{display:block;width:100%;max-width:825px;
+margin:1em 0}}</style></head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p>
 {body}{extra_html}</body></html>"""
-    path.write_text(page)
+    path.write_text(page, encoding="utf-8")

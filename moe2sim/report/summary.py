@@ -13,12 +13,14 @@ import pandas as pd
 
 
 def _mean_or_none(value: float) -> float | None:
-    """A mean over nothing (an expert that served no leg) is null, not NaN."""
+    """A mean over nothing (an expert that served no leg, a run without queries) is null, not NaN."""
     return float(value) if np.isfinite(value) else None
 
 
-def _latency(latency: pd.Series) -> dict[str, float]:
+def _latency(latency: pd.Series) -> dict[str, float | None]:
     values = latency.to_numpy(float)
+    if not len(values):  # a run in which no query arrived
+        return dict.fromkeys(("mean", "p50", "p95", "p99", "max"))
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
     return {"mean": float(values.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99),
             "max": float(values.max())}
@@ -29,14 +31,14 @@ def _block(queries: pd.DataFrame) -> dict[str, Any]:
     en_v = int(queries["energy_violation"].sum())
     return {
         "queries": int(len(queries)),
-        "accuracy": float(queries["correct"].mean()),
+        "accuracy": _mean_or_none(queries["correct"].mean()),
         "latency_s": _latency(queries["latency_s"]),
-        "energy_J_per_query": float(queries["energy_J"].mean()),
+        "energy_J_per_query": _mean_or_none(queries["energy_J"].mean()),
         "energy_J_active_total": float(queries["energy_J"].sum()),
         "budget_violations": {
             "latency": lat_v, "energy": en_v,
             "any": int((queries["latency_violation"] | queries["energy_violation"]).sum()),
-            "rate": float((queries["latency_violation"] | queries["energy_violation"]).mean()),
+            "rate": _mean_or_none((queries["latency_violation"] | queries["energy_violation"]).mean()),
         },
     }
 

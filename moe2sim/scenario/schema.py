@@ -9,12 +9,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from moe2sim.data.bundled import bundled_path
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+MAX_VALUE = 1e12  # any scenario number: far beyond any sensible setting, far from overflow in products
+PositiveFloat = Annotated[float, Field(gt=0, le=MAX_VALUE)]
+NonNegativeFloat = Annotated[float, Field(ge=0, le=MAX_VALUE)]
+
+
+def _plain_name(name: str) -> str:
+    """A scenario name is a folder name (runs/<name>): no path separators, NUL, '.' or '..'."""
+    if any(c in name for c in "/\\\0") or name in (".", ".."):
+        raise ValueError("must be a plain folder name (no '/', '\\', NUL, '.' or '..'): it names the default "
+                         "output folder runs/<name>")
+    return name
+
+
+def _no_nul(path: str) -> str:
+    if "\0" in path:
+        raise ValueError("a path cannot contain a NUL character")
+    return path
+
+
+Name = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_plain_name)]
+PathText = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_nul)]
 Seed = Annotated[int, Field(ge=0, lt=2**63)]
 Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
 MAX_QUERIES = 20_000_000      # a run's expected arrivals; beyond it a run would not finish in reasonable time/memory
@@ -25,26 +44,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+Rate = Annotated[float, Field(ge=1e-3, le=1e9, description="Mbit/s: from 1 kbit/s (slower overflows times)")]
+
+
 class Link(Strict):
     """A user<->edge-server link as a pure delay: bytes / rate + one-way propagation."""
 
-    uplink_Mbps: PositiveFloat = 100.0
-    downlink_Mbps: PositiveFloat = 100.0
-    propagation_s: NonNegativeFloat = 0.002
+    uplink_Mbps: Rate = 100.0
+    downlink_Mbps: Rate = 100.0
+    propagation_s: Annotated[float, Field(ge=0, le=1e6)] = 0.002
 
 
 class TraceService(Strict):
     """Replay per-query device-trace rows (traces/README.md, device trace schema)."""
 
-    file: str
+    file: PathText
     model: str | None = Field(None, description="rows whose `model` column equals this; all rows if unset")
 
 
 class Expert(Strict):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1, description="expert id in the quality trace")
-    profile: str = Field(min_length=1, description="device profile: name in data_dir/profiles or a YAML path")
-    slots: Annotated[int, Field(ge=1)] = 1
+    profile: PathText = Field(description="device profile: name in data_dir/profiles or a YAML path")
+    slots: Annotated[int, Field(ge=1, le=100_000)] = 1
     link: Link = Link()
     service: Literal["profile"] | TraceService = "profile"
 
@@ -58,8 +80,8 @@ class LognormalTokens(Strict):
     """Token count ~ round(lognormal) with the given mean and coefficient of variation."""
 
     dist: Literal["lognormal"]
-    mean: PositiveFloat
-    cv: PositiveFloat
+    mean: Annotated[float, Field(gt=0, le=1_000_000)]
+    cv: Annotated[float, Field(gt=0, le=100)]
     max: Tokens = 4096
 
 
@@ -113,7 +135,7 @@ class Diurnal(Strict):
     mean_rate_per_s: Annotated[float, Field(gt=0, le=1e6)]
     amplitude: Annotated[float, Field(ge=0, lt=1)] = 0.5
     period_s: PositiveFloat = 86_400.0
-    phase_s: float = 0.0
+    phase_s: Annotated[float, Field(ge=-MAX_VALUE, le=MAX_VALUE)] = 0.0
     bursts: Bursts | None = None
 
     def peak_rate_per_s(self) -> float:
@@ -124,7 +146,7 @@ class Replay(Strict):
     """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
 
     process: Literal["replay"]
-    file: str
+    file: PathText
     time_scale: PositiveFloat = 1.0
 
     def peak_rate_per_s(self) -> None:
@@ -155,7 +177,7 @@ class PolicyConfig(Strict):
     experts of the subset drawn uniformly per query, equal weights (the no-gate baseline)."""
 
     name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
-    gate: str = "gate.pt"
+    gate: PathText = "gate.pt"
     k: Annotated[int, Field(ge=1)] = 2
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
     aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
@@ -206,9 +228,9 @@ class EnvConfig(Strict):
 
 
 class Traces(Strict):
-    prompts: str = "prompts.parquet"
-    quality: str = "quality.parquet"
-    embeddings: str = "embeddings.npz"
+    prompts: PathText = "prompts.parquet"
+    quality: PathText = "quality.parquet"
+    embeddings: PathText = "embeddings.npz"
     split: Literal["train", "test"] = "test"
 
 
@@ -218,10 +240,10 @@ class Outputs(Strict):
 
 
 class Scenario(Strict):
-    name: str = Field(min_length=1)
+    name: Name
     description: str = ""
     seed: Seed = 0
-    data_dir: str | None = Field(None, description="folder of the data files; unset: the bundled traces")
+    data_dir: PathText | None = Field(None, description="folder of the data files; unset: the bundled traces")
     duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] | None = None
     queries: Annotated[int, Field(ge=1, le=MAX_QUERIES)] | None = None
     traces: Traces = Traces()

@@ -181,14 +181,17 @@ def build_selector(inputs: Inputs, profiles: list[DeviceProfile], workload: Work
     return Selector(problem, sc.policy.selection.method, sc.policy.selection.seed)
 
 
-def build_policy(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> MixturePolicy:
+def build_policy(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload, solve: bool = True
+                 ) -> MixturePolicy:
+    """The scenario's policy; with a selector, S solved for the scenario's budgets (an error naming them if no
+    subset meets them), or left to the caller's `with_budgets` when not `solve` (a sweep's other budgets)."""
     sc = inputs.scenario
     names = tuple(e.name for e in sc.experts)
     selector = None if sc.policy.selection.method == "none" else build_selector(inputs, profiles, workload)
     policy = MixturePolicy(build_router(inputs, inputs.test), np.isin(names, sc.allowed_experts), sc.policy.k,
                            build_aggregator(sc, inputs.test), outcomes_of(inputs.test), sc.policy.aggregation_s, names,
                            selector)
-    if selector is None:
+    if selector is None or not solve:
         return policy
     try:
         return policy.with_budgets(budgets_of(sc))

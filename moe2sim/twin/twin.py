@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from moe2sim.data.quality import QualityData
+from moe2sim.errors import InputError
 from moe2sim.devices.profiles import DeviceProfile
 from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Scenario
@@ -29,12 +30,14 @@ class Twin:
     policy: MixturePolicy
 
     @classmethod
-    def build(cls, scenario: Scenario) -> "Twin":
+    def build(cls, scenario: Scenario, solve: bool = True) -> "Twin":
+        """Read and check every input once; `solve`: choose S for the scenario's budgets now (else the
+        caller sets budgets with `with_budgets` before simulating)."""
         inputs = Inputs(scenario)
         profiles = inputs.profiles()
         workload = Workload(scenario, inputs.test)
         return cls(scenario, inputs, profiles, build_experts(scenario, profiles), workload,
-                   build_policy(inputs, profiles, workload))
+                   build_policy(inputs, profiles, workload, solve))
 
     @property
     def quality(self) -> QualityData:
@@ -61,13 +64,28 @@ class Twin:
         arrivals, service, routing, outcomes = self.streams(seed)
         return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing, outcomes), arrivals
 
+    def check_arrivals(self, seed: int | None = None) -> None:
+        """Refuse, before simulating, a run in which no query would arrive (the first chunk of arrivals of
+        this seed is empty: a duration shorter than the first gap, replayed times all past it)."""
+        if next(self.workload.batches(self.streams(seed)[0]), None) is None:
+            self._no_queries("the run")
+
+    def _no_queries(self, what: str) -> None:
+        sc = self.scenario
+        field = "duration_s" if sc.duration_s is not None else "arrivals"
+        raise InputError(sc.file, field, f"no query arrives in {what} (duration_s {sc.duration_s}): lengthen "
+                                         "duration_s or raise the arrival rate")
+
     def records(self, result: SimResult) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if not result.plans:
+            self._no_queries("the episode" if self.scenario.env is not None else "the run")
         budgets = budgets_of(self.scenario)
         return result.records(self.quality.prompt_ids, [c.name for c in self.scenario.categories],
                               budgets.latency_s, budgets.energy_J)
 
     def simulate(self, seed: int | None = None, progress: bool = False) -> tuple[SimResult, pd.DataFrame, pd.DataFrame]:
         """Run the scenario; returns the raw result and the per-query and per-leg records."""
+        self.check_arrivals(seed)
         sim, arrivals = self.simulation(seed)
         with _progress(self.scenario, progress) as bar:
             result = sim.run(self.workload.batches(arrivals), lambda b: bar.update(len(b)))

@@ -17,11 +17,12 @@ from typing import Iterator
 import numpy as np
 
 from moe2sim.errors import InputError
-from moe2sim.scenario.schema import Bursts, Diurnal, FixedTokens, GeometricTokens, LognormalTokens, Poisson, Replay, Scenario
+from moe2sim.scenario.schema import MAX_QUERIES, MAX_VALUE, Bursts, Diurnal, FixedTokens, GeometricTokens, LognormalTokens, Poisson, Replay, Scenario
 from moe2sim.data.quality import QualityData
 from moe2sim.data.tables import read_table
 
 CHUNK = 8192
+MAX_TIME_S = MAX_VALUE  # a replayed arrival time (after time_scale): as any scenario number
 BYTES_PER_TOKEN = 4.0  # assumed: ~4 UTF-8 bytes of English text per token (output, synthetic prompts)
 
 
@@ -92,7 +93,12 @@ def _diurnal_times(cfg: Diurnal, rng: np.random.Generator) -> Iterator[np.ndarra
 def _replayed(cfg: Replay, scenario: Scenario) -> tuple[np.ndarray, np.ndarray | None]:
     path = scenario.path(cfg.file)
     df = read_table(path, {"time_s": "float"}, "arrival file")
+    if len(df) > MAX_QUERIES:
+        raise InputError(path, None, f"{len(df):,} arrivals, over the limit of {MAX_QUERIES:,} per run")
     times = df["time_s"].to_numpy(float) * cfg.time_scale
+    if not np.isfinite(times).all() or times.max() > MAX_TIME_S:
+        raise InputError(path, "time_s", f"times × time_scale reach {times.max():.3g} s, beyond the limit of "
+                                         f"{MAX_TIME_S:.0e} s of simulated time")
     if np.any(np.diff(times) < 0):
         raise InputError(path, "time_s", "timestamps must be non-decreasing")
     if "category" not in df.columns:
