@@ -38,8 +38,11 @@ def expect_error(write_scenario, raw: dict, overrides=()) -> InputError:
     with pytest.raises(InputError) as info:
         load_scenario(path, overrides)
     err = info.value
-    assert err.file == str(path), "the error must name the scenario file"
-    assert str(path) in str(err)
+    if overrides:  # a bad override is named as the flag that brought it
+        assert err.file == "--set", "an error from an override must name --set"
+    else:
+        assert err.file == str(path), "the error must name the scenario file"
+        assert str(path) in str(err)
     return err
 
 
