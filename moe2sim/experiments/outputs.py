@@ -73,9 +73,19 @@ class OutputDir:
             (self.path / name).unlink(missing_ok=True)
         write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(names)}, indent=1))
 
+    def adopt(self, names: Iterable[str]) -> None:
+        """Before writing `names` into DIR as a run goes (e.g. a sweep's journal, kept to resume it): list them
+        as ours beside the files the manifest already lists, removing nothing."""
+        names = set(names)
+        self.check(names)
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(self.ours() | names)},
+                                                            indent=1))
+
     @contextmanager
-    def staged(self) -> Iterator[Path]:
-        """A staging folder whose files become DIR's results only if the block completes."""
+    def staged(self, keep: Iterable[str] = ()) -> Iterator[Path]:
+        """A staging folder whose files become DIR's results only if the block completes; files named in
+        `keep` (written in DIR directly, see `adopt`) stay and stay listed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
         try:
@@ -83,12 +93,14 @@ class OutputDir:
             written = sorted(p.name for p in stage.iterdir())
             self.check(written)
             ours = self.ours()
+            kept = {name for name in keep if name in ours and (self.path / name).exists()}
             self.path.mkdir(exist_ok=True)
-            for name in ours - set(written):
+            for name in ours - set(written) - kept:
                 (self.path / name).unlink(missing_ok=True)
             for name in written:
                 (stage / name).replace(self.path / name)
-            write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": written}, indent=1))
+            write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted({*written, *kept})},
+                                                                indent=1))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 

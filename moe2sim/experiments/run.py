@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from moe2sim.experiments.outputs import OutputDir, write_json
-from moe2sim.report.summary import summarize
+from moe2sim.experiments.replications import replicate, run_summary
 from moe2sim.scenario import Scenario
 from moe2sim.twin import Twin
 
 RESULT_NAMES = ("queries.parquet", "queries.csv", "legs.parquet", "legs.csv", "summary.json", "report.html",
-                "sweep.csv", "windows.csv")
+                "sweep.csv", "windows.csv", "replications.csv", "paired.csv", "sweep.partial.jsonl")
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -25,9 +25,7 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
 
 
 def twin_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
-    summary = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                        {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())))
-    return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **summary}
+    return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **run_summary(twin, queries, legs, run_s)}
 
 
 def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataFrame, legs: pd.DataFrame,
@@ -42,8 +40,11 @@ def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataF
                      {c.name: c.latency_budget_s for c in scenario.categories}, scenario.description, extra_html)
 
 
-def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True
-                 ) -> dict[str, Any]:
+def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True,
+                 replications: int = 1) -> dict[str, Any]:
+    """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
+    0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
+    replications.csv (R ≥ 2) one row of metrics per replication."""
     from moe2sim.experiments.sweep import run_sweep
 
     out = OutputDir.of(out)
@@ -51,11 +52,12 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
     twin = Twin.build(scenario)
-    result, queries, legs = twin.simulate(progress=progress)
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary, queries, legs, per_replication = replicate(twin, replications, progress=progress)
     extra = ""
     sweep = run_sweep(scenario, progress=progress) if scenario.sweep is not None else None
     with out.staged() as stage:
+        if replications >= 2:
+            write_table(per_replication, stage / "replications", "csv")
         if sweep is not None:
             from moe2sim.report.html import sweep_section
 

@@ -46,12 +46,24 @@ def energy_per_expert(summary: dict[str, Any]) -> plt.Figure:
     return fig
 
 
+def _estimate(summary: dict[str, Any], metric: str, value: float) -> tuple[float, float]:
+    """(estimate, 95 % half-width) of a flattened metric: the interval's mean if the summary has one, else
+    `value` with half-width 0."""
+    iv = summary.get("intervals", {}).get(metric)
+    if iv is None:
+        return value, 0.0
+    return iv["mean"], (iv["high"] - iv["low"]) / 2
+
+
 def accuracy_per_category(summary: dict[str, Any]) -> plt.Figure:
+    """Accuracy per category with its 95 % interval as an error bar (when the summary has intervals)."""
     cats = summary["categories"]
+    est = [_estimate(summary, f"categories.{n}.accuracy", c["accuracy"]) for n, c in cats.items()]
+    overall, half = _estimate(summary, "accuracy", summary["accuracy"])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(list(cats), [c["accuracy"] for c in cats.values()])
-    ax.axhline(summary["accuracy"], color="k", ls="--", lw=1, label=f"overall {summary['accuracy']:.3f}")
-    ax.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy per category")
+    ax.bar(list(cats), [e for e, _ in est], yerr=[h for _, h in est], capsize=4)
+    ax.axhline(overall, color="k", ls="--", lw=1, label=f"overall {overall:.3f} ± {half:.3f}")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy per category (bars: 95 % interval)")
     ax.legend(fontsize=8)
     return fig
 
@@ -70,12 +82,25 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _cell(summary: dict[str, Any], metric: str, value: float, digits: int) -> str:
+    """`value`, or "mean ± half-width" of its 95 % interval when the summary has one."""
+    est, half = _estimate(summary, metric, value)
+    return f"{est:.{digits}f}" + (f" ± {half:.{digits}f}" if metric in summary.get("intervals", {}) else "")
+
+
 def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy, violations."""
-    blocks = {**summary["categories"], "all": summary}
-    return [[name, b["queries"], f"{b['accuracy']:.3f}", f"{b['latency_s']['mean']:.3f}",
-             f"{b['latency_s']['p95']:.3f}", f"{b['energy_J_per_query']:.1f}",
-             f"{b['budget_violations']['rate']:.3f}"] for name, b in blocks.items()]
+    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy, violations; with intervals,
+    each cell is the estimate ± the half-width of its 95 % interval."""
+    blocks = {**{f"categories.{n}.": b for n, b in summary["categories"].items()}, "": summary}
+    rows = []
+    for prefix, b in blocks.items():
+        name = prefix.split(".")[1] if prefix else "all"
+        rows.append([name, b["queries"], _cell(summary, f"{prefix}accuracy", b["accuracy"], 3),
+                     _cell(summary, f"{prefix}latency_s.mean", b["latency_s"]["mean"], 3),
+                     _cell(summary, f"{prefix}latency_s.p95", b["latency_s"]["p95"], 3),
+                     _cell(summary, f"{prefix}energy_J_per_query", b["energy_J_per_query"], 1),
+                     _cell(summary, f"{prefix}budget_violations.rate", b["budget_violations"]["rate"], 3)])
+    return rows
 
 
 SUMMARY_HEADER = ["category", "queries", "accuracy", "latency mean (s)", "latency p95 (s)",
@@ -109,11 +134,47 @@ def sweep_subsets(df: pd.DataFrame, experts: list[str]) -> plt.Figure:
     return fig
 
 
+def _band(ax: plt.Axes, df: pd.DataFrame, x: str, metric: str, color: str | None = None) -> None:
+    """The 95 % interval of `metric` (columns <metric>_low/_high, present with ≥ 2 replications) as a band."""
+    if f"{metric}_low" in df.columns:
+        ax.fill_between(df[x], df[f"{metric}_low"], df[f"{metric}_high"], alpha=0.25, color=color, lw=0)
+
+
+def sweep_simulated_accuracy(df: pd.DataFrame) -> plt.Figure:
+    """Simulated accuracy vs budget per method, with the 95 % band across replications."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, axis in zip(axes, ("energy", "latency")):
+        part = df[(df["axis"] == axis) & df["feasible"]]
+        for method, g in part.groupby("method", sort=False):
+            line, = ax.plot(g["value"], g["sim_accuracy"], marker="o", label=method)
+            _band(ax, g, "value", "sim_accuracy", line.get_color())
+        ax.set(xscale="log", xlabel=f"{axis} budget" + (" (J per query)" if axis == "energy" else " (x scenario's)"),
+               ylabel="simulated accuracy", title=f"Simulated accuracy vs {axis} budget (band: 95 %)")
+        ax.legend(fontsize=7)
+    return fig
+
+
+def sweep_paired(diffs: pd.DataFrame, metric: str = "sim_accuracy") -> plt.Figure:
+    """MoE² − baseline per budget on common random numbers, with 95 % error bars of the paired difference."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, axis in zip(axes, ("energy", "latency")):
+        part = diffs[(diffs["axis"] == axis) & (diffs["metric"] == metric)]
+        for baseline, g in part.groupby("baseline", sort=False):
+            ax.errorbar(g["value"], g["diff_mean"], yerr=[g["diff_mean"] - g["low"], g["high"] - g["diff_mean"]],
+                        marker="o", capsize=3, label=baseline)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set(xscale="log", xlabel=f"{axis} budget", ylabel=f"MoE² − baseline ({metric})",
+               title=f"Paired difference vs {axis} budget (bars: 95 %)")
+        ax.legend(fontsize=7)
+    return fig
+
+
 def sweep_measured(df: pd.DataFrame, categories: list[str]) -> plt.Figure:
     """Simulated energy and p95 latency of MoE² against the budgets it was given."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     e = df[(df["axis"] == "energy") & (df["method"] == "moe2") & df["feasible"]]
     ax1.plot(e["energy_budget_J"], e["sim_energy_J_mean"], marker="o", label="mean per query")
+    _band(ax1, e, "energy_budget_J", "sim_energy_J_mean")
     ax1.plot(e["energy_budget_J"], e["sim_energy_J_max"], marker="^", label="max per query")
     ax1.plot(e["energy_budget_J"], e["worst_energy_J"], ls="--", label="predicted worst case")
     ax1.plot(e["energy_budget_J"], e["energy_budget_J"], "k:", label="budget")
@@ -122,6 +183,7 @@ def sweep_measured(df: pd.DataFrame, categories: list[str]) -> plt.Figure:
     lat = df[(df["axis"] == "latency") & (df["method"] == "moe2") & df["feasible"]]
     for c in categories:
         line, = ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"sim_latency_p95_s[{c}]"], marker="o", label=f"{c} p95")
+        _band(ax2, lat, f"latency_budget_s[{c}]", f"sim_latency_p95_s[{c}]", line.get_color())
         ax2.plot(lat[f"latency_budget_s[{c}]"], lat[f"worst_delay_s[{c}]"], ls="--", color=line.get_color())
     lo = min(lat[[f"latency_budget_s[{c}]" for c in categories]].min())
     hi = max(lat[[f"latency_budget_s[{c}]" for c in categories]].max())
@@ -132,10 +194,16 @@ def sweep_measured(df: pd.DataFrame, categories: list[str]) -> plt.Figure:
     return fig
 
 
-def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -> str:
+def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str],
+                  diffs: pd.DataFrame | None = None) -> str:
+    """The sweep's figures; with replications, bands of simulated metrics and the paired differences."""
     figures = [sweep_accuracy(df, "energy", "energy budget (J per query)"),
                sweep_accuracy(df, "latency", "latency budget (x the scenario's per-category budgets)"),
-               sweep_subsets(df, experts), sweep_measured(df, categories)]
+               sweep_subsets(df, experts)]
+    if "sim_accuracy" in df.columns:
+        figures += [sweep_measured(df, categories), sweep_simulated_accuracy(df)]
+    if diffs is not None and diffs["low"].notna().any():
+        figures.append(sweep_paired(diffs))
     images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
     return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images}"
 
@@ -174,7 +242,9 @@ def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.D
         figures = [latency_cdf(queries, budgets), accuracy_per_category(summary),
                    energy_per_expert(summary), utilisation(summary)]
         images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
-        body = f"""{_table(summary_rows(summary), SUMMARY_HEADER)}
+        method = summary.get("interval_method")
+        note = f"<p>± : half-width of the 95 % interval, {html.escape(method)}.</p>" if method else ""
+        body = f"""{_table(summary_rows(summary), SUMMARY_HEADER)}{note}
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
 + {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>{images}"""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
