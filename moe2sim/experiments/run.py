@@ -14,7 +14,7 @@ from moe2sim.scenario import Scenario
 from moe2sim.twin import Twin
 
 RESULT_NAMES = ("queries.parquet", "queries.csv", "legs.parquet", "legs.csv", "summary.json", "report.html",
-                "sweep.csv", "windows.csv", "replications.csv", "paired.csv", "sweep.partial.jsonl")
+                "sweep.csv", "windows.csv", "replications.csv", "paired.csv")
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -44,8 +44,9 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
                  replications: int = 1) -> dict[str, Any]:
     """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
     0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
-    replications.csv (R ≥ 2) one row of metrics per replication."""
-    from moe2sim.experiments.sweep import run_sweep
+    replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
+    the same replications (sweep.csv, and paired.csv for R ≥ 2)."""
+    from moe2sim.experiments.sweep import paired, sweep_rows, table
 
     out = OutputDir.of(out)
     out.check(RESULT_NAMES)
@@ -54,15 +55,19 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     twin = Twin.build(scenario)
     summary, queries, legs, per_replication = replicate(twin, replications, progress=progress)
     extra = ""
-    sweep = run_sweep(scenario, progress=progress) if scenario.sweep is not None else None
+    rows = sweep_rows(scenario, replications, progress=progress) if scenario.sweep is not None else None
     with out.staged() as stage:
         if replications >= 2:
             write_table(per_replication, stage / "replications", "csv")
-        if sweep is not None:
+        if rows is not None:
             from moe2sim.report.html import sweep_section
 
+            sweep, diffs = table(rows), paired(rows)
             write_table(sweep, stage / "sweep", "csv")
-            extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories])
+            if replications >= 2:
+                write_table(diffs, stage / "paired", "csv")
+            extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories],
+                                  diffs)
         write_results(stage, scenario, f"moe2sim run: {scenario.name} (seed {scenario.seed})", queries, legs,
                       summary, extra)
     return summary
