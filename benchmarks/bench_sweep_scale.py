@@ -9,7 +9,8 @@ Sweep: scenarios {quickstart, paper} (each with queries=QUERIES, simulate on) ×
    work itself, per-run times and per-method build times.
 2. local: `sweep_rows(..., backend_name="local", jobs=J)` (spawn process pool; a twin per task).
 3. ray: a local Ray instance (ray.init(num_cpus=J)), `sweep_rows(..., backend_name="ray")` (ActorPool
-   of J actors; the scenario ray.put once; a twin per actor and method).
+   of J actors; the scenario ray.put once; a twin per actor and method); then again with 1 actor, the
+   check of the schedule model below.
 The three tables must be equal. Overhead per run = (wall × J − serial work) / runs: whatever the
 backend adds to the work (process start, imports, twin builds beyond the serial one, shipping,
 scheduling, idle cores at the end).
@@ -17,8 +18,9 @@ scheduling, idle cores at the end).
 4. Schedule simulation: the tasks `tasks_of` cuts for N nodes × C cores, each an actor; list scheduling
    as Ray's ActorPool does it (the next task goes to the first idle actor); a task's time = its runs'
    measured times + a twin build when the actor has not built that method yet + a per-task dispatch
-   cost (fitted on the measured local Ray run) ; each node pays the object-store fetch of the context
-   once. Checked against the measured Ray wall on this machine, then run for clusters.
+   cost; every actor pays a start (process, imports, fetch of the context from its node's object store). The actor start is fitted to the J-actor Ray wall; the model then predicts the 1-actor wall
+   (checked against the measurement) and clusters of N × 16 cores, as built and as planned (actors
+   kept across sweeps and each serving one method).
 
     python benchmarks/bench_sweep_scale.py [--seeds 6] [--queries 200] [--jobs 2] [--json OUT.json]
 """
@@ -64,13 +66,18 @@ def serial(scenario: Scenario, seeds: int) -> tuple[pd.DataFrame, dict[str, floa
 
 def simulate_schedule(todo_by_scenario: list[tuple[list, dict[str, float], dict[tuple, float]]], nodes: int,
                       cores: int, start_s: float, dispatch_s: float = DISPATCH_S, per_worker: int = 4,
-                      affine: bool = False, run_scale: float = 1.0) -> float:
+                      affine: bool = False, run_scale: float = 1.0, persistent: bool = False) -> float:
     """Makespan of the sweeps (one after another, as the benchmark runs them) on nodes × cores actors.
     affine: the planned variant where each actor serves one method only (actors split over methods in
     proportion to their work), so it builds one twin. start_s: an actor's start (process, imports, context
-    fetch), paid by every actor of every sweep; run_scale multiplies the measured run times."""
+    fetch), paid by every actor of every sweep (persistent: once, actors kept across sweeps and their twins
+    with them); run_scale multiplies the measured run times."""
     clock = 0.0
-    for todo, builds, per_run in todo_by_scenario:
+    built: dict[int, set[tuple[int, str]]] = defaultdict(set)
+    for index, (todo, builds, per_run) in enumerate(todo_by_scenario):
+        if not persistent:
+            built.clear()
+        start_s = start_s if index == 0 or not persistent else 0.0
         workers = nodes * cores
         tasks = tasks_of(todo, workers, per_worker)
         free = [(clock + start_s, a) for a in range(workers)]
@@ -83,14 +90,13 @@ def simulate_schedule(todo_by_scenario: list[tuple[list, dict[str, float], dict[
             counts = {m: max(1, round(workers * share[m] / total)) for m in methods}
             ids = iter(range(workers * 2))
             pools = {m: [(clock + start_s, next(ids)) for _ in range(counts[m])] for m in methods}
-        built: dict[int, set[str]] = defaultdict(set)
         end = clock
         for method, chunk in tasks:
             queue = pools[method] if affine else free
             start, actor = heapq.heappop(queue)
             t = dispatch_s + run_scale * sum(per_run[u.key] for u in chunk)
-            if method not in built[actor]:
-                built[actor].add(method)
+            if (index, method) not in built[actor]:
+                built[actor].add((index, method))
                 t += builds[method]
             heapq.heappush(queue, (start + t, actor))
             end = max(end, start + t)
@@ -139,6 +145,10 @@ def main() -> None:
     t0 = time.perf_counter()
     remote = [table(sweep_rows(s, args.seeds, args.jobs, False, backend_name="ray")) for s in scs]
     result["ray_wall_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for s in scs:
+        sweep_rows(s, args.seeds, 1, False, backend_name="ray")
+    result["ray_1_actor_wall_s"] = time.perf_counter() - t0
     ray.shutdown()
 
     for a, b, c in zip([m[0] for m in measured], local, remote):
@@ -164,17 +174,21 @@ def main() -> None:
     result["model_ray_wall_s_no_start"] = simulate_schedule(todo, 1, args.jobs, 0.0)
     print(f"schedule model: {result['model_ray_wall_s_no_start']:.1f} s with free actor starts; a fitted start of "
           f"{start:.1f} s per actor reproduces the measured {result['ray_wall_s']:.1f} s")
+    predicted = simulate_schedule(todo, 1, 1, start)
+    result["model_ray_1_actor_wall_s"] = predicted
+    print(f"check: with 1 actor the model predicts {predicted:.1f} s, measured {result['ray_1_actor_wall_s']:.1f} s")
     big = [(units(s, args.seeds * 10), m[1], scaled_times(s, m[2], args.seeds)) for s, m in zip(scs, measured)]
     big_runs = sum(len(b[0]) for b in big)
     result["cluster_runs"] = big_runs
     cluster = {}
     for run_scale in (1.0, 10.0):
-        for affine in (False, True):
+        for plan in ("as built", "planned"):
             base = None
             for nodes, cores in ((1, 16), (2, 16), (4, 16), (8, 16), (16, 16)):
-                t = simulate_schedule(big, nodes, cores, start, affine=affine, run_scale=run_scale)
+                t = simulate_schedule(big, nodes, cores, start, affine=plan == "planned", run_scale=run_scale,
+                                      persistent=plan == "planned")
                 base = base or t
-                name = f"{nodes}x{cores} runs x{run_scale:g}" + (" method-affine" if affine else "")
+                name = f"{nodes}x{cores} runs x{run_scale:g} {plan}"
                 cluster[name] = {"makespan_s": t, "speedup_vs_1_node": base / t}
                 print(f"cluster {name}, {big_runs} runs: {t:.1f} s (x{base / t:.2f} vs 1 node)")
     result["cluster_model"] = cluster
