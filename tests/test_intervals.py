@@ -113,3 +113,17 @@ def test_mm1_wait_intervals_cover_the_closed_form(write_scenario, write_profile)
 def test_mm1_wait_intervals_cover_the_closed_form_200_experiments(write_scenario, write_profile):
     coverage, _ = mm1_coverage(write_scenario, write_profile, experiments=200, queries=500)
     assert 0.90 <= coverage <= 0.99, coverage
+
+
+def test_cli_run_with_replications_prints_and_draws_intervals(tmp_path, capsys):
+    from moe2sim.cli import main
+
+    out = tmp_path / "r2"
+    assert main(["run", str(QUICKSTART), "--set", "queries=120", "--replications", "2", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "intervals: 95 % (replications (2))" in printed and " ± " in printed
+    page = (out / "report.html").read_text()
+    assert "half-width of the 95 % interval, replications (2)" in page
+    with pytest.raises(SystemExit) as exc:  # argparse: R must be at least 1
+        main(["run", str(QUICKSTART), "--replications", "0", "--out", str(out)])
+    assert exc.value.code == 2
