@@ -141,14 +141,15 @@ def _work(scenario: Scenario, twin: Twin, todo: list[Unit]) -> list[dict[str, An
              "seed": u.seed} for u in todo]
 
 
-def tasks_of(todo: list[Unit], workers: int, per_worker: int) -> list[Task]:
-    """The units grouped by method, each method's cut into ⌈per_worker · workers / methods⌉ chunks."""
+def tasks_of(todo: list[Unit], workers: int, per_worker: int, max_chunk: int = 64) -> list[Task]:
+    """The units grouped by method, each method's cut into ⌈per_worker · workers / methods⌉ chunks, more if a
+    chunk would exceed `max_chunk` units (a chunk is what is lost to an interruption, and journaled at once)."""
     by_method: dict[str, list[Unit]] = {}
     for u in todo:
         by_method.setdefault(u.point.method, []).append(u)
     chunks = max(1, -(-per_worker * workers // max(len(by_method), 1)))
     return [(m, [us[i] for i in idx]) for m, us in by_method.items()
-            for idx in np.array_split(np.arange(len(us)), min(chunks, len(us))) if len(idx)]
+            for idx in np.array_split(np.arange(len(us)), min(max(chunks, -(-len(us) // max_chunk)), len(us)))]
 
 
 def journal_fingerprint(scenario: Scenario) -> str:
