@@ -159,7 +159,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     out = Path(args.out)
     # nothing of an older run may look current: its results (and only files moe2sim wrote) go first
     output = OutputDir(out, "--out")
-    output.claim([*RESULT_NAMES, "attempts.csv", *JOURNALS.values()])
+    output.adopt([*RESULT_NAMES, "attempts.csv", *JOURNALS.values()], fresh=True)
     (out / "summary.json").write_text(json.dumps({"status": "running", "interrupted": None, "scenario": scenario.name,
                                                   "journal": list(JOURNALS.values())}, indent=2) + "\n")
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run as Ctrl-C does

@@ -45,8 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
-    summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet)
+    summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
+    print(f"intervals: 95 % ({summary['interval_method']})")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
           f"(idle {summary['energy_J_idle_total'] / 1e3:.1f} kJ) over {summary['run_s']:.0f} s; wrote {out.path}/")
     return 0
@@ -179,8 +180,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.set, flags)
     if scenario.sweep is None or not (scenario.sweep.energy_budget_J or scenario.sweep.latency_scale):
         raise InputError(args.scenario, "sweep", "nothing to sweep: give --energy-budgets and/or --latency-scales")
+    if args.address is not None and args.backend != "ray":
+        raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
+    if args.backend == "ray":
+        from moe2sim.experiments.backends import import_ray
+
+        import_ray()  # not installed: one line, exit 2, before anything is built
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
-    df = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet)
+    df, diffs = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet, replications=args.replications,
+                         backend_name=args.backend, address=args.address)
     table = comparison(df)
     if table.empty:
         print("no method found a subset within the budgets at any sweep point (see the report's table)")
@@ -191,7 +199,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not versus.empty:
         print("\nMoE² against each baseline, over the points where both keep the budgets:")
         print(versus.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {out.path}/sweep.csv and {out.path}/report.html")
+    paired = f", {out.path}/paired.csv (MoE² − baseline, 95 % intervals over {args.replications} replications)" \
+        if args.replications >= 2 else ""
+    print(f"wrote {out.path}/sweep.csv{paired} and {out.path}/report.html")
     return 0
 
 
@@ -295,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. policy.k=3 or categories.gsm8k.latency_budget_s=5")
+    replications = dict(type=_positive_int, default=1, metavar="R",
+                        help="independent replications (seeds: the scenario seed + 0..R-1); every metric gets a 95 %% "
+                             "Student-t interval across them (R = 1: batch means within the run)")
     allow = dict(action="store_true", help="write into a non-empty folder moe2sim did not write (its files are "
                                             "never overwritten or deleted)")
     scenario_help = "a scenario YAML file, or a bundled scenario's name: quickstart, paper, budget_env"
@@ -315,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help=scenario_help)
     p.add_argument("--out", help="output folder (default: runs/<scenario name>)")
     p.add_argument("--seed", type=_seed, help="override the scenario seed, in [0, 2^63) (default: the scenario's)")
+    p.add_argument("--replications", **replications)
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -339,8 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, metavar="M,M,...",
                    help="of moe2, best_single, greedy_energy, random, all_fit, uniform_vote "
                         "(default: the scenario's sweep block, else all)")
-    p.add_argument("--jobs", type=_positive_int, help="worker processes (default: all cores)")
-    p.add_argument("--out", help="output folder (default: runs/<scenario>-sweep)")
+    p.add_argument("--replications", **replications)
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: a process pool on this machine; ray: a Ray cluster (extra: pip install 'moe2sim[ray]')")
+    p.add_argument("--address", help="Ray cluster address, e.g. auto or ray://HEAD:10001 (default: start a local "
+                                     "Ray instance on this machine)")
+    p.add_argument("--jobs", type=_positive_int, help="workers (default: all cores; ray: all CPUs of the cluster)")
+    p.add_argument("--out", help="output folder (default: runs/<scenario>-sweep); a sweep interrupted there resumes "
+                                 "from its journal sweep.partial.jsonl")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -64,18 +64,24 @@ class OutputDir:
         """An OutputDir as is, or a plain path (a library caller's folder; nothing foreign in it is touched)."""
         return out if isinstance(out, OutputDir) else cls(Path(out))
 
-    def claim(self, names: Iterable[str]) -> None:
-        """Before a run that writes as it goes (e.g. a live run's journal): remove the previous run's files
-        (ours, listed in the manifest) so nothing old looks current, and list `names` as ours."""
+    def adopt(self, names: Iterable[str], fresh: bool = False) -> None:
+        """Before writing `names` into DIR as a run goes (a live run's or a sweep's journal): list them as ours
+        beside the files the manifest lists; `fresh` first removes those files (a previous run's, ours), so
+        nothing old looks current."""
+        names = set(names)
         self.check(names)
         self.path.mkdir(parents=True, exist_ok=True)
-        for name in self.ours():
-            (self.path / name).unlink(missing_ok=True)
-        write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(names)}, indent=1))
+        previous = self.ours()
+        if fresh:
+            for name in previous:
+                (self.path / name).unlink(missing_ok=True)
+        listed = names if fresh else previous | names
+        write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(listed)}, indent=1))
 
     @contextmanager
-    def staged(self) -> Iterator[Path]:
-        """A staging folder whose files become DIR's results only if the block completes."""
+    def staged(self, keep: Iterable[str] = ()) -> Iterator[Path]:
+        """A staging folder whose files become DIR's results only if the block completes; files named in
+        `keep` (written in DIR directly, see `adopt`) stay and stay listed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=self.path.parent))
         try:
@@ -83,12 +89,14 @@ class OutputDir:
             written = sorted(p.name for p in stage.iterdir())
             self.check(written)
             ours = self.ours()
+            kept = {name for name in keep if name in ours and (self.path / name).exists()}
             self.path.mkdir(exist_ok=True)
-            for name in ours - set(written):
+            for name in ours - set(written) - kept:
                 (self.path / name).unlink(missing_ok=True)
             for name in written:
                 (stage / name).replace(self.path / name)
-            write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": written}, indent=1))
+            write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted({*written, *kept})},
+                                                                indent=1))
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 

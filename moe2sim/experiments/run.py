@@ -9,12 +9,12 @@ from typing import Any
 import pandas as pd
 
 from moe2sim.experiments.outputs import OutputDir, write_json
-from moe2sim.report.summary import summarize
+from moe2sim.experiments.replications import replicate, run_summary
 from moe2sim.scenario import Scenario
 from moe2sim.twin import Twin
 
 RESULT_NAMES = ("queries.parquet", "queries.csv", "legs.parquet", "legs.csv", "summary.json", "report.html",
-                "sweep.csv", "windows.csv")
+                "sweep.csv", "windows.csv", "replications.csv", "paired.csv")
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -25,9 +25,7 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
 
 
 def twin_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
-    summary = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                        {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())))
-    return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **summary}
+    return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **run_summary(twin, queries, legs, run_s)}
 
 
 def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataFrame, legs: pd.DataFrame,
@@ -58,26 +56,34 @@ def preflight(scenario: Scenario, out: OutputDir) -> Twin:
     return twin
 
 
-def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True
-                 ) -> dict[str, Any]:
-    from moe2sim.experiments.sweep import moe2_method, run_sweep
+def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True,
+                 replications: int = 1) -> dict[str, Any]:
+    """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
+    0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
+    replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
+    the same replications (sweep.csv, and paired.csv for R ≥ 2)."""
+    from moe2sim.experiments.sweep import moe2_method, paired, sweep_rows, table
+    from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
 
     out = OutputDir.of(out)
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
     twin = preflight(scenario, out)
-    result, queries, legs = twin.simulate(progress=progress)
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary, queries, legs, per_replication = replicate(twin, replications, progress=progress)
     extra = ""
-    sweep = run_sweep(scenario, progress=progress) if scenario.sweep is not None else None
-    from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
-
+    rows = sweep_rows(scenario, replications, progress=progress) if scenario.sweep is not None else None
     setup = [*setup_rows(scenario, twin.policy.subset),
-             *(sweep_setup_rows(scenario, moe2_method(scenario)) if sweep is not None else [])]
+             *(sweep_setup_rows(scenario, moe2_method(scenario)) if rows is not None else [])]
     with out.staged() as stage:
-        if sweep is not None:
+        if replications >= 2:
+            write_table(per_replication, stage / "replications", "csv")
+        if rows is not None:
+            sweep, diffs = table(rows), paired(rows)
             write_table(sweep, stage / "sweep", "csv")
-            extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories])
+            if replications >= 2:
+                write_table(diffs, stage / "paired", "csv")
+            extra = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories],
+                                  diffs)
         write_results(stage, scenario, f"moe2sim run: {scenario.name} (seed {scenario.seed})", queries, legs,
                       summary, extra, setup)
     return summary

@@ -1,4 +1,4 @@
-"""Budget sweeps: MoE² and the baselines across energy and latency budgets.
+"""Budget sweeps: MoE² and the baselines across energy and latency budgets, replicated over seeds.
 
 Each point sets the budgets (one axis varied, the other at the scenario's values), lets the
 method choose its subset S, and reports: U(S) on validation, the test accuracy of the policy
@@ -6,23 +6,32 @@ restricted to S (mix-weighted, all test prompts of the scenario's categories), a
 simulation of the scenario under those budgets (latency and energy as measured in the twin).
 Methods: moe2 (gate + exact monotone selection), best_single, greedy_energy, random, all_fit
 (gate + that baseline's subset), uniform_vote (MoE²'s subset, k experts drawn uniformly, equal
-weights: no gate). Points run in parallel over local cores.
+weights: no gate).
+
+Replications: a unit of work is (point, seed); replication i runs with the seed of
+experiments/replications.py (scenario seed + i), the same seed for every method and budget, so the
+methods see the same arrivals and prompts (common random numbers). `table` gives per (point, method)
+each simulated metric's mean and, with R ≥ 2, its 95 % Student-t interval across replications;
+`paired` the interval of MoE² − baseline from the per-seed differences. Units run on a backend
+(experiments/backends.py: local process pool or Ray), grouped by method so a worker builds a method's
+twin once, and are journaled as they finish (experiments/journal.py).
 """
 from __future__ import annotations
 
-import multiprocessing
-import os
-import signal
-from concurrent.futures import ProcessPoolExecutor
+import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from moe2sim.experiments.backends import Job, Task, backend
+from moe2sim.experiments.journal import NAME as JOURNAL, Journal, fingerprint, normalise
 from moe2sim.experiments.outputs import OutputDir
-from moe2sim.report.summary import summarize
+from moe2sim.experiments.replications import replication_seeds, run_summary
+from moe2sim.report.intervals import t_interval
 from moe2sim.routing.routers import UniformRouter
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets, budgets_of
@@ -34,6 +43,7 @@ METHODS = ("moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform
 # columns of sweep.csv even when no point is feasible (the rest depend on the categories and on `simulate`)
 ALWAYS = ("axis", "value", "method", "energy_budget_J", "feasible", "reason", "within_budget", "subset", "size",
           "U_validation", "accuracy_test", "worst_energy_J")
+KEY = ["axis", "value", "method"]
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,10 @@ def method_twin(scenario: Scenario, method: str) -> Twin:
     return twin
 
 
-def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool) -> dict[str, Any]:
+def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool, seed: int | None = None
+             ) -> dict[str, Any]:
+    """One point: the method's subset under the point's budgets, its test accuracy, and (if `simulate`) the
+    simulated run with `seed` (default: the scenario's)."""
     budgets = budgets_at(scenario, point)
     row: dict[str, Any] = {"axis": point.axis, "value": point.value, "method": point.method,
                            "energy_budget_J": budgets.energy_J}
@@ -95,9 +108,8 @@ def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool) 
                 "worst_energy_J": problem.energy_of(sel.mask)})
     row.update({f"worst_delay_s[{c}]": d for c, d in zip(problem.categories, problem.delay_of(sel.mask))})
     if simulate:
-        _, queries, legs = twin.simulate()
-        s = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                      {e.name: e.slots for e in twin.experts}, float(queries["finish_s"].max()))
+        _, queries, legs = twin.simulate(seed)
+        s = run_summary(twin, queries, legs, 0.0)
         row.update({"sim_accuracy": s["accuracy"], "sim_energy_J_mean": s["energy_J_per_query"],
                     "sim_energy_J_max": float(queries["energy_J"].max()),
                     "sim_violation_rate": s["budget_violations"]["rate"]})
@@ -106,56 +118,128 @@ def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool) 
     return row
 
 
-def _evaluate_group(args: tuple[Scenario, str, list[SweepPoint], bool]) -> list[dict[str, Any]]:
-    """One task: a method's twin, built once, over some of its points."""
-    scenario, method, group, simulate = args
-    twin = method_twin(scenario, method)
-    return [evaluate(scenario, twin, p, simulate) for p in group]
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work: a point simulated with one replication's seed."""
+
+    point: SweepPoint
+    replication: int
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, float, str, int]:
+        return (self.point.axis, float(self.point.value), self.point.method, self.seed)
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the parent, which stops them: no traceback from every worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def row_key(row: dict[str, Any]) -> tuple[str, float, str, int]:
+    """A result row's Unit.key."""
+    return (row["axis"], float(row["value"]), row["method"], int(row["seed"]))
+
+
+def units(scenario: Scenario, replications: int = 1, sweep_points: Iterable[SweepPoint] | None = None) -> list[Unit]:
+    seeds = replication_seeds(scenario.seed, replications)
+    return [Unit(p, i, s) for p in (sweep_points if sweep_points is not None else points(scenario))
+            for i, s in enumerate(seeds)]
+
+
+def _work(scenario: Scenario, twin: Twin, todo: list[Unit]) -> list[dict[str, Any]]:
+    """A task: some units of one method, on that method's twin."""
+    return [{**evaluate(scenario, twin, u.point, scenario.sweep.simulate, u.seed), "replication": u.replication,
+             "seed": u.seed} for u in todo]
+
+
+def tasks_of(todo: list[Unit], workers: int, per_worker: int, max_chunk: int = 64) -> list[Task]:
+    """The units grouped by method, each method's cut into ⌈per_worker · workers / methods⌉ chunks, more if a
+    chunk would exceed `max_chunk` units (a chunk is what is lost to an interruption, and journaled at once)."""
+    by_method: dict[str, list[Unit]] = {}
+    for u in todo:
+        by_method.setdefault(u.point.method, []).append(u)
+    chunks = max(1, -(-per_worker * workers // max(len(by_method), 1)))
+    return [(m, [us[i] for i in idx]) for m, us in by_method.items()
+            for idx in np.array_split(np.arange(len(us)), min(max(chunks, -(-len(us) // max_chunk)), len(us)))]
+
+
+def journal_fingerprint(scenario: Scenario) -> str:
+    """What changes a row's content: the scenario, its sweep's budget lists and methods left out."""
+    return fingerprint(scenario.model_dump_json(exclude={"sweep": {"energy_budget_J", "latency_scale", "methods"}}))
+
+
+def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = None, progress: bool = True,
+               sweep_points: Iterable[SweepPoint] | None = None, backend_name: str = "local",
+               address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
+    """One row per (point, replication), in sweep order. Units already in `journal` (same fingerprint) are
+    not run again; the others run on the backend and are appended to it as their task finishes."""
+    todo = units(scenario, replications, sweep_points)
+    log = Journal(journal, journal_fingerprint(scenario), row_key) if journal is not None else None
+    done = {k: r for k, r in (log.rows.items() if log else ())}
+    wanted = {u.key for u in todo}
+    rows = [r for k, r in done.items() if k in wanted]
+    missing = [u for u in todo if u.key not in done]
+    bar = tqdm(total=len(todo), initial=len(rows), desc="sweep", unit="run", disable=None if progress else True,
+               leave=False)
+    if missing:
+        with backend(backend_name, jobs, address) as engine:
+            job = Job(scenario, method_twin, _work)
+            for group in engine.run(job, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
+                group = [normalise(r) for r in group]
+                if log is not None:
+                    log.append(group)
+                rows += group
+                bar.update(len(group))
+    bar.close()
+    order = {u.key: i for i, u in enumerate(todo)}
+    return pd.DataFrame(sorted(rows, key=lambda r: order[row_key(r)]))
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(METHODS)}
+    return df.sort_values(["axis", "method", "value"], key=lambda c: c.map(order) if c.name == "method" else c,
+                          ignore_index=True, kind="stable")
+
+
+def table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (axis, value, method): the point's columns, `replications`, and each simulated metric (sim_*) as its
+    mean over replications, with `<metric>_low`/`_high`, the 95 % Student-t interval, when R ≥ 2."""
+    sim = [c for c in rows.columns if c.startswith("sim_")]
+    with_interval = rows.groupby(KEY, sort=False).size().max() >= 2
+    out = []
+    for _, g in rows.groupby(KEY, sort=False):
+        row = {**g.iloc[0].drop(["replication", "seed", *sim]).to_dict(), "replications": len(g)}
+        for c in sim:
+            iv = t_interval(g[c].to_numpy(float))
+            row[c] = iv.mean if iv else math.nan
+            if with_interval:
+                row[f"{c}_low"], row[f"{c}_high"] = (iv.low, iv.high) if iv and iv.n >= 2 else (math.nan, math.nan)
+        out.append(row)
+    df = pd.DataFrame(out)
+    return _sorted(df.reindex(columns=[*df.columns, *(c for c in ALWAYS if c not in df.columns)]))
+
+
+def paired(rows: pd.DataFrame, reference: str = "moe2") -> pd.DataFrame:
+    """Per point, baseline and simulated metric: reference − baseline on common random numbers. The per-seed
+    differences d_r (same seed, same arrivals and prompts) give diff_mean and its 95 % Student-t interval."""
+    sim = [c for c in rows.columns if c.startswith("sim_")]
+    out = []
+    for (axis, value), g in rows.groupby(["axis", "value"], sort=False):
+        ref = g[g["method"] == reference].set_index("seed")
+        for method, b in g[g["method"] != reference].groupby("method", sort=False):
+            b = b.set_index("seed")
+            common = ref.index.intersection(b.index)
+            for c in sim:
+                iv = t_interval((ref.loc[common, c] - b.loc[common, c]).to_numpy(float))
+                if iv is not None:
+                    out.append({"axis": axis, "value": value, "method": reference, "baseline": method, "metric": c,
+                                "diff_mean": iv.mean, "low": iv.low if iv.n >= 2 else math.nan,
+                                "high": iv.high if iv.n >= 2 else math.nan, "n": iv.n})
+    cols = ["axis", "value", "method", "baseline", "metric", "diff_mean", "low", "high", "n"]
+    return pd.DataFrame(out, columns=cols)
 
 
 def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True,
-              sweep_points: Iterable[SweepPoint] | None = None) -> pd.DataFrame:
-    """Every point of the sweep; tasks are a method's points in chunks (one twin per task, nothing cached
-    between tasks), run in a process pool of `jobs` workers (1: in this process)."""
-    todo = list(sweep_points if sweep_points is not None else points(scenario))
-    jobs = jobs or os.cpu_count() or 1
-    by_method: dict[str, list[SweepPoint]] = {}
-    for p in todo:
-        by_method.setdefault(p.method, []).append(p)
-    chunks = max(1, -(-jobs // max(len(by_method), 1)))
-    tasks = [(scenario, m, list(g), scenario.sweep.simulate)
-             for m, pts in by_method.items() for g in np.array_split(np.array(pts, dtype=object), chunks) if len(g)]
-    bar = tqdm(total=len(todo), desc="sweep", unit="pt", disable=None if progress else True, leave=False)
-    rows: list[dict[str, Any]] = []
-    if jobs == 1:
-        for t in tasks:
-            rows += _evaluate_group(t)
-            bar.update(len(t[2]))
-    else:
-        # spawn, not fork: a forked child of a process that already ran torch can deadlock
-        pool = ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_sigint)
-        try:
-            for group in pool.map(_evaluate_group, tasks):
-                rows += group
-                bar.update(len(group))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):  # no orphan workers after Ctrl-C
-                proc.terminate()
-            raise
-        pool.shutdown()
-    bar.close()
-    df = pd.DataFrame(rows)
-    df = df.reindex(columns=[*df.columns, *(c for c in ALWAYS if c not in df.columns)])
-    order = {m: i for i, m in enumerate(METHODS)}
-    return df.sort_values(["axis", "method", "value"], key=lambda c: c.map(order) if c.name == "method" else c,
-                          ignore_index=True)
+              sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, backend_name: str = "local",
+              address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
+    """The sweep table (see `table`) of every point of the sweep (or `sweep_points`)."""
+    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, backend_name, address, journal))
 
 
 def comparison(df: pd.DataFrame) -> pd.DataFrame:
@@ -186,15 +270,25 @@ def versus_moe2(df: pd.DataFrame, tie: float = 0.0005) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """`moe2sim sweep`: run the scenario's sweep and write sweep.csv and report.html into `out`."""
+def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True,
+             replications: int = 1, backend_name: str = "local", address: str | None = None
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`moe2sim sweep`: run the scenario's sweep, journaling rows in `out`/sweep.partial.jsonl (a restart on
+    the same folder resumes), and write sweep.csv, paired.csv (R ≥ 2) and report.html. Returns the table and
+    the paired differences."""
     from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows, write_report
 
-    out.check(("sweep.csv", "report.html"))
-    df = run_sweep(scenario, jobs=jobs, progress=progress)
-    with out.staged() as stage:
+    names = ("sweep.csv", "paired.csv", "report.html")
+    out.check((*names, JOURNAL))
+    out.adopt([JOURNAL])
+    rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, out.path / JOURNAL)
+    df, diffs = table(rows), paired(rows)
+    with out.staged(keep=[JOURNAL]) as stage:
         df.to_csv(stage / "sweep.csv", index=False)
+        if replications >= 2:
+            diffs.to_csv(stage / "paired.csv", index=False)
         write_report(stage / "report.html", f"moe2sim sweep: {scenario.name}", None, None, {}, scenario.description,
-                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories]),
+                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories],
+                                   diffs),
                      [*setup_rows(scenario), *sweep_setup_rows(scenario, moe2_method(scenario))])
-    return df
+    return df, diffs

@@ -82,16 +82,28 @@ def energy_per_expert(summary: dict[str, Any]) -> plt.Figure:
     return fig
 
 
+def _estimate(summary: dict[str, Any], metric: str, value: float | None) -> tuple[float | None, float]:
+    """(estimate, 95 % half-width) of a flattened metric: the interval's mean if the summary has one, else
+    `value` with half-width 0."""
+    iv = summary.get("intervals", {}).get(metric)
+    if iv is None or iv.get("mean") is None:
+        return value, 0.0
+    return iv["mean"], (iv["high"] - iv["low"]) / 2 if iv.get("high") is not None else 0.0
+
+
 def accuracy_per_category(summary: dict[str, Any]) -> plt.Figure | None:
+    """Accuracy per category with its 95 % interval as an error bar (when the summary has intervals)."""
     cats = summary["categories"]
     if not cats:
         return None
+    est = [_estimate(summary, f"categories.{n}.accuracy", c["accuracy"]) for n, c in cats.items()]
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    ax.bar(list(cats), [c["accuracy"] or 0.0 for c in cats.values()])
+    ax.bar(list(cats), [e or 0.0 for e, _ in est], yerr=[h for _, h in est], capsize=4)
     if summary["accuracy"] is not None:
-        ax.axhline(summary["accuracy"], color="k", ls="--", lw=1, label=f"overall {summary['accuracy']:.3f}")
+        overall, half = _estimate(summary, "accuracy", summary["accuracy"])
+        ax.axhline(overall, color="k", ls="--", lw=1, label=f"overall {overall:.3f} ± {half:.3f}")
         ax.legend()
-    ax.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy per category")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title="Accuracy per category (bars: 95 % interval)")
     return fig
 
 
@@ -114,13 +126,27 @@ def _violations(block: dict[str, Any], kind: str) -> str:
     return f"{n} ({n / total:.1%})" if total else "0"
 
 
+def _cell(summary: dict[str, Any], metric: str, value: float | None, digits: int) -> str:
+    """`value`, or "mean ± half-width" of its 95 % interval when the summary has one."""
+    est, half = _estimate(summary, metric, value)
+    interval = metric in summary.get("intervals", {}) and est is not None
+    return _fmt(est, f".{digits}f") + (f" ± {half:.{digits}f}" if interval else "")
+
+
 def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy, latency and energy
-    budget violations (count and share of the queries)."""
-    blocks = {**summary["categories"], "all": summary}
-    return [[name, b["queries"], _fmt(b["accuracy"], ".3f"), _fmt(b["latency_s"]["mean"], ".3f"),
-             _fmt(b["latency_s"]["p95"], ".3f"), _fmt(b["energy_J_per_query"], ".1f"),
-             _violations(b, "latency"), _violations(b, "energy")] for name, b in blocks.items()]
+    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy (with replications each
+    the estimate ± the half-width of its 95 % interval), latency and energy budget violations (count and
+    share of the queries)."""
+    blocks = {**{f"categories.{n}.": b for n, b in summary["categories"].items()}, "": summary}
+    rows = []
+    for prefix, b in blocks.items():
+        rows.append([prefix.split(".")[1] if prefix else "all", b["queries"],
+                     _cell(summary, f"{prefix}accuracy", b["accuracy"], 3),
+                     _cell(summary, f"{prefix}latency_s.mean", b["latency_s"]["mean"], 3),
+                     _cell(summary, f"{prefix}latency_s.p95", b["latency_s"]["p95"], 3),
+                     _cell(summary, f"{prefix}energy_J_per_query", b["energy_J_per_query"], 1),
+                     _violations(b, "latency"), _violations(b, "energy")])
+    return rows
 
 
 SUMMARY_HEADER = ["category", "queries", "accuracy", "latency mean (s)", "latency p95 (s)",
@@ -196,6 +222,12 @@ def sweep_subsets(df: pd.DataFrame, experts: list[str]) -> plt.Figure | None:
     return fig
 
 
+def _band(ax: plt.Axes, df: pd.DataFrame, x: str, metric: str, color: str | None = None) -> None:
+    """The 95 % interval of `metric` (columns <metric>_low/_high, present with ≥ 2 replications) as a band."""
+    if f"{metric}_low" in df.columns:
+        ax.fill_between(df[x], df[f"{metric}_low"], df[f"{metric}_high"], alpha=0.25, color=color, lw=0)
+
+
 def sweep_energy(df: pd.DataFrame) -> plt.Figure | None:
     """Simulated energy per query of MoE² against the energy budget it was given."""
     part = _axis(df, "energy", "moe2")
@@ -204,6 +236,7 @@ def sweep_energy(df: pd.DataFrame) -> plt.Figure | None:
     e, none = part[_feasible(part)], part[~_feasible(part)]
     fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.plot(e["energy_budget_J"], e["sim_energy_J_mean"], marker="o", label="mean per query")
+    _band(ax, e, "energy_budget_J", "sim_energy_J_mean")
     ax.plot(e["energy_budget_J"], e["sim_energy_J_max"], marker="^", label="max per query")
     ax.plot(e["energy_budget_J"], e["worst_energy_J"], ls="--", label="predicted worst case")
     ax.plot(part["energy_budget_J"], part["energy_budget_J"], "k:", label="budget")
@@ -225,12 +258,46 @@ def sweep_latency(df: pd.DataFrame, categories: list[str]) -> plt.Figure | None:
     fig, ax = plt.subplots(figsize=FIGSIZE)
     for c in categories:
         line, = ax.plot(lat[f"latency_budget_s[{c}]"], lat[f"sim_latency_p95_s[{c}]"], marker="o", label=f"{c} p95")
+        _band(ax, lat, f"latency_budget_s[{c}]", f"sim_latency_p95_s[{c}]", line.get_color())
         ax.plot(lat[f"latency_budget_s[{c}]"], lat[f"worst_delay_s[{c}]"], ls="--", color=line.get_color())
         ax.plot(none[f"latency_budget_s[{c}]"], none[f"latency_budget_s[{c}]"], color=line.get_color(), **INFEASIBLE)
     budgets = part[[f"latency_budget_s[{c}]" for c in categories]].to_numpy()
     ax.plot([budgets.min(), budgets.max()], [budgets.min(), budgets.max()], "k:", label="budget")
     ax.set(xscale="log", yscale="log", xlabel="latency budget (s)", ylabel="simulated p95 latency (s)",
            title="MoE² latency vs budget (dashed: predicted worst case; ×: infeasible)")
+    ax.legend()
+    return fig
+
+
+def sweep_simulated_accuracy(df: pd.DataFrame, axis: str) -> plt.Figure | None:
+    """Simulated accuracy vs one budget axis per method, with the 95 % band across replications."""
+    part = df[(df["axis"] == axis) & _feasible(df)]
+    if part.empty or "sim_accuracy" not in part:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for method, g in part.groupby("method", sort=False):
+        line, = ax.plot(g["value"], g["sim_accuracy"], marker="o", label=method)
+        _band(ax, g, "value", "sim_accuracy", line.get_color())
+    ax.set(xscale="log", xlabel=f"{axis} budget" + (" (J per query)" if axis == "energy" else " (x scenario's)"),
+           ylabel="simulated accuracy", title=f"Simulated accuracy vs {axis} budget (band: 95 % interval)")
+    ax.legend()
+    return fig
+
+
+def sweep_paired(diffs: pd.DataFrame | None, axis: str, metric: str = "sim_accuracy") -> plt.Figure | None:
+    """MoE² − baseline per budget on common random numbers, with 95 % error bars of the paired difference."""
+    if diffs is None or diffs.empty or not diffs["low"].notna().any():
+        return None
+    part = diffs[(diffs["axis"] == axis) & (diffs["metric"] == metric)]
+    if part.empty:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    for baseline, g in part.groupby("baseline", sort=False):
+        ax.errorbar(g["value"], g["diff_mean"], yerr=[g["diff_mean"] - g["low"], g["high"] - g["diff_mean"]],
+                    marker="o", capsize=3, label=baseline)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set(xscale="log", xlabel=f"{axis} budget", ylabel=f"MoE² − baseline ({metric})",
+           title=f"Paired difference vs {axis} budget (bars: 95 % interval)")
     ax.legend()
     return fig
 
@@ -245,7 +312,9 @@ def infeasible_table(df: pd.DataFrame) -> str:
             + _table(rows, ["axis", "value", "method", "why"]))
 
 
-def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -> str:
+def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str],
+                  diffs: pd.DataFrame | None = None) -> str:
+    """The sweep's figures, one per image; with replications, 95 % bands and the paired differences."""
     figures: list[Figure] = [
         (lambda: sweep_accuracy(df, "energy", "energy budget (J per query)"),
          "Test accuracy of each method against the energy budget"),
@@ -254,6 +323,10 @@ def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -
         (lambda: sweep_subsets(df, experts), "Experts MoE² selects at each energy budget"),
         (lambda: sweep_energy(df), "Simulated energy per query of MoE² against its energy budget"),
         (lambda: sweep_latency(df, categories), "Simulated p95 latency of MoE² per category against its budget"),
+        *((lambda a=axis: sweep_simulated_accuracy(df, a), f"Simulated accuracy of each method against the {axis} "
+           "budget, with its 95 % interval") for axis in ("energy", "latency")),
+        *((lambda a=axis: sweep_paired(diffs, a), f"MoE² minus each baseline (paired, common random numbers) "
+           f"against the {axis} budget, with 95 % intervals") for axis in ("energy", "latency")),
     ]
     return f"<h2>Budget trade-offs: MoE² vs baselines</h2>{images(figures)}{infeasible_table(df)}"
 
@@ -325,7 +398,9 @@ def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.D
     """report.html: the set-up table (if given), the summary (if a run) and `extra_html`."""
     body = setup_section(setup) if setup else ""
     if summary is not None:
-        body += f"""<h2>Results</h2>{_table(summary_rows(summary), SUMMARY_HEADER)}
+        method = summary.get("interval_method")
+        note = f"<p>± : half-width of the 95 % interval, {html.escape(method)}.</p>" if method else ""
+        body += f"""<h2>Results</h2>{_table(summary_rows(summary), SUMMARY_HEADER)}{note}
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
 + {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s. A latency violation is an answer
 past its category's latency budget; an energy violation, a query whose active energy exceeds the energy

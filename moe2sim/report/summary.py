@@ -43,6 +43,12 @@ def _block(queries: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
+    """The metrics of the queries alone (no run length, no legs): overall and per category. Batch means
+    (report/intervals.py) compute these on consecutive batches of one run."""
+    return {**_block(queries), "categories": {str(c): _block(g) for c, g in queries.groupby("category", observed=True)}}
+
+
 def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str, float],
               slots: dict[str, int], run_s: float) -> dict[str, Any]:
     """The summary.json contract: overall block, per category, per expert."""

@@ -1,0 +1,183 @@
+"""Where a batch of independent tasks runs: this machine's cores, or a Ray cluster. Registry `BACKENDS`.
+
+A `Job` says what to run, independently of where: a `context` shipped to workers once (a scenario), a
+`prepare(context, group)` that builds a group's state once per worker (a method's twin), and a
+`work(context, state, items)` that returns one result per item. Tasks are (group, items) pairs; a
+backend yields each task's results as soon as that task finishes (any order), so the caller can journal
+them and show progress. Neither backend schedules by hand: the process pool's queue and Ray's
+ActorPool hand tasks to whichever worker is free.
+
+- `local`: a process pool (spawn) of `jobs` workers, or this process when jobs = 1. The context is
+  pickled with each task and the state is built once per task.
+- `ray`: one actor per CPU of the cluster (`ray.init(address)`; no address: a local instance on this
+  machine). The context goes into Ray's object store once (ray.put: one copy per node) and each actor
+  keeps the state of every group it has served, so a method's twin is built at most once per actor.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Protocol
+
+from moe2sim.errors import InputError
+
+Task = tuple[str, list[Any]]
+
+
+@dataclass(frozen=True)
+class Job:
+    context: Any
+    prepare: Callable[[Any, str], Any]
+    work: Callable[[Any, Any, list[Any]], list[Any]]
+
+
+class Backend(Protocol):
+    """Used as a context manager: entering connects (Ray) and fixes `workers`; leaving releases what it started."""
+
+    workers: int
+    tasks_per_worker: int
+
+    def __enter__(self) -> "Backend": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+        """Each task's results, as tasks finish."""
+
+
+def _run_task(job: Job, task: Task) -> list[Any]:
+    group, items = task
+    return job.work(job.context, job.prepare(job.context, group), items)
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent, which stops them: no traceback from every worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class LocalBackend:
+    """This machine: a spawn process pool of `jobs` workers (default: all cores), or in-process for jobs = 1."""
+
+    tasks_per_worker = 1
+
+    def __init__(self, jobs: int | None = None, address: str | None = None) -> None:
+        if address is not None:
+            raise InputError("--address", address, "only the ray backend connects to a cluster")
+        self.workers = jobs or os.cpu_count() or 1
+
+    def __enter__(self) -> "LocalBackend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+        if self.workers == 1 or len(tasks) <= 1:
+            states: dict[str, Any] = {}
+            for group, items in tasks:
+                if group not in states:
+                    states[group] = job.prepare(job.context, group)
+                yield job.work(job.context, states[group], items)
+            return
+        # spawn, not fork: a forked child of a process that already ran torch can deadlock
+        pool = ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)),
+                                   mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
+        try:
+            pending = {pool.submit(_run_task, job, t) for t in tasks}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(getattr(pool, "_processes", {}).values()):  # no orphan workers after Ctrl-C
+                proc.terminate()
+            raise
+        pool.shutdown()
+
+
+class GroupWorker:
+    """A Ray actor's body: the job's context (fetched once from the object store) and the state of every
+    group this actor has served."""
+
+    def __init__(self, context: Any, prepare: Callable[[Any, str], Any],
+                 work: Callable[[Any, Any, list[Any]], list[Any]]) -> None:
+        self.context, self.prepare, self.work = context, prepare, work
+        self.states: dict[str, Any] = {}
+
+    def run(self, task: Task) -> list[Any]:
+        group, items = task
+        if group not in self.states:
+            self.states[group] = self.prepare(self.context, group)
+        return self.work(self.context, self.states[group], items)
+
+
+def import_ray():
+    """Ray, or one clear InputError (exit 2) naming the extra to install."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--backend", "ray", "Ray is not installed; install the extra: pip install 'moe2sim[ray]'"
+                         ) from None
+    return ray
+
+
+class RayBackend:
+    """A Ray cluster at `address` (e.g. ray://head:10001 or auto), or a local instance started here and shut
+    down after the run. Workers: `jobs` actors, default one per CPU the cluster has."""
+
+    tasks_per_worker = 4
+
+    def __init__(self, jobs: int | None = None, address: str | None = None) -> None:
+        self.ray = import_ray()
+        self.jobs, self.address = jobs, address
+        self.workers = jobs or 1
+        self.started = False
+
+    def __enter__(self) -> "RayBackend":
+        """Connect to the cluster, or start a local instance (then shut down on exit); workers = its CPUs
+        (at most `jobs`)."""
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"address": self.address} if self.address else {
+                "num_cpus": self.jobs or os.cpu_count() or 1, "include_dashboard": False}
+            ray.init(log_to_driver=False, **kwargs)
+            self.started = True
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.workers = max(1, min(self.jobs or cpus, cpus))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+        from ray.util import ActorPool
+
+        ray = self.ray
+        context = ray.put(job.context)
+        actor = ray.remote(num_cpus=1)(GroupWorker)
+        actors = [actor.remote(context, job.prepare, job.work) for _ in range(max(1, min(self.workers, len(tasks))))]
+        pool = ActorPool(actors)
+        for task in tasks:
+            pool.submit(lambda a, t: a.run.remote(t), task)
+        try:
+            while pool.has_next():
+                yield pool.get_next_unordered()
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": RayBackend}
+
+
+def backend(name: str, jobs: int | None = None, address: str | None = None) -> Backend:
+    """The backend `name` (a key of BACKENDS) with `jobs` workers."""
+    if name not in BACKENDS:
+        raise InputError("--backend", name, f"unknown backend; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name](jobs, address)
