@@ -26,7 +26,8 @@ def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
 
 def twin_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
     summary = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                        {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())))
+                        {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
+                        {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
     return {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **summary}
 
 

@@ -90,7 +90,8 @@ def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool) 
     if simulate:
         _, queries, legs = twin.simulate()
         s = summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                      {e.name: e.slots for e in twin.experts}, float(queries["finish_s"].max()))
+                      {e.name: e.slots for e in twin.experts}, float(queries["finish_s"].max()),
+                      {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
         row.update({"sim_accuracy": s["accuracy"], "sim_energy_J_mean": s["energy_J_per_query"],
                     "sim_energy_J_max": float(queries["energy_J"].max()),
                     "sim_violation_rate": s["budget_violations"]["rate"]})

@@ -167,6 +167,10 @@ def windows_section(windows: pd.DataFrame, categories: list[str]) -> str:
             f'<img style="width:98%" src="data:image/png;base64,{_png(windows_plot(windows, categories))}">')
 
 
+def boundaries_text(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {b}" for n, b in summary.get("energy_boundaries", {}).items())
+
+
 def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.DataFrame | None,
                  budgets: dict[str, float], notes: str = "", extra_html: str = "") -> None:
     body = ""
@@ -176,7 +180,9 @@ def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.D
         images = "".join(f'<img src="data:image/png;base64,{_png(f)}">' for f in figures)
         body = f"""{_table(summary_rows(summary), SUMMARY_HEADER)}
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
-+ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>{images}"""
++ {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s.</p>
+<p>Energy boundary per expert: {html.escape(boundaries_text(summary))}.
+<b>{html.escape(summary.get('energy_boundary_note', ''))}</b></p>{images}"""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1300px}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{width:48%;margin:1%}}</style></head>

@@ -1,0 +1,145 @@
+"""A device shared by the requests running on it: an event-driven fluid model of moe2sim.devices.sharing.
+
+Each running request carries its remaining work of the current phase in batch-1 seconds (prefill:
+its sampled ttft; decode: its sampled decode time). Between events the number running, n, is fixed,
+so every request advances at speed 1/(1 + β(n − 1)) of its phase and the device draws P(n); at each
+event (a request reaches the device, finishes its prefill, or finishes) the state is advanced to now,
+finished phases are moved on, waiting requests are admitted (FIFO, up to max_batch), and one timer is
+set for the earliest next phase end. Timers set before a change are stale: a version number ignores
+them. Legs in flight have ttft/decode = inf in their plan (unfinished), their real values when done.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+import simpy
+from simpy.events import Timeout
+
+from moe2sim.devices.sharing import DeviceLaw
+
+if TYPE_CHECKING:
+    from moe2sim.sim.engine import Plan
+
+EPS_S = 1e-9  # remaining batch-1 work below this is done (float residue of advancing)
+
+
+class _Running:
+    __slots__ = ("plan", "i", "j", "expert", "work", "decode", "phase", "energy", "factor", "start", "ttft")
+
+    def __init__(self, plan: "Plan", i: int, j: int, expert: int, factor: float, start: float):
+        self.plan, self.i, self.j, self.expert = plan, i, j, expert
+        self.work = float(plan.ttft_s[i, j])
+        self.decode = float(plan.decode_s[i, j])
+        self.phase = 0
+        self.energy = 0.0
+        self.factor = factor
+        self.start = start
+        self.ttft = 0.0
+
+
+class SharedDevice:
+    """One device, the experts placed on it, a FIFO queue and the running set (see the module docstring).
+
+    `powers[x]` = (prefill W, decode W) of expert x at batch 1 (whole device, within its boundary)."""
+
+    def __init__(self, env: simpy.Environment, law: DeviceLaw, powers: dict[int, tuple[float, float]]):
+        self.env = env
+        self.law = law
+        self.powers = powers
+        self.running: list[_Running] = []
+        self.waiting: deque[tuple["Plan", int, int, int]] = deque()
+        self.t = 0.0
+        self.version = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
+
+    def port(self, expert: int) -> "DevicePort":
+        return DevicePort(self, expert)
+
+    def arrive(self, job: tuple["Plan", int, int], expert: int) -> None:
+        self._advance()
+        self.waiting.append((*job, expert))
+        self._settle()
+
+    def _advance(self) -> None:
+        """Bring every running request's work and energy to env.now at the current n."""
+        now = self.env.now
+        dt = now - self.t
+        self.t = now
+        run = self.running
+        if dt <= 0 or not run:
+            return
+        n = len(run)
+        slow_p, slow_d = self.law.slowdowns(n)
+        step_p, step_d = dt / slow_p, dt / slow_d
+        phase_power = 0.0
+        for r in run:
+            phase_power += self.powers[r.expert][r.phase]
+            r.work -= step_d if r.phase else step_p
+        share = (self.law.power_W(phase_power / n, n) - self.law.idle_power_W) * dt / n
+        for r in run:
+            r.energy += share * r.factor
+
+    def _settle(self) -> None:
+        """Move finished phases on, admit waiting requests, and set the timer for the next phase end."""
+        now = self.env.now
+        run = self.running
+        done = False
+        for r in run:
+            if r.phase == 0 and r.work <= EPS_S:
+                r.phase, r.ttft, r.work = 1, now - r.start, r.decode
+                r.plan.ttft_s[r.i, r.j] = r.ttft
+            if r.phase == 1 and r.work <= EPS_S:
+                r.plan.decode_s[r.i, r.j] = now - r.start - r.ttft
+                r.plan.energy_J[r.i, r.j] = r.energy
+                done = True
+        if done:
+            run = self.running = [r for r in run if not (r.phase == 1 and r.work <= EPS_S)]
+        while self.waiting and len(run) < self.law.max_batch:
+            plan, i, j, x = self.waiting.popleft()
+            run.append(_Running(plan, i, j, x, self._factor(plan, i, j, x), now))
+            plan.start_s[i, j] = now
+            plan.ttft_s[i, j] = plan.decode_s[i, j] = np.inf
+            if run[-1].work <= EPS_S:  # no prefill work (a zero-length ttft)
+                r = run[-1]
+                r.phase, r.work = 1, r.decode
+                plan.ttft_s[i, j] = 0.0
+        if not run:
+            return
+        self.version += 1
+        slow_p, slow_d = self.law.slowdowns(len(run))
+        delay = min(max(r.work, 0.0) * (slow_d if r.phase else slow_p) for r in run)
+        Timeout(self.env, delay, self.version).callbacks.append(self._timer)
+
+    def _factor(self, plan: "Plan", i: int, j: int, expert: int) -> float:
+        """Sampled batch-1 energy / the profile's batch-1 energy of the same times (1 for the profile service)."""
+        p_prefill, p_decode = self.powers[expert]
+        idle = self.law.idle_power_W
+        nominal = (p_prefill - idle) * plan.ttft_s[i, j] + (p_decode - idle) * plan.decode_s[i, j]
+        return float(plan.energy_J[i, j] / nominal) if nominal > 0 else 1.0
+
+    def _timer(self, event: simpy.Event) -> None:
+        if event.value != self.version:
+            return  # a change since this timer was set has rescheduled
+        self._advance()
+        self._settle()
+
+
+class DevicePort:
+    """An expert's entrance to a shared device: the engine's per-expert server interface."""
+
+    __slots__ = ("device", "expert")
+
+    def __init__(self, device: SharedDevice, expert: int):
+        self.device, self.expert = device, expert
+
+    @property
+    def queued(self) -> int:
+        return self.device.queued
+
+    def arrive(self, event: simpy.Event) -> None:
+        self.device.arrive(event.value, self.expert)
