@@ -157,3 +157,57 @@ def test_energy_is_conserved(tmp_path, write_scenario):
     _, alone = simulate(write_scenario, profile, {"dist": "geometric", "mean": 40}, rate=2.0, queries=3000,
                         device=False, prompt_tokens={"dist": "geometric", "mean": 500})
     assert total < alone["energy_J"].sum()
+
+
+def test_fit_concurrency_recovers_a_known_law():
+    from moe2sim.devices.concurrency import ConcurrencyFit, fit_concurrency
+
+    truth = ConcurrencyFit(ttft_base_s=0.02, prefill_tokens_per_s=400.0, decode_tokens_per_s=15.0,
+                           beta_prefill=0.7, beta_decode=0.2)
+    grid = [(p, o, n) for p in (32, 128, 384) for o in (32, 64) for n in (1, 2, 4, 8)]
+    p, o, n = (np.array(x, float) for x in zip(*grid))
+    ttft, dec = truth.predict(p, o, n)
+    import pandas as pd
+    fit = fit_concurrency(pd.DataFrame({"prompt_tokens": p, "output_tokens": o, "concurrency": n,
+                                        "ttft_s": ttft, "decode_s": dec}))
+    for field in ("ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s", "beta_decode"):
+        assert getattr(fit, field) == pytest.approx(getattr(truth, field), rel=1e-6), field
+    assert fit.beta_prefill == pytest.approx(0.7, abs=1e-4)
+
+
+def test_cpu_concurrency_trace_through_the_simulator():
+    """The measured CPU trace (SmolLM2-135M, 1 thread, n equal requests served together, n = 1..8):
+    the law fitted without level n, run through the shared device with n requests arriving together,
+    predicts level n's latency and TTFT about as well as repetitions predict each other (noise floor),
+    and far better than independent slots (no slowdown)."""
+    import pandas as pd
+
+    from conftest import TRACES
+    from moe2sim.devices.concurrency import fit_concurrency
+
+    trace = pd.read_csv(TRACES / "devices" / "cpu_concurrency.csv")
+    trace = trace[trace["warm"]].reset_index(drop=True)
+    latency = (trace["ttft_s"] + trace["decode_s"]).to_numpy()
+    sim_latency = np.empty(len(trace))
+    sim_ttft = np.empty(len(trace))
+    for n, held in trace.groupby("concurrency"):
+        fit = fit_concurrency(trace.drop(held.index))
+        law = DeviceLaw(int(n), fit.beta_decode, fit.beta_prefill, 0.0, math.inf, 0.0)
+        for (p, o), rows in held.groupby(["prompt_tokens", "output_tokens"]):
+            t1, d1 = fit.predict(np.array([p]), np.array([o]), np.array([1]))
+            plan = run_device(law, FakePlan([t1[0]] * int(n), [d1[0]] * int(n), [0.0] * int(n)), [0.0] * int(n))
+            expected = fit.predict(np.array([p]), np.array([o]), np.array([n]))
+            np.testing.assert_allclose(plan.ttft_s, expected[0][0], rtol=1e-9)  # the sim is the closed form
+            np.testing.assert_allclose(plan.decode_s, expected[1][0], rtol=1e-9)
+            sim_latency[rows.index] = plan.ttft_s[0, 0] + plan.decode_s[0, 0]
+            sim_ttft[rows.index] = plan.ttft_s[0, 0]
+    mean = trace.assign(latency=latency).groupby(["prompt_tokens", "output_tokens", "concurrency"])["latency"]
+    floor = np.mean(np.abs(mean.transform("mean").to_numpy() - latency) / latency)
+    law_mape = np.mean(np.abs(sim_latency - latency) / latency)
+    ones = fit_concurrency(trace[trace["concurrency"] == 1])
+    t1, d1 = ones.predict(trace["prompt_tokens"], trace["output_tokens"], np.ones(len(trace)))
+    upper = trace["concurrency"].to_numpy() > 1
+    slots_mape = np.mean(np.abs(t1 + d1 - latency)[upper] / latency[upper])
+    assert law_mape < 1.3 * floor + 0.02, (law_mape, floor)
+    assert law_mape < 0.75 * slots_mape, (law_mape, slots_mape)
+    assert np.mean(np.abs(sim_ttft - trace["ttft_s"]) / trace["ttft_s"]) < 0.4
