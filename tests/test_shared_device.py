@@ -211,3 +211,18 @@ def test_cpu_concurrency_trace_through_the_simulator():
     assert law_mape < 1.3 * floor + 0.02, (law_mape, floor)
     assert law_mape < 0.75 * slots_mape, (law_mape, slots_mape)
     assert np.mean(np.abs(sim_ttft - trace["ttft_s"]) / trace["ttft_s"]) < 0.4
+
+
+def test_hardware_fit_adds_a_batching_block_from_a_concurrency_trace():
+    import pandas as pd
+
+    from conftest import TRACES
+    from hardware.collect import fit
+
+    path = TRACES / "devices" / "cpu_concurrency.csv"
+    profile = fit(pd.read_csv(path), path, "smollm2-135m-cpu", "cpu", 10.0)
+    b = profile.batching
+    assert b is not None and b.max_batch == 8
+    assert 0.05 < b.decode_slowdown.value < 1.0 and 0.2 < b.prefill_slowdown.value < 1.5
+    assert b.power_growth_W.provenance == "assumed"  # no meter on the CPU
+    assert profile.fit_grid is not None and profile.fit_grid.prompt_tokens == (32.0, 384.0)

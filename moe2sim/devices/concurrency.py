@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from moe2sim.devices.profiles import Batching, Sourced
+
 
 @dataclass(frozen=True)
 class ConcurrencyFit:
@@ -68,3 +70,24 @@ def fit_concurrency(trace: pd.DataFrame) -> ConcurrencyFit:
     return ConcurrencyFit(ttft_base_s=max(float(a), 0.0), prefill_tokens_per_s=1.0 / max(float(inv_prefill), 1e-12),
                           decode_tokens_per_s=1.0 / float(d1), beta_prefill=beta_p,
                           beta_decode=max(float(d2 / d1), 0.0))
+
+
+def batching_block(trace: pd.DataFrame, how: str) -> Batching:
+    """The profile's batching block from a trace with several concurrency levels: β_d, β_p fitted
+    (fit_concurrency); max_batch = the highest level measured; g, where the trace has energy, from
+    the device's active power per level, n · mean(active_energy_J / latency) = P(n) − P_idle, by least
+    squares of P(n) − P(1) on (n − 1); else 0, labelled assumed."""
+    law = fit_concurrency(trace)
+    n = trace["concurrency"].to_numpy(float)
+    derived = dict(provenance="derived", source=f"{how} (moe2sim.devices.concurrency.fit_concurrency)")
+    energy = trace["active_energy_J"].to_numpy(float) if "active_energy_J" in trace.columns else np.full(len(n), np.nan)
+    if np.isfinite(energy).all():
+        power = n * energy / (trace["ttft_s"] + trace["decode_s"]).to_numpy(float)
+        levels = np.unique(n)
+        per_level = np.array([power[n == k].mean() for k in levels])
+        growth = Sourced(value=max(float(np.sum((per_level - per_level[0]) * (levels - 1))
+                                         / max(np.sum((levels - 1) ** 2), 1e-12)), 0.0), **derived)
+    else:
+        growth = Sourced(value=0.0, provenance="assumed", source=f"{how}: no energy measured, power growth unknown")
+    return Batching(max_batch=int(n.max()), decode_slowdown=Sourced(value=law.beta_decode, **derived),
+                    prefill_slowdown=Sourced(value=law.beta_prefill, **derived), power_growth_W=growth)
