@@ -12,7 +12,8 @@ For every shipped device trace (default: traces/devices/*.csv):
   predict its rows; beside it the independent-slot model (batch-1 fit on n = 1, no slowdown).
 - noise floor: each warm row against the mean of its own shape (and concurrency): no model of the
   shape can do better on average.
-MAPE and bias (mean signed % error, + = over-predicts) for latency, TTFT and energy (active, and
+MAPE, median absolute % error (robust to the load spikes of a shared machine) and bias (mean signed
+% error, + = over-predicts) for latency, TTFT and energy (active, and
 whole-device = active + idle × latency, where the trace has energy).
 
     python benchmarks/bench_fidelity.py [--trace PATH ...]
@@ -73,12 +74,13 @@ def fit(rows: pd.DataFrame, idle_W: float):
 
 
 def score(pred: pd.DataFrame, real: pd.DataFrame) -> dict[str, float]:
-    """MAPE and bias (%) per quantity; NaN where not measured."""
+    """MAPE, median APE and bias (%) per quantity; NaN where not measured."""
     out = {}
     for q in QUANTITIES:
         err = (pred[q] - real[q]) / real[q] * 100
         out[f"{q}_mape"] = float(err.abs().mean()) if err.notna().any() else np.nan
         out[f"{q}_bias"] = float(err.mean()) if err.notna().any() else np.nan
+        out[f"{q}_mdape"] = float(err.abs().median()) if err.notna().any() else np.nan
     return out
 
 
@@ -136,8 +138,8 @@ def noise_floor(trace: pd.DataFrame) -> pd.DataFrame:
 def row(name: str, s: dict[str, float]) -> str:
     cells = []
     for q in QUANTITIES:
-        m, b = s[f"{q}_mape"], s[f"{q}_bias"]
-        cells.append("–" if np.isnan(m) else f"{m:.1f} ({b:+.1f})")
+        m, md, b = s[f"{q}_mape"], s[f"{q}_mdape"], s[f"{q}_bias"]
+        cells.append("–" if np.isnan(m) else f"{m:.1f} / {md:.1f} ({b:+.1f})")
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
@@ -164,7 +166,7 @@ def report(path: Path) -> None:
         print(row("replay of a held-out shape, rescaled (now)", score(rescaled, trace)))
         print(row("replay of a held-out shape, nearest unscaled (before)", score(unscaled, trace)))
     print(row("noise floor (each row vs its shape's mean)", score(noise_floor(trace), trace)))
-    print("\ncells: MAPE % (bias %, + = over-predicts)")
+    print("\ncells: MAPE % / median APE % (bias %, + = over-predicts)")
 
 
 def main() -> None:

@@ -25,7 +25,9 @@ def test_bundled_profiles_say_what_they_are(path):
     p = load_profile(path)
     assert p.stack is not None and p.quantisation and p.power_mode and p.energy_boundary is not None
     assert p.spread is not None
-    if p.name.startswith("h200"):
+    if p.name.endswith("-cpu"):
+        assert p.energy_boundary == "none" and p.batching is not None and p.fit_grid is not None
+    elif p.name.startswith("h200"):
         assert (p.stack, p.quantisation, p.energy_boundary) == ("transformers", "bf16", "gpu")
         assert p.fit_grid is not None and p.spread.latency_cv.provenance == "measured"
     else:

@@ -202,20 +202,24 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
 
 
 def measured_spread(trace: pd.DataFrame, how: str) -> Spread:
-    """Repetition spread of a device trace: the median over shapes of the coefficient of variation
-    (sample sd / mean) of a row's latency, and of its device power energy_J / latency (whole
-    device; active power where the trace has no energy_J). Shapes with one row are skipped."""
+    """Repetition spread of a device trace: the median over shapes (and concurrency levels) of the
+    coefficient of variation (sample sd / mean) of a row's latency, and of its device power
+    energy_J / latency (whole device; active power where the trace has no energy_J). Shapes with one
+    row are skipped; a trace without energy gets power_cv 0, labelled assumed."""
     t = trace.assign(latency=trace["ttft_s"] + trace["decode_s"])
     energy = t["energy_J"] if "energy_J" in t.columns else t["active_energy_J"]
     t = t.assign(power=energy / t["latency"])
-    groups = t.groupby(["prompt_tokens", "output_tokens"])
-    cv = (groups[["latency", "power"]].std(ddof=1) / groups[["latency", "power"]].mean()).dropna()
+    keys = [k for k in ("prompt_tokens", "output_tokens", "concurrency") if k in t.columns]
+    groups = t.groupby(keys)
+    cv = (groups[["latency", "power"]].std(ddof=1) / groups[["latency", "power"]].mean()).dropna(subset=["latency"])
     if cv.empty:
         raise ValueError("no shape with two or more rows: the spread needs repetitions")
     source = f"{how}: median over {len(cv)} shapes of sd/mean of the repetitions"
-    return Spread(latency_cv=Sourced(value=round(float(cv["latency"].median()), 4), provenance="measured", source=source),
-                  power_cv=Sourced(value=round(float(cv["power"].fillna(0).median()), 4), provenance="measured",
-                                   source=source))
+    power = cv["power"].dropna()
+    power_cv = (Sourced(value=round(float(power.median()), 4), provenance="measured", source=source) if len(power)
+                else Sourced(value=0.0, provenance="assumed", source=f"{how}: no energy measured"))
+    return Spread(latency_cv=Sourced(value=round(float(cv["latency"].median()), 4), provenance="measured",
+                                     source=source), power_cv=power_cv)
 
 
 def profile_error(profile: DeviceProfile, trace: pd.DataFrame) -> dict[str, float]:
