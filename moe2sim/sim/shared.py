@@ -2,11 +2,14 @@
 
 Each running request carries its remaining work of the current phase in batch-1 seconds (prefill:
 its sampled ttft; decode: its sampled decode time). Between events the number running, n, is fixed,
-so every request advances at speed 1/(1 + β(n − 1)) of its phase and the device draws P(n); at each
-event (a request reaches the device, finishes its prefill, or finishes) the state is advanced to now,
-finished phases are moved on, waiting requests are admitted (FIFO, up to max_batch), and one timer is
-set for the earliest next phase end. Timers set before a change are stale: a version number ignores
-them. Legs in flight have ttft/decode = inf in their plan (unfinished), their real values when done.
+so every request advances at speed 1/(1 + β(n − 1)) of its phase. Speeds depend on n only, so a
+prefill ending changes no one's speed, only the phase mix of P1: it is not an event. Advancing to
+now finds the prefills that ended inside the interval (ttft = the instant it ended; the rest of the
+interval goes to decode) and integrates P(n) piecewise between those instants. Events are arrivals
+and completions: at each, the state is advanced, finished requests leave, waiting requests are
+admitted (FIFO, up to max_batch), and one timer is set for the earliest completion. Timers set
+before a change are stale: a version number ignores them. Legs in flight have decode = inf (and
+ttft = inf until their prefill ended) in their plan; their real values once done.
 """
 from __future__ import annotations
 
@@ -26,10 +29,10 @@ EPS_S = 1e-9  # remaining batch-1 work below this is done (float residue of adva
 
 
 class _Running:
-    __slots__ = ("plan", "i", "j", "expert", "work", "decode", "phase", "energy", "factor", "start", "ttft")
+    __slots__ = ("plan", "i", "j", "power", "work", "decode", "phase", "energy", "factor", "start", "ttft")
 
-    def __init__(self, plan: "Plan", i: int, j: int, expert: int, factor: float, start: float):
-        self.plan, self.i, self.j, self.expert = plan, i, j, expert
+    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], factor: float, start: float):
+        self.plan, self.i, self.j, self.power = plan, i, j, power
         self.work = float(plan.ttft_s[i, j])
         self.decode = float(plan.decode_s[i, j])
         self.phase = 0
@@ -66,26 +69,47 @@ class SharedDevice:
         self._settle()
 
     def _advance(self) -> None:
-        """Bring every running request's work and energy to env.now at the current n."""
+        """Bring every running request's work, phase and energy to env.now at the current n."""
         now = self.env.now
-        dt = now - self.t
+        t0 = self.t
+        dt = now - t0
         self.t = now
         run = self.running
         if dt <= 0 or not run:
             return
         n = len(run)
         slow_p, slow_d = self.law.slowdowns(n)
-        step_p, step_d = dt / slow_p, dt / slow_d
         phase_power = 0.0
+        switches: list[tuple[float, float]] = []  # (offset of a prefill end, change of Σ phase power)
         for r in run:
-            phase_power += self.powers[r.expert][r.phase]
-            r.work -= step_d if r.phase else step_p
-        share = (self.law.power_W(phase_power / n, n) - self.law.idle_power_W) * dt / n
+            if r.phase:
+                r.work -= dt / slow_d
+                phase_power += r.power[1]
+                continue
+            phase_power += r.power[0]
+            tau = r.work * slow_p
+            if tau < dt:
+                r.phase, r.ttft = 1, t0 + tau - r.start
+                r.plan.ttft_s[r.i, r.j] = r.ttft
+                r.work = r.decode - (dt - tau) / slow_d
+                switches.append((tau, r.power[1] - r.power[0]))
+            else:
+                r.work -= dt / slow_p
+        law, idle = self.law, self.law.idle_power_W
+        if not switches:
+            active = (law.power_W(phase_power / n, n) - idle) * dt
+        else:
+            active, last = 0.0, 0.0
+            for tau, change in sorted(switches):
+                active += (law.power_W(phase_power / n, n) - idle) * (tau - last)
+                phase_power, last = phase_power + change, tau
+            active += (law.power_W(phase_power / n, n) - idle) * (dt - last)
+        share = active / n
         for r in run:
             r.energy += share * r.factor
 
     def _settle(self) -> None:
-        """Move finished phases on, admit waiting requests, and set the timer for the next phase end."""
+        """Let finished requests leave, admit waiting ones, and set the timer for the earliest completion."""
         now = self.env.now
         run = self.running
         done = False
@@ -101,7 +125,7 @@ class SharedDevice:
             run = self.running = [r for r in run if not (r.phase == 1 and r.work <= EPS_S)]
         while self.waiting and len(run) < self.law.max_batch:
             plan, i, j, x = self.waiting.popleft()
-            run.append(_Running(plan, i, j, x, self._factor(plan, i, j, x), now))
+            run.append(_Running(plan, i, j, self.powers[x], self._factor(plan, i, j, x), now))
             plan.start_s[i, j] = now
             plan.ttft_s[i, j] = plan.decode_s[i, j] = np.inf
             if run[-1].work <= EPS_S:  # no prefill work (a zero-length ttft)
@@ -112,7 +136,8 @@ class SharedDevice:
             return
         self.version += 1
         slow_p, slow_d = self.law.slowdowns(len(run))
-        delay = min(max(r.work, 0.0) * (slow_d if r.phase else slow_p) for r in run)
+        delay = min(max(r.work, 0.0) * slow_d if r.phase else max(r.work, 0.0) * slow_p + r.decode * slow_d
+                    for r in run)
         Timeout(self.env, delay, self.version).callbacks.append(self._timer)
 
     def _factor(self, plan: "Plan", i: int, j: int, expert: int) -> float:
