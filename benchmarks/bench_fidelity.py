@@ -12,6 +12,8 @@ For every shipped device trace (default: traces/devices/*.csv):
   predict its rows; beside it the independent-slot model (batch-1 fit on n = 1, no slowdown).
 - noise floor: each warm row against the mean of its own shape (and concurrency): no model of the
   shape can do better on average.
+A CPU trace with a `cpu_share` column (CPU seconds / wall seconds of the request) is scored twice: all
+warm rows, and only those with cpu_share ≥ 0.8 (measured while no other job took the core).
 MAPE, median absolute % error (robust to the load spikes of a shared machine) and bias (mean signed
 % error, + = over-predicts) for latency, TTFT and energy (active, and
 whole-device = active + idle × latency, where the trace has energy).
@@ -35,6 +37,7 @@ from moe2sim.devices.service import TraceReplayService
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTITIES = ("latency", "ttft", "active_energy", "energy")
+CLEAN_CPU_SHARE = 0.8  # CPU traces: also score the rows measured while the process had the core to itself
 
 
 def read_trace(path: Path) -> tuple[pd.DataFrame, float]:
@@ -143,10 +146,14 @@ def row(name: str, s: dict[str, float]) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
-def report(path: Path) -> None:
+def report(path: Path, min_cpu_share: float | None = None) -> None:
     trace, idle = read_trace(path)
+    title = path.name
+    if min_cpu_share is not None:
+        trace = trace[trace["cpu_share"] >= min_cpu_share].reset_index(drop=True)
+        title += f", rows whose process got ≥ {min_cpu_share:.0%} of a core (uncontended)"
     levels = sorted(trace["concurrency"].unique())
-    print(f"\n### {path.name}: {len(trace)} warm rows, {trace['model'].nunique()} model(s), "
+    print(f"\n### {title}: {len(trace)} warm rows, {trace['model'].nunique()} model(s), "
           f"{trace.groupby(['prompt_tokens', 'output_tokens']).ngroups} shapes, concurrency {[int(n) for n in levels]}"
           + (f", idle {idle:.1f} W" if np.isfinite(idle) else ", no energy measured"))
     print("\n| held out | latency | TTFT | active energy | whole-device energy |")
@@ -175,6 +182,8 @@ def main() -> None:
                         default=sorted((ROOT / "traces" / "devices").glob("*.csv")))
     for path in parser.parse_args().trace:
         report(path)
+        if "cpu_share" in pd.read_csv(path, nrows=1).columns:  # a CPU trace on a shared machine
+            report(path, CLEAN_CPU_SHARE)
 
 
 if __name__ == "__main__":
