@@ -175,19 +175,11 @@ def test_fit_concurrency_recovers_a_known_law():
     assert fit.beta_prefill == pytest.approx(0.7, abs=1e-4)
 
 
-def test_cpu_concurrency_trace_through_the_simulator():
-    """The measured CPU trace (SmolLM2-135M, 1 thread, n equal requests served together, n = 1..8):
-    the law fitted without level n, run through the shared device with n requests arriving together,
-    predicts level n's latency and TTFT about as well as repetitions predict each other (noise floor),
-    and far better than independent slots (no slowdown)."""
-    import pandas as pd
-
-    from conftest import TRACES
+def cpu_trace_through_the_simulator(trace):
+    """Leave-one-concurrency-out: the law fitted without level n, run through the shared device with n
+    requests arriving together; returns the simulated (latency, ttft) of every row."""
     from moe2sim.devices.concurrency import fit_concurrency
 
-    trace = pd.read_csv(TRACES / "devices" / "cpu_concurrency.csv")
-    trace = trace[trace["warm"]].reset_index(drop=True)
-    latency = (trace["ttft_s"] + trace["decode_s"]).to_numpy()
     sim_latency = np.empty(len(trace))
     sim_ttft = np.empty(len(trace))
     for n, held in trace.groupby("concurrency"):
@@ -201,16 +193,39 @@ def test_cpu_concurrency_trace_through_the_simulator():
             np.testing.assert_allclose(plan.decode_s, expected[1][0], rtol=1e-9)
             sim_latency[rows.index] = plan.ttft_s[0, 0] + plan.decode_s[0, 0]
             sim_ttft[rows.index] = plan.ttft_s[0, 0]
-    mean = trace.assign(latency=latency).groupby(["prompt_tokens", "output_tokens", "concurrency"])["latency"]
-    floor = np.mean(np.abs(mean.transform("mean").to_numpy() - latency) / latency)
+    return sim_latency, sim_ttft
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["all-rows", "uncontended-rows"])
+def test_cpu_concurrency_trace_through_the_simulator(clean):
+    """The measured CPU trace (SmolLM2-135M, 1 thread, n equal requests served together, n = 1..8),
+    leave-one-concurrency-out through the shared device. All warm rows: within the noise floor (the
+    VM was shared: later repetitions got ~45 % of a core) and well below independent slots. Rows whose
+    process had ≥ 80 % of a core: latency within 15 % and TTFT within 20 % MAPE, under half the error of
+    independent slots (which under-predict by ~45 % / ~60 % at n > 1)."""
+    import pandas as pd
+
+    from conftest import TRACES
+    from moe2sim.devices.concurrency import fit_concurrency
+
+    trace = pd.read_csv(TRACES / "devices" / "cpu_concurrency.csv")
+    trace = trace[trace["warm"] & ((trace["cpu_share"] >= 0.8) if clean else True)].reset_index(drop=True)
+    latency = (trace["ttft_s"] + trace["decode_s"]).to_numpy()
+    sim_latency, sim_ttft = cpu_trace_through_the_simulator(trace)
     law_mape = np.mean(np.abs(sim_latency - latency) / latency)
+    ttft_mape = np.mean(np.abs(sim_ttft - trace["ttft_s"]) / trace["ttft_s"])
     ones = fit_concurrency(trace[trace["concurrency"] == 1])
     t1, d1 = ones.predict(trace["prompt_tokens"], trace["output_tokens"], np.ones(len(trace)))
     upper = trace["concurrency"].to_numpy() > 1
     slots_mape = np.mean(np.abs(t1 + d1 - latency)[upper] / latency[upper])
-    assert law_mape < 1.3 * floor + 0.02, (law_mape, floor)
-    assert law_mape < 0.75 * slots_mape, (law_mape, slots_mape)
-    assert np.mean(np.abs(sim_ttft - trace["ttft_s"]) / trace["ttft_s"]) < 0.4
+    if clean:
+        assert law_mape < 0.15 and ttft_mape < 0.20, (law_mape, ttft_mape)
+        assert law_mape < 0.5 * slots_mape, (law_mape, slots_mape)
+    else:
+        mean = trace.assign(latency=latency).groupby(["prompt_tokens", "output_tokens", "concurrency"])["latency"]
+        floor = np.mean(np.abs(mean.transform("mean").to_numpy() - latency) / latency)
+        assert law_mape < floor, (law_mape, floor)
+        assert law_mape < 0.85 * slots_mape, (law_mape, slots_mape)
 
 
 def test_hardware_fit_adds_a_batching_block_from_a_concurrency_trace():
