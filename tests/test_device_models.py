@@ -166,3 +166,16 @@ def test_summary_flags_mixed_energy_boundaries(write_scenario):
     assert summary["mixed_boundaries"] is True
     assert "not comparable" in summary["energy_boundary_note"]
     assert summary["experts"]["orin"]["energy_boundary"] == "module"
+
+
+def test_budget_env_runs_with_shared_devices():
+    """Legs in flight on a shared device (decode = inf until done) are neither counted as finished
+    nor lost by the window meter."""
+    from moe2sim.envs.budget_env import BudgetEnv
+
+    env = BudgetEnv(overrides=[f"experts.{i}.device=orin{i % 2}" for i in range(4)], windows=3)
+    env.reset(seed=0)
+    for _ in range(3):
+        _, reward, _, truncated, _ = env.step(env.action_space.sample())
+        assert np.isfinite(reward)
+    assert truncated
