@@ -64,9 +64,10 @@ class SharedDevice:
         return DevicePort(self, expert)
 
     def arrive(self, job: tuple["Plan", int, int], expert: int) -> None:
-        self._advance()
         self.waiting.append((*job, expert))
-        self._settle()
+        if len(self.running) < self.law.max_batch:  # else nothing changes until a completion
+            self._advance()
+            self._settle()
 
     def _advance(self) -> None:
         """Bring every running request's work, phase and energy to env.now at the current n."""
