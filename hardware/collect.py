@@ -18,6 +18,7 @@ import pandas as pd
 from hardware.backends import Backend
 from hardware.meters import SampledCounter
 from moe2sim.errors import InputError
+from moe2sim.devices.concurrency import batching_block
 from moe2sim.devices.profiles import DeviceProfile, Sourced, fit_profile
 
 
@@ -78,10 +79,19 @@ def shape_grid(text: str) -> list[Request]:
 
 def fit(trace: pd.DataFrame, path: Path, name: str, device: str, assume_power_W: float | None
         ) -> DeviceProfile:
-    """Fit a profile on the warm rows; without measured energy, powers must be given and are labelled assumed."""
+    """Fit a profile on the warm rows; without measured energy, powers must be given and are labelled assumed.
+    A trace with several `concurrency` levels gets its batch-1 values from the n = 1 rows and a
+    `batching` block fitted to all (moe2sim.devices.concurrency.batching_block)."""
     warm = trace[trace["warm"].astype(bool)] if "warm" in trace.columns else trace
     if warm.empty:
         raise InputError(path, "warm", "no warm rows to fit")
+    if "concurrency" in warm.columns and warm["concurrency"].nunique() > 1:
+        if not (warm["concurrency"] == 1).any():
+            raise InputError(path, "concurrency", "no warm rows at concurrency 1 for the batch-1 values")
+        alone = fit(warm[warm["concurrency"] == 1].drop(columns="concurrency"), path, name, device, assume_power_W)
+        how = f"fitted by `hardware fit` to {len(warm)} warm rows of {path.name} at concurrency " \
+              f"{sorted(int(n) for n in warm['concurrency'].unique())}"
+        return alone.model_copy(update={"batching": batching_block(warm, how)})
     how = f"fitted by `hardware fit` to {len(warm)} warm rows of {path.name}"
     measured = warm["active_energy_J"].notna().all() and "idle_power_W" in warm.columns
     if measured:

@@ -231,7 +231,7 @@ def tiny_profile(tmp_path_factory, tiny_trace) -> Path:
 def test_collected_trace_replays_in_the_simulator(tmp_path, tiny_trace, tiny_profile):
     """`collect` writes the schema the simulator replays. Without measured energy the replay says what
     to do instead; once the trace has energy (as a metered collection writes it), the simulator draws
-    each leg's timings from the warm rows of the nearest shape."""
+    each leg's timings from the warm rows of the nearest shape, rescaled to the query's shape."""
     from moe2sim.errors import InputError
 
     trace_path = tmp_path / "trace.csv"
@@ -242,11 +242,16 @@ def test_collected_trace_replays_in_the_simulator(tmp_path, tiny_trace, tiny_pro
         Twin.build(load_scenario(scenario, replay))
     assert err.value.file == str(trace_path) and err.value.field == "active_energy_J"
     tiny_trace.assign(active_energy_J=30.0 * tiny_trace["latency_s"]).to_csv(trace_path, index=False)
-    _, queries, legs = Twin.build(load_scenario(scenario, replay)).simulate()
+    twin = Twin.build(load_scenario(scenario, replay))
+    _, queries, legs = twin.simulate()
     assert len(queries) == 10 and len(legs) == 20
     nearest = tiny_trace[tiny_trace["warm"] & (tiny_trace["prompt_tokens"] == 48)
                          & (tiny_trace["output_tokens"] == 8)]  # the scenario asks 32x12
-    assert set(legs["ttft_s"]) <= set(nearest["ttft_s"]) and set(legs["decode_s"]) <= set(nearest["decode_s"])
+    want = twin.experts[0].service.predict(np.array([32]), np.array([12]))
+    have = twin.experts[0].service.predict(np.array([48]), np.array([8]))
+    for column, k in (("ttft_s", 0), ("decode_s", 1)):
+        unscaled = legs[column].to_numpy() * have[k][0] / want[k][0]
+        assert np.isclose(unscaled[:, None], nearest[column].to_numpy()[None, :], rtol=1e-9).any(axis=1).all()
 
 
 def start_server(port_holder: list, backend) -> object:

@@ -222,6 +222,8 @@ def test_fixed_subset_k1_single_expert(write_scenario):
 
 
 def test_trace_replay_service_draws_from_model_warm_rows(write_scenario):
+    """Each leg is a warm row of the nearest trace shape (log space), rescaled to the query's shape by the
+    profile fitted to the trace: q = q(row) · q_fit(query) / q_fit(row shape)."""
     raw = small_raw(queries=1500)
     raw["experts"] = [{"name": "h200", "model": MODELS["llama3-8b"], "profile": "h200-llama-3.1-8b",
                        "service": {"file": "devices/h200_probe.csv", "model": "llama-3.1-8b"}}]
@@ -230,18 +232,28 @@ def test_trace_replay_service_draws_from_model_warm_rows(write_scenario):
     for c in raw["categories"]:
         c["output_tokens"] = {"dist": "lognormal", "mean": 100, "cv": 0.8}
     twin = build(write_scenario, raw)
-    _, queries, legs = twin.simulate(seed=4)
+    with pytest.warns(UserWarning, match="outside the measured"):
+        _, queries, legs = twin.simulate(seed=4)
+    replay = twin.experts[0].service
     trace = pd.read_csv(TRACES / "devices" / "h200_probe.csv")
     warm = trace[(trace["model"] == "llama-3.1-8b") & trace["warm"]]
-    allowed = set(zip(warm["ttft_s"], warm["decode_s"], warm["active_energy_J"]))
-    drawn = set(zip(legs["ttft_s"], legs["decode_s"], legs["energy_J"]))
-    assert drawn <= allowed, "service values not taken from a warm llama-3.1-8b row"
-    assert len(drawn) >= 5  # several shapes and repetitions are used
-    # Each leg's row has the trace shape nearest to the query's (prompt, output) in log space.
-    shapes = np.log(warm[["prompt_tokens", "output_tokens"]].drop_duplicates().to_numpy(float))
     q = queries.set_index("query_id").loc[legs["query_id"]]
-    query = np.log(np.c_[q["prompt_tokens"], q["output_tokens"]].astype(float))
-    nearest = shapes[np.argmin(((query[:, None] - shapes[None]) ** 2).sum(-1), axis=1)]
-    row_shape = {(r.ttft_s, r.decode_s): (r.prompt_tokens, r.output_tokens) for r in warm.itertuples()}
-    got = np.log(np.array([row_shape[(t, d)] for t, d in zip(legs["ttft_s"], legs["decode_s"])], float))
-    np.testing.assert_allclose(got, nearest)
+    p, o = q["prompt_tokens"].to_numpy(float), q["output_tokens"].to_numpy(float)
+    shapes = warm[["prompt_tokens", "output_tokens"]].drop_duplicates().to_numpy(float)
+    query = np.log(np.c_[p, o])
+    nearest = shapes[np.argmin(((query[:, None] - np.log(shapes)[None]) ** 2).sum(-1), axis=1)]
+    want, have = replay.predict(p, o), replay.predict(nearest[:, 0], nearest[:, 1])
+    # Undo the rescaling: the leg must then be one of the nearest shape's warm rows.
+    raw_ttft = legs["ttft_s"].to_numpy() * have[0] / want[0]
+    raw_dec = legs["decode_s"].to_numpy() * have[1] / want[1]
+    raw_energy = legs["energy_J"].to_numpy() * have[2] / want[2]
+    used = set()
+    for t, d, e, (sp, so) in zip(raw_ttft, raw_dec, raw_energy, nearest):
+        rows = warm[(warm["prompt_tokens"] == sp) & (warm["output_tokens"] == so)]
+        match = np.isclose(rows["ttft_s"], t, rtol=1e-9) & np.isclose(rows["decode_s"], d, rtol=1e-9) \
+            & np.isclose(rows["active_energy_J"], e, rtol=1e-9)
+        assert match.any(), "service values are not a rescaled warm row of the nearest shape"
+        used.add(int(rows.index[match.argmax()]))
+    assert len(used) >= 5  # several shapes and repetitions are used
+    exact = (p[:, None] == shapes[None, :, 0]).any(1) & (o[:, None] == shapes[None, :, 1]).any(1)
+    assert not np.allclose(legs["decode_s"].to_numpy()[~exact], raw_dec[~exact])  # other shapes are rescaled

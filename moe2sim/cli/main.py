@@ -50,6 +50,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"intervals: 95 % ({summary['interval_method']})")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
           f"(idle {summary['energy_J_idle_total'] / 1e3:.1f} kJ) over {summary['run_s']:.0f} s; wrote {out.path}/")
+    print("energy boundary per expert: " + ", ".join(f"{n} {b}" for n, b in summary["energy_boundaries"].items()))
+    if summary["energy_boundary_note"]:
+        print(f"warning: {summary['energy_boundary_note']}")
     return 0
 
 

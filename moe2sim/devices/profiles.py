@@ -5,13 +5,24 @@ Model (batch 1, per request):
     decode(o) = o / decode_tokens_per_s                             (o output tokens)
     active energy = (prefill_power_W - idle_power_W) * ttft
                   + (decode_power_W  - idle_power_W) * decode
-Powers are whole-device draw during the phase; idle power is charged separately, to
-every device for the whole run. Every value carries where it came from.
+Powers are whole-device draw during the phase, within the profile's `energy_boundary` (module
+rails, GPU board or wall plug: energies across boundaries are not comparable); idle power is
+charged separately, to every device for the whole run. Every value carries where it came from.
+
+A profile also says what it is: serving `stack`, `quantisation`, `power_mode`. Optional blocks:
+- `batching`: how the device serves n requests at once (moe2sim.devices.sharing): per-request
+  decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1)), prefill likewise with β_p, device power
+  P(n) = min(P(1) + g·(n−1), P_max), at most `max_batch` requests at once. Without it the
+  expert's slots are independent servers (the special case β = 0, g = P(1) − P_idle).
+- `spread`: repetition spread (coefficients of variation of latency and power) the simulator
+  can draw as multiplicative lognormal noise (scenario `service_noise`).
+- `fit_grid`: the prompt and output lengths a fitted profile was measured on; runs warn outside it.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+import warnings
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +33,8 @@ from moe2sim.data.atomic import write_text_atomic
 from moe2sim.errors import InputError, from_validation
 
 Provenance = Literal["measured", "published", "derived", "assumed"]
+Stack = Literal["llama.cpp", "mlc", "vllm", "transformers", "tensorrt-llm"]
+EnergyBoundary = Literal["module", "gpu", "wall", "none"]   # none: no meter (latency-only profile)
 
 
 class Sourced(BaseModel):
@@ -36,6 +49,43 @@ class Sourced(BaseModel):
 # the range of each value a profile may hold (rates in tokens/s, times in s, powers in W)
 PHYSICAL = {"ttft_base_s": (0.0, 1e6), "prefill_tokens_per_s": (1e-3, 1e15), "decode_tokens_per_s": (1e-3, 1e15),
             "prefill_power_W": (0.0, 1e7), "decode_power_W": (0.0, 1e7), "idle_power_W": (0.0, 1e7)}
+class Batching(BaseModel):
+    """The shared-device law (see the module docstring): slowdowns β_d, β_p (dimensionless, per extra
+    running request), power growth g (W per extra request) and the power cap P_max (W, whole device)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    max_batch: Annotated[int, Field(ge=1, le=4096)]
+    decode_slowdown: Sourced
+    prefill_slowdown: Sourced
+    power_growth_W: Sourced
+    max_power_W: Sourced | None = None
+
+
+class Spread(BaseModel):
+    """Repetition spread of one shape: coefficient of variation of latency and of device power."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    latency_cv: Sourced
+    power_cv: Sourced
+    drift: str = Field("", description="day-to-day drift, where collected on more than one day")
+
+
+class FitGrid(BaseModel):
+    """The measured range of a fitted profile: [min, max] prompt and output tokens of its trace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    prompt_tokens: tuple[float, float]
+    output_tokens: tuple[float, float]
+
+    def outside(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> str | None:
+        """A message naming the lengths outside the grid, or None when all lie inside."""
+        out = []
+        for what, lo_hi, x in (("prompt", self.prompt_tokens, prompt_tokens), ("output", self.output_tokens,
+                                                                                output_tokens)):
+            x = np.asarray(x, float)
+            if len(x) and (x.min() < lo_hi[0] or x.max() > lo_hi[1]):
+                out.append(f"{what} tokens {x.min():.0f}–{x.max():.0f} outside the measured {lo_hi[0]:.0f}–{lo_hi[1]:.0f}")
+        return "; ".join(out) or None
 
 
 class DeviceProfile(BaseModel):
@@ -50,6 +100,13 @@ class DeviceProfile(BaseModel):
     prefill_power_W: Sourced
     decode_power_W: Sourced
     idle_power_W: Sourced
+    stack: Stack | None = Field(None, description="serving stack; None: unstated")
+    quantisation: str | None = Field(None, description="weight format, e.g. bf16, q4_0, W4A16")
+    power_mode: str | None = Field(None, description="device power mode, e.g. MAXN, default")
+    energy_boundary: EnergyBoundary | None = Field(None, description="what the powers cover; None: unstated")
+    batching: Batching | None = None
+    spread: Spread | None = None
+    fit_grid: FitGrid | None = None
     fit_error: dict[str, float] | None = Field(None, description="fit residuals, when fitted from a trace")
 
     @model_validator(mode="after")
@@ -64,7 +121,21 @@ class DeviceProfile(BaseModel):
         for f in ("prefill_power_W", "decode_power_W"):
             if getattr(self, f).value < idle:
                 raise ValueError(f"{f} ({getattr(self, f).value} W) is below idle_power_W ({idle} W)")
+        cap = self.batching.max_power_W if self.batching else None
+        if cap is not None and cap.value < max(self.prefill_power_W.value, self.decode_power_W.value):
+            raise ValueError(f"batching.max_power_W ({cap.value} W) is below the batch-1 phase powers")
         return self
+
+    @property
+    def boundary(self) -> str:
+        return self.energy_boundary or "unstated"
+
+    def warn_outside_grid(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray, what: str) -> bool:
+        """Warn (UserWarning) when lengths lie outside the fitted grid; returns whether it warned."""
+        message = self.fit_grid.outside(prompt_tokens, output_tokens) if self.fit_grid else None
+        if message:
+            warnings.warn(f"profile {self.name} used {what}: {message} (extrapolated)", stacklevel=3)
+        return message is not None
 
     def ttft_s(self, prompt_tokens: np.ndarray) -> np.ndarray:
         return self.ttft_base_s.value + np.asarray(prompt_tokens, float) / self.prefill_tokens_per_s.value
@@ -97,14 +168,16 @@ def save_profile(profile: DeviceProfile, path: Path) -> None:
 
 
 def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle: Sourced,
-                how: str, power: Sourced | None = None) -> DeviceProfile:
+                how: str, power: Sourced | None = None, **described) -> DeviceProfile:
     """Relative-error least-squares fit of the profile model to warm rows of a device trace.
 
     ttft_s = a + p / r_prefill;  decode_s = o / r_decode;  active_energy_J = P_act * (ttft + decode),
     so prefill and decode share one active power: the trace's meter (NVML, ~100 ms steps) cannot
     separate a prefill of a few ms. Residuals are weighted by 1/observed (the fit minimises squared
-    relative error, matching the % error it reports). fit_error holds the in-sample errors. A trace
-    without measured energy fits the latency only; its prefill and decode power is then `power`.
+    relative error, matching the % error it reports). fit_error holds the in-sample errors, fit_grid the
+    measured length range (runs warn outside it). A trace without measured energy fits the latency only;
+    its prefill and decode power is then `power`. `described`: stack, quantisation, power_mode,
+    energy_boundary, spread, batching of the profile.
     """
     p = trace["prompt_tokens"].to_numpy(float)
     o = trace["output_tokens"].to_numpy(float)
@@ -128,8 +201,31 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
         prefill_power_W=power,
         decode_power_W=power,
         idle_power_W=idle,
+        fit_grid=FitGrid(prompt_tokens=(float(p.min()), float(p.max())), output_tokens=(float(o.min()), float(o.max()))),
+        **described,
     )
     return profile.model_copy(update={"fit_error": profile_error(profile, trace)})
+
+
+def measured_spread(trace: pd.DataFrame, how: str) -> Spread:
+    """Repetition spread of a device trace: the median over shapes (and concurrency levels) of the
+    coefficient of variation (sample sd / mean) of a row's latency, and of its device power
+    energy_J / latency (whole device; active power where the trace has no energy_J). Shapes with one
+    row are skipped; a trace without energy gets power_cv 0, labelled assumed."""
+    t = trace.assign(latency=trace["ttft_s"] + trace["decode_s"])
+    energy = t["energy_J"] if "energy_J" in t.columns else t["active_energy_J"]
+    t = t.assign(power=energy / t["latency"])
+    keys = [k for k in ("prompt_tokens", "output_tokens", "concurrency") if k in t.columns]
+    groups = t.groupby(keys)
+    cv = (groups[["latency", "power"]].std(ddof=1) / groups[["latency", "power"]].mean()).dropna(subset=["latency"])
+    if cv.empty:
+        raise ValueError("no shape with two or more rows: the spread needs repetitions")
+    source = f"{how}: median over {len(cv)} shapes of sd/mean of the repetitions"
+    power = cv["power"].dropna()
+    power_cv = (Sourced(value=round(float(power.median()), 4), provenance="measured", source=source) if len(power)
+                else Sourced(value=0.0, provenance="assumed", source=f"{how}: no energy measured"))
+    return Spread(latency_cv=Sourced(value=round(float(cv["latency"].median()), 4), provenance="measured",
+                                     source=source), power_cv=power_cv)
 
 
 def profile_error(profile: DeviceProfile, trace: pd.DataFrame) -> dict[str, float]:

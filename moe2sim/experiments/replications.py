@@ -33,7 +33,8 @@ def replication_seeds(seed: int, replications: int) -> list[int]:
 def run_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
     """summary.json's metrics of one run (report/summary.py), the run length at least the last finish."""
     return summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
-                     {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())))
+                     {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
+                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
 
 
 def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:

@@ -392,6 +392,10 @@ def run_figures(summary: dict[str, Any], queries: pd.DataFrame, budgets: dict[st
             (lambda: utilisation(summary), "Busy fraction of each expert's slots")]
 
 
+def boundaries_text(summary: dict[str, Any]) -> str:
+    return ", ".join(f"{n} {b}" for n, b in summary.get("energy_boundaries", {}).items())
+
+
 def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.DataFrame | None,
                  budgets: dict[str, float], notes: str = "", extra_html: str = "",
                  setup: list[list[str]] | None = None) -> None:
@@ -404,7 +408,9 @@ def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.D
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
 + {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s. A latency violation is an answer
 past its category's latency budget; an energy violation, a query whose active energy exceeds the energy
-budget.</p>{images(run_figures(summary, queries, budgets))}"""
+budget.</p>
+<p>Energy boundary per expert: {html.escape(boundaries_text(summary))}.
+<b>{html.escape(summary.get('energy_boundary_note', ''))}</b></p>{images(run_figures(summary, queries, budgets))}"""
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{display:block;width:100%;max-width:825px;

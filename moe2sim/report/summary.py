@@ -3,6 +3,9 @@
 energy_J_per_query is the mean active energy of a query (what the MoE² energy budget bounds);
 energy_J_total adds every device's idle power over the run length to the active energy.
 Utilisation of an expert = its busy slot-seconds / (slots * run length).
+Energies are within each expert's profile boundary (module rails, GPU board, wall plug):
+energy_boundaries names each expert's, and mixed_boundaries is true when the totals add
+energies measured within different boundaries (then they are not one physical quantity).
 """
 from __future__ import annotations
 
@@ -47,11 +50,20 @@ def query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
     """The metrics of the queries alone (no run length, no legs): overall and per category. Batch means
     (report/intervals.py) compute these on consecutive batches of one run."""
     return {**_block(queries), "categories": {str(c): _block(g) for c, g in queries.groupby("category", observed=True)}}
+def boundary_note(boundaries: dict[str, str]) -> str:
+    """One line for reports: '' when every expert shares one stated boundary, else a warning."""
+    kinds = sorted(set(boundaries.values()))
+    if len(kinds) <= 1 and "unstated" not in kinds:
+        return ""
+    per = "; ".join(f"{k}: {', '.join(n for n, b in boundaries.items() if b == k)}" for k in kinds)
+    return (f"energy totals add energies within different (or unstated) boundaries ({per}): "
+            "not comparable across devices")
 
 
 def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str, float],
-              slots: dict[str, int], run_s: float) -> dict[str, Any]:
+              slots: dict[str, int], run_s: float, energy_boundary: dict[str, str] | None = None) -> dict[str, Any]:
     """The summary.json contract: overall block, per category, per expert."""
+    boundaries = {name: (energy_boundary or {}).get(name, "unstated") for name in idle_power_W}
     overall = _block(queries)
     idle = {name: p * run_s for name, p in idle_power_W.items()}
     overall["energy_J_idle_total"] = float(sum(idle.values()))
@@ -68,7 +80,11 @@ def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str,
             "queue_s_mean": _mean_or_none(per_leg["queue_s"].mean().get(name, np.nan)),
             "energy_J_active": float(per_leg["energy_J"].sum().get(name, 0.0)),
             "energy_J_idle": float(idle[name]),
+            "energy_boundary": boundaries[name],
         }
         for name in idle_power_W
     }
+    overall["energy_boundaries"] = boundaries
+    overall["mixed_boundaries"] = len(set(boundaries.values())) > 1
+    overall["energy_boundary_note"] = boundary_note(boundaries)
     return overall

@@ -69,6 +69,10 @@ class Expert(Strict):
     slots: Annotated[int, Field(ge=1, le=100_000)] = 1
     link: Link = Link()
     service: Literal["profile"] | TraceService = "profile"
+    device: str | None = Field(None, min_length=1, description=(
+        "the device it runs on: experts naming the same device share it (its profile's batching law); "
+        "unset: a device of its own"))
+    service_noise: bool | None = Field(None, description="draw the profile's spread as noise; unset: the scenario's")
 
 
 class FixedTokens(Strict):
@@ -243,6 +247,8 @@ class Scenario(Strict):
     name: Name
     description: str = ""
     seed: Seed = 0
+    service_noise: bool = Field(False, description=(
+        "draw every expert's service time and power with its profile's spread (lognormal, mean 1)"))
     data_dir: PathText | None = Field(None, description="folder of the data files; unset: the bundled traces")
     duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] | None = None
     queries: Annotated[int, Field(ge=1, le=MAX_QUERIES)] | None = None

@@ -4,6 +4,8 @@ Per query i routed to experts S_i (|S_i| = k), each leg j on expert n:
     request reaches n  at  a_i + up_n(i)            up = prompt bytes / uplink rate + propagation
     service starts     at  the FIFO turn of a free slot of n   (simpy.Resource, `slots` capacity)
     service time          ttft + decode              (ServiceModel)
+    on a shared device    the device's batching law (moe2sim.sim.shared): n running requests each
+                          progress at 1/(1 + β(n−1)) of batch-1 speed, P(n) split among them
     answer is back     at  end + down_n(i)           down = output bytes / downlink rate + propagation
     latency_i = max_j (answer back) - a_i + aggregation time
     energy_i  = Σ_j active energy of leg j;   idle energy = Σ_devices P_idle · run length.
@@ -25,22 +27,29 @@ import simpy
 from simpy.events import Timeout
 
 from moe2sim.devices.service import ServiceModel
+from moe2sim.devices.sharing import DeviceLaw
 from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Link
 from moe2sim.selection.budgets import Budgets
 from moe2sim.sim.records import Legs, frames
+from moe2sim.sim.shared import DevicePort, SharedDevice
 from moe2sim.workload import QueryBatch
 
 
 @dataclass(frozen=True)
 class SimulatedExpert:
-    """An expert as the simulator sees it: its name, slots, link, service model and idle power."""
+    """An expert as the simulator sees it: its name, slots, link, service model and idle power (its share
+    of its device's). With a `law`, it runs on the shared device `device` (experts with the same device
+    share one); `powers` = its batch-1 (prefill, decode) device power. Without, its slots are independent."""
 
     name: str
     slots: int
     link: Link
     service: ServiceModel
     idle_power_W: float
+    device: str = ""
+    law: DeviceLaw | None = None
+    powers: tuple[float, float] = (0.0, 0.0)
 
 
 @dataclass
@@ -138,6 +147,23 @@ class SlotServer:
             self.busy -= 1
 
 
+def build_servers(env: simpy.Environment, experts: list[SimulatedExpert]) -> list[SlotServer | DevicePort]:
+    """One server per expert: its own SlotServer, or its port on the shared device it names (the law of
+    the device's first expert governs it)."""
+    devices: dict[str, SharedDevice] = {}
+    servers: list[SlotServer | DevicePort] = []
+    for x, e in enumerate(experts):
+        if e.law is None:
+            servers.append(SlotServer(env, e.slots))
+            continue
+        key = e.device or f"expert:{e.name}"
+        if key not in devices:
+            devices[key] = SharedDevice(env, e.law, {})
+        devices[key].powers[x] = e.powers
+        servers.append(devices[key].port(x))
+    return servers
+
+
 class EdgeSimulation:
     """Runs a stream of query batches through k-way fan-out to expert queues.
 
@@ -153,7 +179,7 @@ class EdgeSimulation:
         self.routing_rng = routing_rng
         self.outcome_rng = outcome_rng
         self.env = simpy.Environment()
-        self.servers = [SlotServer(self.env, e.slots) for e in experts]
+        self.servers = build_servers(self.env, experts)
         self.plans: list[Plan] = []
         self.queries = 0
 

@@ -18,7 +18,8 @@ from moe2sim.data.bundled import bundled_path
 from moe2sim.data.embeddings import load_embeddings
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.devices.profiles import DeviceProfile, load_profile
-from moe2sim.devices.service import ProfileService, TraceReplayService
+from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
+from moe2sim.devices.sharing import DeviceLaw
 from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, Outcomes, WeightedVote
@@ -199,10 +200,54 @@ def build_policy(inputs: Inputs, profiles: list[DeviceProfile], workload: Worklo
         raise InputError(sc.file, "energy_budget_J / latency_budget_s", str(exc)) from None
 
 
+def build_service(scenario: Scenario, i: int, profile: DeviceProfile) -> ServiceModel:
+    """The expert's service model, with its profile's spread drawn on top when service noise is on."""
+    ex = scenario.experts[i]
+    service: ServiceModel = (ProfileService(profile) if ex.service == "profile"
+                             else TraceReplayService(scenario.path(ex.service.file), ex.service.model))
+    noise = scenario.service_noise if ex.service_noise is None else ex.service_noise
+    if not noise:
+        return service
+    if profile.spread is None:
+        raise InputError(scenario.file, f"experts.{i}.service_noise",
+                         f"profile '{profile.name}' has no spread block to draw noise from")
+    return NoisyService(service, profile.spread)
+
+
+def device_laws(scenario: Scenario, profiles: list[DeviceProfile]) -> list[DeviceLaw | None]:
+    """Each expert's device law, for experts that name a `device`: the device's first batching profile;
+    time sharing for a device that several experts name without one. None (independent slots, as
+    without devices) for an expert that names no device, or is alone on one without a batching block."""
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(scenario.experts):
+        if ex.device:
+            groups.setdefault(ex.device, []).append(i)
+    laws: list[DeviceLaw | None] = [None] * len(profiles)
+    for members in groups.values():
+        own = [law for law in (DeviceLaw.of(profiles[i]) for i in members) if law is not None]
+        if own:
+            law = own[0]
+        elif len(members) > 1:
+            law = DeviceLaw.time_sharing(sum(scenario.experts[i].slots for i in members),
+                                         profiles[members[0]].idle_power_W.value)
+        else:
+            continue
+        for i in members:
+            laws[i] = law
+    return laws
+
+
 def build_experts(scenario: Scenario, profiles: list[DeviceProfile]) -> list[SimulatedExpert]:
+    """Simulated experts; the idle power of a shared device is split equally among the experts on it."""
+    laws = device_laws(scenario, profiles)
+    sharing = {}
+    for ex in scenario.experts:
+        if ex.device:
+            sharing[ex.device] = sharing.get(ex.device, 0) + 1
     experts = []
-    for ex, profile in zip(scenario.experts, profiles):
-        service = (ProfileService(profile) if ex.service == "profile"
-                   else TraceReplayService(scenario.path(ex.service.file), ex.service.model))
-        experts.append(SimulatedExpert(ex.name, ex.slots, ex.link, service, profile.idle_power_W.value))
+    for i, (ex, profile, law) in enumerate(zip(scenario.experts, profiles, laws)):
+        idle = (law.idle_power_W if law else profile.idle_power_W.value) / sharing.get(ex.device, 1)
+        experts.append(SimulatedExpert(ex.name, ex.slots, ex.link, build_service(scenario, i, profile), idle,
+                                       ex.device or "", law,
+                                       (profile.prefill_power_W.value, profile.decode_power_W.value)))
     return experts

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from moe2sim.devices.profiles import Sourced, fit_profile, save_profile
+from moe2sim.devices.profiles import Sourced, fit_profile, measured_spread, save_profile
 
 HERE = Path(__file__).resolve().parents[1]  # traces/
+# What the probe ran: HF transformers eager, bf16 weights, default clocks, NVML board power (GPU only).
+H200_STACK = dict(stack="transformers", quantisation="bf16", power_mode="default", energy_boundary="gpu")
 
 
 def main() -> None:
@@ -53,7 +55,8 @@ def main() -> None:
            "measured on one NVIDIA H200 with HF transformers eager bf16, batch 1")
     for model, rows in trace[trace["warm"]].groupby("model", sort=False):
         profile = fit_profile(rows, name=f"h200-{model}", device=f"{device['name']} (driver {device['driver']})",
-                              model=f"{model} (architecture-true, bf16, HF transformers eager)", idle=idle, how=how)
+                              model=f"{model} (architecture-true, bf16, HF transformers eager)", idle=idle, how=how,
+                              **H200_STACK, spread=measured_spread(rows, "traces/devices/h200_probe.csv warm rows"))
         save_profile(profile, HERE / "profiles" / f"h200-{model}.yaml")
         print(f"{model:14s} decode {profile.decode_tokens_per_s.value:6.1f} tok/s  "
               f"active {profile.decode_power_W.value - idle_W:5.1f} W  fit {profile.fit_error}")
