@@ -101,6 +101,9 @@ def _check_file_out(path: Path, flag: str) -> None:
     """Before any work: a file to write must not be a folder, and its folder must be writable."""
     import os
 
+    from moe2sim.experiments.outputs import usable_name
+
+    usable_name(path, flag)
     if path.is_dir():
         raise InputError(flag, str(path), "is a folder: give the path of the file to write, e.g. DIR/gate.pt")
     parent = next(p for p in path.absolute().parents if p.exists())
