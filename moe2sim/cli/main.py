@@ -52,6 +52,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strict_json(obj) -> str:
+    """JSON for --json: no NaN or Infinity (they become null), as every JSON moe2sim writes."""
+    from moe2sim.experiments.outputs import strict
+
+    return json.dumps(strict(obj), indent=2, allow_nan=False)
+
+
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     """NAME=VALUE flag values as pairs; anything else is an error naming the flag."""
     out = []
@@ -120,7 +127,7 @@ def cmd_eval_gate(args: argparse.Namespace) -> int:
     options = {**DEFAULT_OPTIONS, **{t: _checked("--options", f"{t}={m}", m, _options_count)
                                      for t, m in _pairs(args.options, "--options")}}
     table = evaluate(gate, data, options)
-    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    print(_strict_json(table) if args.json else format_table(table))
     return 0
 
 
@@ -144,7 +151,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             raise
         raise InputError(" / ".join(budget_flags), None, exc.message) from None
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(_strict_json(out))
         return 0
     print(f"subset  {', '.join(out['subset'])}   (method {out['method']}, top-{out['k']})")
     print(f"U(S)    {out['U']:.4f}  validation accuracy of the gate restricted to S")

@@ -170,6 +170,8 @@ def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progre
     from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows, write_report
 
     out.check(("sweep.csv", "report.html"))
+    if scenario.sweep.simulate:  # before any worker starts: queries must arrive in the simulations
+        Twin.build(scenario, solve=False).check_arrivals()
     df = run_sweep(scenario, jobs=jobs, progress=progress)
     with out.staged() as stage:
         df.to_csv(stage / "sweep.csv", index=False)
