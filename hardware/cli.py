@@ -5,6 +5,7 @@ Bad input and missing hardware print one line and exit with code 2 (no traceback
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -254,8 +255,12 @@ def bounded(kind, flag: str, low: float | None = None, high: float | None = None
 
 def build_parser() -> argparse.ArgumentParser:
     invoked = Path(sys.argv[0]).name
-    parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m hardware", description=__doc__.splitlines()[0])
+    from moe2sim.cli.main import HelpFormatter  # every flag's help ends with its default
+
+    parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m hardware", description=__doc__.splitlines()[0],
+                    formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)
     backend = dict(help="hf:<checkpoint folder or shape: mistral-7b, llama-3-8b, llama-3.2-1b, smollm2-135m, tiny-llama> "
                         "or openai:<base url>[#model]")
     meter = dict(default="auto", help="auto | nvml | jetson | rapl | none (none: energy not measured, NaN)")
@@ -296,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device of a local backend (default cpu)")
     p.add_argument("--meter", **meter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=bounded(int, "--port", 0, 65535, "; 0: any free port"), default=8000)
+    p.add_argument("--port", type=bounded(int, "--port", 0, 65535, "; 0: any free port"), default=8000,
+                   help="port to listen on; 0: any free port")
     p.add_argument("--slots", type=bounded(int, "--slots", 1), default=1,
                    help="requests served at once per expert (they share the device's energy)")
     p.add_argument("--queue", type=bounded(int, "--queue", 0), default=64,
@@ -307,12 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest prompt (400 beyond); default the model's context length")
     p.add_argument("--max-tokens", type=bounded(int, "--max-tokens", 1),
                    help="largest max_tokens (400 beyond); default the model's context length")
-    p.add_argument("--threads", type=bounded(int, "--threads", 1), help="CPU threads of a local backend")
+    p.add_argument("--threads", type=bounded(int, "--threads", 1),
+                   help="CPU threads of a local backend (default: torch's)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("live", help="run a scenario's policy against real endpoints in real time")
     p.add_argument("scenario")
-    p.add_argument("--endpoint", action="append", default=[], metavar="EXPERT=URL", required=True)
+    p.add_argument("--endpoint", action="append", default=[], metavar="EXPERT=URL", required=True,
+                   help="an expert's server (hardware serve) as NAME=http://host:port; one per expert")
     p.add_argument("--speed", type=bounded(float, "--speed", 1e-6), default=1.0, help="arrivals this many times faster than the scenario's")
     p.add_argument("--retries", type=bounded(int, "--retries", 0),
                    help="most retries per leg (default: as many as fit in --retry-horizon-s)")
@@ -328,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failed-fraction", type=bounded(float, "--max-failed-fraction", 0, 1), default=0.0,
                    help="exit with code 3 when more than this fraction of legs failed after their retries "
                         "(default 0: any failed leg)")
-    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), help="override the scenario seed")
+    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), help="override the scenario seed (default: the scenario's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario field")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_live)

@@ -40,6 +40,9 @@ def call(capsys, args: list[str]) -> tuple[int, str, str]:
     (["run", "quickstart", "--set", "policy.k=["], "--set"),
     (["train-gate", "--epochs", "0"], "--epochs"),
     (["train-gate", "--hidden", "-4"], "--hidden"),
+    (["train-gate", "--out", "/tmp/" + "g" * 300], "--out"),
+    (["run", "quickstart", "--out", "runs/nul\0byte"], "--out"),
+    (["validate", "quickstart", "--out", "runs/" + "r" * 300], "--out"),
 ])
 def test_a_bad_flag_is_one_line_naming_it(capsys, args, flag):
     code, _, err = call(capsys, args)

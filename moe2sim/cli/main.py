@@ -56,6 +56,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _strict_json(obj) -> str:
+    """JSON for --json: no NaN or Infinity (they become null), as every JSON moe2sim writes."""
+    from moe2sim.experiments.outputs import strict
+
+    return json.dumps(strict(obj), indent=2, allow_nan=False)
+
+
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
     """NAME=VALUE flag values as pairs; anything else is an error naming the flag."""
     out = []
@@ -112,6 +119,9 @@ def _check_file_out(path: Path, flag: str) -> None:
     """Before any work: a file to write must not be a folder, and its folder must be writable."""
     import os
 
+    from moe2sim.experiments.outputs import usable_name
+
+    usable_name(path, flag)
     if path.is_dir():
         raise InputError(flag, str(path), "is a folder: give the path of the file to write, e.g. DIR/gate.pt")
     parent = next(p for p in path.absolute().parents if p.exists())
@@ -131,7 +141,7 @@ def cmd_eval_gate(args: argparse.Namespace) -> int:
     gate = Gate.load(Path(args.gate) if args.gate else data / "gate.pt")
     options = {t: _checked("--options", f"{t}={m}", m, _options_count) for t, m in _pairs(args.options, "--options")}
     table = evaluate(gate, data, options)
-    print(json.dumps(table, indent=2) if args.json else format_table(table))
+    print(_strict_json(table) if args.json else format_table(table))
     return 0
 
 
@@ -155,7 +165,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             raise
         raise InputError(" / ".join(budget_flags), None, exc.message) from None
     if args.json:
-        print(json.dumps(out, indent=2))
+        print(_strict_json(out))
         return 0
     print(f"subset  {', '.join(out['subset'])}   (method {out['method']}, top-{out['k']})")
     print(f"U(S)    {out['U']:.4f}  validation accuracy of the gate restricted to S")

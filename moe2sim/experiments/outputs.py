@@ -26,6 +26,17 @@ from moe2sim.errors import InputError
 MANIFEST = ".moe2sim-manifest.json"
 
 
+def usable_name(path: Path, flag: str) -> None:
+    """Refuse a name no file system can hold: a NUL, a component over 220 bytes (255 less room for the
+    staging and temporary names made from it), over 4,000 bytes in all."""
+    text = str(path)
+    if "\0" in text:
+        raise InputError(flag, repr(text), "a file or folder name cannot contain a NUL character")
+    longest = max((len(part.encode("utf-8", "surrogateescape")) for part in path.parts), default=0)
+    if longest > 220 or len(text.encode("utf-8", "surrogateescape")) > 4000:
+        raise InputError(flag, text[:80] + "...", "the name is too long for the file system")
+
+
 @dataclass(frozen=True)
 class OutputDir:
     path: Path
@@ -42,6 +53,7 @@ class OutputDir:
     def check(self, names: Iterable[str] = ()) -> None:
         """Refuse, before any work, an output location that would lose a user's file or cannot be written."""
         path = self.path
+        usable_name(path, self.flag)
         if path.exists() and not path.is_dir():
             raise InputError(self.flag, str(path), "exists and is not a folder")
         ours = self.ours()

@@ -280,6 +280,8 @@ def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progre
 
     names = ("sweep.csv", "paired.csv", "report.html")
     out.check((*names, JOURNAL))
+    if scenario.sweep.simulate:  # before any worker starts: queries must arrive in the simulations
+        Twin.build(scenario, solve=False).check_arrivals()
     out.adopt([JOURNAL])
     rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, out.path / JOURNAL)
     df, diffs = table(rows), paired(rows)

@@ -95,7 +95,8 @@ def _replayed(cfg: Replay, scenario: Scenario) -> tuple[np.ndarray, np.ndarray |
     df = read_table(path, {"time_s": "float"}, "arrival file")
     if len(df) > MAX_QUERIES:
         raise InputError(path, None, f"{len(df):,} arrivals, over the limit of {MAX_QUERIES:,} per run")
-    times = df["time_s"].to_numpy(float) * cfg.time_scale
+    with np.errstate(over="ignore"):  # an overflow is reported below, as an error naming the file
+        times = df["time_s"].to_numpy(float) * cfg.time_scale
     if not np.isfinite(times).all() or times.max() > MAX_TIME_S:
         raise InputError(path, "time_s", f"times × time_scale reach {times.max():.3g} s, beyond the limit of "
                                          f"{MAX_TIME_S:.0e} s of simulated time")
