@@ -124,3 +124,20 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(tmp_path, monkeypatch, c
 def test_address_needs_the_ray_backend(tmp_path, capsys):
     rc = main(["sweep", str(QUICKSTART), "--address", "auto", "--energy-budgets", "300", "--out", str(tmp_path / "s")])
     assert rc == 2 and "--address" in capsys.readouterr().err
+
+
+def test_a_ray_actor_builds_each_group_state_once():
+    """GroupWorker is the actor's body: the context it was given, one prepare per group, whatever the calls."""
+    from moe2sim.experiments.backends import GroupWorker, Job, LocalBackend
+
+    built = []
+    job = Job(10, lambda ctx, group: built.append(group) or f"{group}@{ctx}",
+              lambda ctx, state, items: [f"{state}:{i}" for i in items])
+    worker = GroupWorker(job.context, job.prepare, job.work)
+    assert worker.run(("a", [1, 2])) == ["a@10:1", "a@10:2"]
+    assert worker.run(("b", [3])) == ["b@10:3"] and worker.run(("a", [4])) == ["a@10:4"]
+    assert built == ["a", "b"]
+    built.clear()
+    with LocalBackend(jobs=1) as local:  # in process: the same once-per-group rule
+        assert list(local.run(job, [("a", [1]), ("a", [2]), ("b", [3])])) == [["a@10:1"], ["a@10:2"], ["b@10:3"]]
+    assert built == ["a", "b"]
