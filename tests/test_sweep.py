@@ -34,6 +34,7 @@ import pytest  # noqa: E402
 from moe2sim.cli import main  # noqa: E402
 from moe2sim.experiments import sweep as sweep_module  # noqa: E402
 from moe2sim.experiments.journal import NAME as JOURNAL  # noqa: E402
+from moe2sim.experiments.replications import replicate  # noqa: E402
 from moe2sim.experiments.outputs import OutputDir  # noqa: E402
 from moe2sim.experiments.sweep import paired, sweep_rows, sweep_to, table  # noqa: E402
 
@@ -102,11 +103,16 @@ def test_a_changed_scenario_starts_the_journal_afresh(tmp_path):
 def test_ray_backend_gives_the_local_backend_table():
     ray = pytest.importorskip("ray")
     local = sweep_rows(tiny(), replications=2, jobs=1, progress=False)
+    twin = Twin.build(tiny())
+    here = replicate(twin, 3, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, backend_name="ray")
+        there = replicate(twin, 3, backend_name="ray", jobs=2)
     finally:
         ray.shutdown()
+    assert here[0] == there[0]
+    pd.testing.assert_frame_equal(here[3], there[3])
     pd.testing.assert_frame_equal(local, remote)
     pd.testing.assert_frame_equal(table(local), table(remote))
     pd.testing.assert_frame_equal(paired(local), paired(remote))

@@ -41,11 +41,13 @@ def write_results(stage: Path, scenario: Scenario, title: str, queries: pd.DataF
 
 
 def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True,
-                 replications: int = 1) -> dict[str, Any]:
+                 replications: int = 1, backend_name: str = "local", jobs: int | None = None,
+                 address: str | None = None) -> dict[str, Any]:
     """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
     0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
-    the same replications (sweep.csv, and paired.csv for R ≥ 2)."""
+    the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
+    backend (`local`: jobs processes, default all cores; `ray`)."""
     from moe2sim.experiments.sweep import paired, sweep_rows, table
 
     out = OutputDir.of(out)
@@ -53,9 +55,10 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
     twin = Twin.build(scenario)
-    summary, queries, legs, per_replication = replicate(twin, replications, progress=progress)
+    summary, queries, legs, per_replication = replicate(twin, replications, progress, backend_name, jobs, address)
     extra = ""
-    rows = sweep_rows(scenario, replications, progress=progress) if scenario.sweep is not None else None
+    rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
+            if scenario.sweep is not None else None)
     with out.staged() as stage:
         if replications >= 2:
             write_table(per_replication, stage / "replications", "csv")
