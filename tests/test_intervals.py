@@ -65,8 +65,10 @@ def test_seeds_start_at_the_scenario_seed():
 
 def test_run_with_replications_keeps_the_single_run_at_the_top(tmp_path):
     scenario = load_scenario(QUICKSTART, ["queries=300", "outputs.report=false"])
-    one = run_scenario(scenario, tmp_path / "one", progress=False)
-    three = run_scenario(scenario, tmp_path / "three", progress=False, replications=3)
+    one = run_scenario(scenario, tmp_path / "one", progress=False, jobs=1)
+    three = run_scenario(scenario, tmp_path / "three", progress=False, replications=3, jobs=1)
+    pooled = run_scenario(scenario, tmp_path / "pooled", progress=False, replications=3, jobs=2)  # process pool
+    assert pooled == three
     for key in ("queries", "accuracy", "latency_s", "energy_J_per_query", "energy_J_total", "budget_violations"):
         assert one[key] == three[key]
     assert one["interval_method"].startswith("batch means") and three["interval_method"] == "replications (3)"

@@ -34,6 +34,7 @@ import pytest  # noqa: E402
 from moe2sim.cli import main  # noqa: E402
 from moe2sim.experiments import sweep as sweep_module  # noqa: E402
 from moe2sim.experiments.journal import NAME as JOURNAL  # noqa: E402
+from moe2sim.experiments.replications import replicate  # noqa: E402
 from moe2sim.experiments.outputs import OutputDir  # noqa: E402
 from moe2sim.experiments.sweep import paired, sweep_rows, sweep_to, table  # noqa: E402
 
@@ -102,11 +103,16 @@ def test_a_changed_scenario_starts_the_journal_afresh(tmp_path):
 def test_ray_backend_gives_the_local_backend_table():
     ray = pytest.importorskip("ray")
     local = sweep_rows(tiny(), replications=2, jobs=1, progress=False)
+    twin = Twin.build(tiny())
+    here = replicate(twin, 3, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, backend_name="ray")
+        there = replicate(twin, 3, backend_name="ray", jobs=2)
     finally:
         ray.shutdown()
+    assert here[0] == there[0]
+    pd.testing.assert_frame_equal(here[3], there[3])
     pd.testing.assert_frame_equal(local, remote)
     pd.testing.assert_frame_equal(table(local), table(remote))
     pd.testing.assert_frame_equal(paired(local), paired(remote))
@@ -124,3 +130,20 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(tmp_path, monkeypatch, c
 def test_address_needs_the_ray_backend(tmp_path, capsys):
     rc = main(["sweep", str(QUICKSTART), "--address", "auto", "--energy-budgets", "300", "--out", str(tmp_path / "s")])
     assert rc == 2 and "--address" in capsys.readouterr().err
+
+
+def test_a_ray_actor_builds_each_group_state_once():
+    """GroupWorker is the actor's body: the context it was given, one prepare per group, whatever the calls."""
+    from moe2sim.experiments.backends import GroupWorker, Job, LocalBackend
+
+    built = []
+    job = Job(10, lambda ctx, group: built.append(group) or f"{group}@{ctx}",
+              lambda ctx, state, items: [f"{state}:{i}" for i in items])
+    worker = GroupWorker(job.context, job.prepare, job.work)
+    assert worker.run(("a", [1, 2])) == ["a@10:1", "a@10:2"]
+    assert worker.run(("b", [3])) == ["b@10:3"] and worker.run(("a", [4])) == ["a@10:4"]
+    assert built == ["a", "b"]
+    built.clear()
+    with LocalBackend(jobs=1) as local:  # in process: the same once-per-group rule
+        assert list(local.run(job, [("a", [1]), ("a", [2]), ("b", [3])])) == [["a@10:1"], ["a@10:2"], ["b@10:3"]]
+    assert built == ["a", "b"]

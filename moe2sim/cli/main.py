@@ -45,7 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
-    summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications)
+    _check_backend(args)
+    summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications,
+                           backend_name=args.backend, jobs=args.jobs, address=args.address)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
     print(f"intervals: 95 % ({summary['interval_method']})")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
@@ -184,6 +186,16 @@ SWEEP_FLAGS = {"energy_budgets": ("--energy-budgets", "sweep.energy_budget_J"),
                "methods": ("--methods", "sweep.methods")}
 
 
+def _check_backend(args: argparse.Namespace) -> None:
+    """--address only with --backend ray; Ray not installed: one line, exit 2, before anything is built."""
+    if args.address is not None and args.backend != "ray":
+        raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
+    if args.backend == "ray":
+        from moe2sim.experiments.backends import import_ray
+
+        import_ray()
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from moe2sim.experiments.sweep import comparison, sweep_to, versus_moe2
     from moe2sim.scenario import load_scenario
@@ -193,12 +205,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario, args.set, flags)
     if scenario.sweep is None or not (scenario.sweep.energy_budget_J or scenario.sweep.latency_scale):
         raise InputError(args.scenario, "sweep", "nothing to sweep: give --energy-budgets and/or --latency-scales")
-    if args.address is not None and args.backend != "ray":
-        raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
-    if args.backend == "ray":
-        from moe2sim.experiments.backends import import_ray
-
-        import_ray()  # not installed: one line, exit 2, before anything is built
+    _check_backend(args)
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
     df, diffs = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet, replications=args.replications,
                          backend_name=args.backend, address=args.address)
@@ -321,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     replications = dict(type=_positive_int, default=1, metavar="R",
                         help="independent replications (seeds: the scenario seed + 0..R-1); every metric gets a 95 %% "
                              "Student-t interval across them (R = 1: batch means within the run)")
+    backend_flag = dict(choices=["local", "ray"], default="local",
+                        help="local: a process pool on this machine; ray: a Ray cluster (extra: pip install "
+                             "'moe2sim[ray]')")
+    address_flag = dict(help="Ray cluster address, e.g. auto or ray://HEAD:10001 (default: start a local Ray "
+                             "instance on this machine)")
     allow = dict(action="store_true", help="write into a non-empty folder moe2sim did not write (its files are "
                                             "never overwritten or deleted)")
     scenario_help = "a scenario YAML file, or a bundled scenario's name: quickstart, paper, budget_env"
@@ -342,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: runs/<scenario name>)")
     p.add_argument("--seed", type=_seed, help="override the scenario seed, in [0, 2^63) (default: the scenario's)")
     p.add_argument("--replications", **replications)
+    p.add_argument("--backend", **backend_flag)
+    p.add_argument("--address", **address_flag)
+    p.add_argument("--jobs", type=_positive_int, help="workers for replications and the scenario's sweep "
+                                                      "(default: all cores; ray: all CPUs of the cluster)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -367,10 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="of moe2, best_single, greedy_energy, random, all_fit, uniform_vote "
                         "(default: the scenario's sweep block, else all)")
     p.add_argument("--replications", **replications)
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: a process pool on this machine; ray: a Ray cluster (extra: pip install 'moe2sim[ray]')")
-    p.add_argument("--address", help="Ray cluster address, e.g. auto or ray://HEAD:10001 (default: start a local "
-                                     "Ray instance on this machine)")
+    p.add_argument("--backend", **backend_flag)
+    p.add_argument("--address", **address_flag)
     p.add_argument("--jobs", type=_positive_int, help="workers (default: all cores; ray: all CPUs of the cluster)")
     p.add_argument("--out", help="output folder (default: runs/<scenario>-sweep); a sweep interrupted there resumes "
                                  "from its journal sweep.partial.jsonl")

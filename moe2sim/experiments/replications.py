@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from moe2sim.experiments.backends import Job, backend
 from moe2sim.report.intervals import across, batch_means, flatten
 from moe2sim.report.summary import query_metrics, summarize
+from moe2sim.scenario import Scenario
 from moe2sim.twin import Twin
 
 SEED_SPACE = 2**63
@@ -59,19 +62,41 @@ def interval_block(runs: list[dict[str, Any]], first_queries: pd.DataFrame) -> d
             "intervals": batch_means(first_queries, per_query_metrics, BATCHES, WARMUP)}
 
 
-def replicate(twin: Twin, replications: int, progress: bool = False
+def _build(scenario: Scenario, group: str) -> Twin:
+    return Twin.build(scenario)
+
+
+def _summaries(scenario: Scenario, twin: Twin, seeds: list[int]) -> list[tuple[int, dict[str, Any]]]:
+    """A task: the summaries of the runs with these seeds (records stay on the worker)."""
+    out = []
+    for seed in seeds:
+        result, queries, legs = twin.simulate(seed=seed)
+        out.append((seed, run_summary(twin, queries, legs, result.run_s)))
+    return out
+
+
+def replicate(twin: Twin, replications: int, progress: bool = False, backend_name: str = "local",
+              jobs: int | None = 1, address: str | None = None
               ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run `twin` R times (seeds from replication_seeds). Returns the summary (replication 0's metrics at the
     top level, as a single run writes them, plus the interval block and the seeds), replication 0's
-    query and leg records, and one row of flattened metrics per replication."""
+    query and leg records, and one row of flattened metrics per replication. Replication 0 runs here;
+    the others on the backend (experiments/backends.py; default: here too, one after another), which
+    rebuilds the twin from `twin.scenario` and returns only their summaries."""
     seeds = replication_seeds(twin.scenario.seed, replications)
-    runs: list[dict[str, Any]] = []
-    first: tuple[pd.DataFrame, pd.DataFrame] | None = None
-    for seed in seeds:
-        result, queries, legs = twin.simulate(seed=seed, progress=progress)
-        runs.append(run_summary(twin, queries, legs, result.run_s))
-        first = first or (queries, legs)
-    table = pd.DataFrame([{"replication": i, "seed": s, **flatten(r)} for i, (s, r) in enumerate(zip(seeds, runs))])
-    summary = {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **runs[0],
-               **interval_block(runs, first[0]), "replications": {"n": replications, "seeds": seeds}}
-    return summary, first[0], first[1], table
+    result, queries, legs = twin.simulate(seed=seeds[0], progress=progress)
+    runs = {seeds[0]: run_summary(twin, queries, legs, result.run_s)}
+    rest = seeds[1:]
+    if rest and backend_name == "local" and jobs == 1:
+        runs.update(_summaries(twin.scenario, twin, rest))
+    elif rest:
+        with backend(backend_name, jobs, address) as engine:
+            chunks = np.array_split(np.asarray(rest, dtype=object), min(len(rest), engine.workers))
+            tasks = [("twin", [int(x) for x in c]) for c in chunks if len(c)]
+            for group in engine.run(Job(twin.scenario, _build, _summaries), tasks):
+                runs.update(group)
+    ordered = [runs[s] for s in seeds]
+    table = pd.DataFrame([{"replication": i, "seed": s, **flatten(r)} for i, (s, r) in enumerate(zip(seeds, ordered))])
+    summary = {"scenario": twin.scenario.name, "seed": twin.scenario.seed, **ordered[0],
+               **interval_block(ordered, queries), "replications": {"n": replications, "seeds": seeds}}
+    return summary, queries, legs, table

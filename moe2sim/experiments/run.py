@@ -57,11 +57,13 @@ def preflight(scenario: Scenario, out: OutputDir) -> Twin:
 
 
 def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True,
-                 replications: int = 1) -> dict[str, Any]:
+                 replications: int = 1, backend_name: str = "local", jobs: int | None = None,
+                 address: str | None = None) -> dict[str, Any]:
     """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
     0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
-    the same replications (sweep.csv, and paired.csv for R ≥ 2)."""
+    the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
+    backend (`local`: jobs processes, default all cores; `ray`)."""
     from moe2sim.experiments.sweep import moe2_method, paired, sweep_rows, table
     from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
 
@@ -69,9 +71,10 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
     twin = preflight(scenario, out)
-    summary, queries, legs, per_replication = replicate(twin, replications, progress=progress)
+    summary, queries, legs, per_replication = replicate(twin, replications, progress, backend_name, jobs, address)
     extra = ""
-    rows = sweep_rows(scenario, replications, progress=progress) if scenario.sweep is not None else None
+    rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
+            if scenario.sweep is not None else None)
     setup = [*setup_rows(scenario, twin.policy.subset),
              *(sweep_setup_rows(scenario, moe2_method(scenario)) if rows is not None else [])]
     with out.staged() as stage:
