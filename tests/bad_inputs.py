@@ -14,7 +14,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import re
 import signal
 import tempfile
