@@ -14,7 +14,6 @@ import contextlib
 import copy
 import io
 import json
-import math
 import re
 import signal
 import tempfile
@@ -280,9 +279,8 @@ def flags_case(args: list[str]) -> Outcome:
     """The CLI on generated flags (outputs, if any, under a fresh folder)."""
     with tempfile.TemporaryDirectory() as tmp:
         full = [a.replace("{tmp}", tmp) for a in args]
-        out = Path(tmp) / "out"
-        outcome = run_case(full, out if "--out" in full and full[0] in ("run", "sweep", "rollout") else None)
-        return outcome
+        writes = "--out" in full and full[0] in ("run", "sweep", "rollout")
+        return run_case(full, Path(full[full.index("--out") + 1]) if writes else None)
 
 
 # --- outcome files ----------------------------------------------------------------------------------
