@@ -88,3 +88,19 @@ def test_embed_warns_on_shared_prefixes_and_embeds_the_tail(tmp_path, capsys):
     assert "distinct embeddings" not in err
     with np.load(tmp_path / "tail" / "embeddings.npz") as z:
         assert len(np.unique(z["embedding"], axis=0)) == 8
+
+
+def test_embed_never_overwrites_a_users_files(tmp_path, capsys):
+    """`moe2sim embed --out` into a folder holding a user's own prompts.parquet: refused before any work."""
+    from moe2sim.cli import main
+
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "prompts.parquet").write_text("mine")
+    source = tmp_path / "t.json"
+    source.write_text(json.dumps([{"question": "q", "scores": {"a": 1}}]))
+    for extra in ([], ["--allow-existing"]):
+        code = main(["embed", "--quiet", "--test", f"t={source}", "--out", str(out), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and "--out" in err and len(err.strip().splitlines()) == 1
+        assert (out / "prompts.parquet").read_text() == "mine"

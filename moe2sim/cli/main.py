@@ -85,11 +85,14 @@ def _checked(flag: str, item: str, text: str, parse) -> object:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from moe2sim.data.outcomes import OutcomeFile, write_data_folder
+    from moe2sim.data.outcomes import DATA_FILES, OutcomeFile, write_data_folder
 
     sources = [OutcomeFile(task, split, Path(f)) for split, flag in (("train", "--train"), ("test", "--test"))
                for task, f in _pairs(getattr(args, split), flag)]
-    folder = write_data_folder(sources, Path(args.out), args.embed_tail, progress=not args.quiet)
+    output = _output(args, Path(args.out))
+    output.check(DATA_FILES)  # before any work: a user's files in the folder are never overwritten
+    with output.staged() as stage:
+        folder = write_data_folder(sources, stage, args.embed_tail, progress=not args.quiet)
     for warning in folder.warnings:
         print(f"moe2sim: warning: {warning}", file=sys.stderr)
     dropped = f"; {folder.dropped} prompts dropped for a missing outcome" if folder.dropped else ""
@@ -409,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-tail", type=_positive_int, metavar="N",
                    help="embed only each prompt's last N encoder tokens (the part few-shot prompts do not share)")
     p.add_argument("--out", required=True, help="data folder to write (required)")
+    p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = command("train-gate", cmd_train_gate, "train the gating network on a data folder's train split")

@@ -235,6 +235,9 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> None:
         df.to_parquet(tmp, compression="zstd", index=False)
 
 
+DATA_FILES = ("prompts.parquet", "quality.parquet", "embeddings.npz")
+
+
 @dataclass(frozen=True)
 class DataFolder:
     """What `moe2sim embed` wrote, and what it had to leave out or warn about."""
