@@ -141,8 +141,9 @@ def sweep_section(df: pd.DataFrame, experts: list[str], categories: list[str]) -
 
 
 def windows_plot(windows: pd.DataFrame, categories: list[str]) -> plt.Figure:
-    """Per window: the budgets the agent set, the load, and the reward."""
-    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    """Per window: the budgets the agent set, the load, the site (experts down or slow, latency target,
+    energy price), and the reward."""
+    fig, axes = plt.subplots(4, 1, figsize=(10, 9), sharex=True)
     hours = windows["time_s"] / 3600
     ax = axes[0]
     ax.plot(hours, windows["energy_budget_J"], color="k", label="energy budget (J)")
@@ -156,9 +157,21 @@ def windows_plot(windows: pd.DataFrame, categories: list[str]) -> plt.Figure:
     axes[1].plot(hours, windows["queue_max"], label="longest queue")
     axes[1].set_ylabel("load")
     axes[1].legend(fontsize=7)
-    axes[2].plot(hours, windows["reward"], color="tab:green")
-    axes[2].set(ylabel="reward", xlabel="time (h)")
-    axes[0].set_title("Per control window: budgets, load, reward")
+    site = axes[2]
+    for col, label in (("experts_down", "experts down"), ("experts_slow", "experts degraded"),
+                       ("latency_target", "latency target (x budgets)")):
+        if col in windows:
+            site.step(hours, windows[col], where="post", label=label)
+    if "energy_price" in windows:
+        price = site.twinx()
+        price.step(hours, windows["energy_price"], where="post", color="tab:red", label="energy price (per kJ)")
+        price.set_ylabel("energy price per kJ")
+        price.legend(fontsize=7, loc="upper right")
+    site.set_ylabel("site")
+    site.legend(fontsize=7, loc="upper left")
+    axes[3].plot(hours, windows["reward"], color="tab:green")
+    axes[3].set(ylabel="reward", xlabel="time (h)")
+    axes[0].set_title("Per control window: budgets, load, site, reward")
     return fig
 
 
