@@ -8,14 +8,16 @@ Per env (moe2sim/Suite-<name>-v0, subset actions):
 - best constant: every action on the training days (seeds 0, 1, ...); the best mean is scored on the
   held-out days (seeds 1000, 1001, ...);
 - rules (moe2sim.envs.agents): `fixed` (the scenario's budgets), `site` (the best-ranked constant whose
-  experts all run at full speed now; ranking = the training scores) and `site-pace` (the same, with the
-  energy allowance paced by the share of the expected queries seen);
+  experts all run at full speed now; ranking = the training scores), `site-queue` (the same, switching
+  to the fastest such subset while the longest queue is ≥ 3) and `site-pace` (the same as `site`, with
+  the energy allowance paced by the share of the expected queries seen);
 - hindsight bound: per held-out day, the top `--bound-actions` constants by training score are run; the
   bound picks, per window, one of their windows knowing the realised load, maximising the day's reward
   (the energy-allowance term couples windows: a Lagrangian price on energy, scanned). It assumes a
   window's outcome does not depend on earlier choices (queues carry over in reality), so it is an
   estimate of what perfect foresight of the load earns, not a strict upper bound;
-- PPO (moe2sim.envs.ppo.train_ppo, days seed·100000 + k, `--minutes` of training), greedy.
+- PPO (moe2sim.envs.ppo.train_ppo, days seed·100000 + k, `--minutes` of training), greedy; it starts as
+  a clone of the best rule on the training days (behaviour cloning) and PPO improves on it.
 Means over the held-out days with 95 % t-intervals; gains are paired (same days) against the best constant.
 Writes <out>/suite.json, <out>/<env>.pt and prints the markdown table of benchmarks/RESULTS.md.
 """
@@ -57,6 +59,7 @@ def episode(job) -> dict:
     kind, arg = spec
     agent = {"constant": lambda: Constant(env, arg), "site": lambda: SiteRule(env, arg),
              "site-pace": lambda: SiteRule(env, arg, pace=True), "fixed": lambda: build_agent("fixed", env),
+             "site-queue": lambda: SiteRule(env, arg, busy_queue=3.0),
              "torch": lambda: TorchAgent(arg, P("<trained>"))}[kind]()
     cfg = env.cfg
     obs, _ = env.reset(seed=seed)
@@ -73,6 +76,13 @@ def episode(job) -> dict:
 
 
 ENVS: dict = {}  # per worker process: the envs it built (a benchmark script, not library code)
+
+
+def make_teacher(kind: str, env, ranking: list[int]):
+    """The rule PPO starts from (the best rule on the training days)."""
+    from moe2sim.envs.agents import SiteRule
+
+    return SiteRule(env, ranking, pace=kind == "site-pace", busy_queue=3.0 if kind == "site-queue" else None)
 
 
 def hindsight(runs: list[dict], allowance_J: float, per_kJ: float) -> float:
@@ -97,7 +107,7 @@ def bench_env(name: str, pool, args, out: Path) -> dict:
     import gymnasium as gym
 
     from moe2sim.data.checkpoint import save_checkpoint
-    from moe2sim.envs.ppo import train_ppo
+    from moe2sim.envs.ppo import PPOConfig, train_ppo
 
     t0 = time.time()
     env = gym.make(env_id(name)).unwrapped
@@ -108,23 +118,32 @@ def bench_env(name: str, pool, args, out: Path) -> dict:
     ranking = sorted(score, key=lambda a: -score[a])
     top = ranking[:args.bound_actions]
     specs = {f"constant {a}": ("constant", a) for a in top}
-    specs.update({"fixed budgets": ("fixed", None), "site rule": ("site", ranking), "site + pacing": ("site-pace", ranking)})
+    rules = {"fixed budgets": ("fixed", None), "site rule": ("site", ranking), "site + queue": ("site-queue", ranking),
+             "site + pacing": ("site-pace", ranking)}
+    specs.update(rules)
+    on_train = pool.map(episode, [(name, spec, s) for spec in list(rules.values())[1:] for s in train])
+    rule_score = {k: np.mean([x["reward"] for x in on_train[i * len(train):(i + 1) * len(train)]])
+                  for i, k in enumerate(list(rules)[1:])}
+    teacher = max(rule_score, key=rule_score.get)
     jobs = [(name, spec, s) for spec in specs.values() for s in held]
     done = pool.map(episode, jobs)
     runs = {k: done[i * len(held):(i + 1) * len(held)] for i, k in enumerate(specs)}
     bound = np.array([hindsight([runs[f"constant {a}"][i] for a in top], env.cfg.energy_allowance_J,
                                 env.cfg.reward.energy_overshoot_per_kJ) for i in range(len(held))])
     print(f"{name}: constants and rules done in {(time.time() - t0) / 60:.1f} min; training PPO", flush=True)
-    payload = train_ppo(env_id(name), minutes=args.minutes, episodes=args.episodes, seed=0, workers=args.workers)
+    kind = rules[teacher][0]
+    payload = train_ppo(env_id(name), minutes=args.minutes, episodes=args.episodes, seed=0, workers=args.workers,
+                        teacher=lambda e: make_teacher(kind, e, ranking), cfg=PPOConfig(lr=5e-4))
     save_checkpoint(payload, out / f"{name}.pt")
     ppo = pool.map(episode, [(name, ("torch", payload), s) for s in held])
     rewards = {"best constant": [x["reward"] for x in runs[f"constant {ranking[0]}"]],
-               **{k: [x["reward"] for x in runs[k]] for k in ("fixed budgets", "site rule", "site + pacing")},
+               **{k: [x["reward"] for x in runs[k]] for k in rules},
                "PPO agent": [x["reward"] for x in ppo], "hindsight bound": list(bound)}
     base = np.array(rewards["best constant"])
     row = {"env": f"moe2sim/Suite-{name}-v0", "actions": int(n), "best_constant_action": int(ranking[0]),
            "best_constant_subset": "|".join(env.action_table.subsets[ranking[0] - 1]),
            "train_scores": {int(a): float(score[a]) for a in ranking}, "held_out_seeds": held,
+           "rule_train_scores": rule_score, "ppo_teacher": teacher,
            "minutes": (time.time() - t0) / 60, "agents": {}}
     for k, v in rewards.items():
         v = np.array(v, float)

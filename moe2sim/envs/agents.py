@@ -110,15 +110,21 @@ class SiteRule:
     """Subset actions: the best-ranked action whose experts all run at full speed now (obs expert_speed);
     the ranking defaults to U(S), the benchmark passes the constant actions' training scores. With
     pace=True, the energy allowance is paced: while the share of it spent (obs energy_spent) is ahead of
-    the share of the episode's expected queries seen so far, the cheapest (worst-case energy) such action."""
+    the share of the episode's expected queries seen so far, the cheapest (worst-case energy) such action.
+    With busy_queue=q, while the longest queue (obs queue) is at least q, the fastest such action (least
+    worst-case delay, then most experts, then the ranking)."""
 
-    def __init__(self, env: gym.Env, ranking: list[int] | None = None, pace: bool = False):
+    def __init__(self, env: gym.Env, ranking: list[int] | None = None, pace: bool = False,
+                 busy_queue: float | None = None):
         env = budget_env(env)
         table = subset_table(env)
         self.ranking = ranking or sorted(range(1, table.n_actions), key=lambda a: -table.selections[a - 1].utility)
         self.members = {a: np.isin(env.site.names, table.subsets[a - 1]) for a in range(1, table.n_actions)}
         self.energy = {a: table.worst_energy_J[a - 1] for a in range(1, table.n_actions)}
-        self.pace, self.window_s = pace, env.cfg.window_s
+        problem = env.twin.policy.selector.problem
+        self.speed = {a: (float(problem.delay_of(table.selections[a - 1].mask).max()), -len(table.subsets[a - 1]),
+                          self.ranking.index(a)) for a in range(1, table.n_actions)}
+        self.pace, self.busy_queue, self.window_s = pace, busy_queue, env.cfg.window_s
         rate = env.scenario.arrivals.expected_rate_per_s()
         if pace and rate is None:
             raise InputError("arrivals", "process", "energy pacing needs the mean arrival rate (not a replayed file)")
@@ -130,6 +136,8 @@ class SiteRule:
             self.seen = 0.0  # a new episode
         self.seen += float(obs["arrival_rate"].sum()) * self.window_s
         up = [a for a in self.ranking if (obs["expert_speed"][self.members[a]] >= 1).all()] or self.ranking
+        if self.busy_queue is not None and obs["queue"].max() >= self.busy_queue:
+            return min(up, key=self.speed.__getitem__)
         if self.pace and obs["energy_spent"][0] > self.seen / self.expected:
             return min(up, key=self.energy.__getitem__)
         return up[0]
@@ -169,7 +177,7 @@ class TorchAgent:
 
 AGENTS: dict[str, Callable[[BudgetEnv], Agent]] = {
     "fixed": FixedBudgets, "rule": QueueRule, "constant": Constant, "site": SiteRule,
-    "site-pace": lambda env: SiteRule(env, pace=True)}
+    "site-pace": lambda env: SiteRule(env, pace=True), "site-queue": lambda env: SiteRule(env, busy_queue=3.0)}
 
 
 def build_agent(name: str, env: gym.Env) -> Agent:
