@@ -180,3 +180,22 @@ def test_site_rule_avoids_the_down_expert():
     assert used[5] == "dolphin-mistral-7b"  # back
     assert [row["experts_down"] for row in log] == [0, 1, 1, 1, 0, 0]  # after each window (at 300 ... 1800 s)
     assert [row["energy_price"] for row in log] == [3.0] * 5 + [0.0]
+
+
+def test_behaviour_cloning_copies_the_teacher(subset_env):
+    """moe2sim.envs.ppo.clone: the policy PPO starts from in the suite benchmark takes the rule's actions."""
+    torch = pytest.importorskip("torch")
+    from moe2sim.envs.agents import TorchAgent
+    from moe2sim.envs.ppo import OBS_KEYS, clone, mlp, obs_stats
+
+    torch.manual_seed(0)
+    keys = [k for k in OBS_KEYS if k in subset_env.observation_space.spaces]
+    mean, std = obs_stats(subset_env, keys, [0])
+    pi = mlp(len(mean), 16, subset_env.action_space.n)
+    ranking = list(range(subset_env.action_space.n - 1, 0, -1))
+    assert clone(pi, subset_env, SiteRule(subset_env, ranking), keys, mean, std, [1, 2], steps=200) == 1.0
+    agent = TorchAgent({"format": "moe2sim-agent", "version": 1, "obs_keys": keys, "obs_mean": mean.tolist(),
+                        "obs_std": std.tolist(), "action": "subset", "hidden": 16,
+                        "n_outputs": int(subset_env.action_space.n), "state_dict": pi.state_dict()}, "x.pt")
+    obs, _ = subset_env.reset(seed=1)
+    assert agent.act(obs) == ranking[0] and isinstance(agent.act(obs), int)
