@@ -108,16 +108,14 @@ class BudgetEnv(gym.Env):
                                           if isinstance(self.action_space, gym.spaces.Box) else action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space} "
                              "(for a Box, wrap the env with gymnasium.wrappers.ClipAction)")
-        box = self.handler.box_action(action)
+        box = self.handler.box_action(action)  # None: hold the subset in force
         infeasible = False
-        if box is None:  # hold
-            pass
-        elif self.action_table is not None:
+        if box is not None and self.action_table is not None:
             row = int(action) - 1
             self.sim.policy = self.sim.policy.with_selection(self.action_table.budgets[row],
                                                              self.action_table.selections[row])
             self.box = box
-        else:
+        elif box is not None:
             try:
                 self.sim.policy = self.sim.policy.with_budgets(self.handler.budgets(box))
                 self.box = box
