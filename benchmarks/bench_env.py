@@ -1,7 +1,9 @@
 """Gym environment speed: steps per second at the default window (5 min of simulated time), for a
-single moe2sim/Budget-v0 and for vector envs of 2 (sync and async), random actions, whole episodes.
+single moe2sim/Budget-v0 (Box budgets: the selector solves each new budget pair), a single
+moe2sim/Suite-Paper-v0 (subset actions: no solve), and vector envs of 2 (sync and async), random
+actions, whole episodes.
 
-    python benchmarks/bench_env.py [--episodes 3]
+    python benchmarks/bench_env.py [--episodes 3] [--no-vector]
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import gymnasium as gym
 import moe2sim.envs  # noqa: F401  (registers the ids)
 
 
-def single(episodes: int) -> float:
-    env = gym.make("moe2sim/Budget-v0")
+def single(env_id: str, episodes: int) -> float:
+    env = gym.make(env_id)
     env.action_space.seed(0)
     steps, start = 0, time.perf_counter()
     for ep in range(episodes):
@@ -44,11 +46,13 @@ def vector(kind: str, steps: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=3)
+    parser.add_argument("--no-vector", action="store_true", help="single envs only")
     args = parser.parse_args()
     print("| env | env steps / s |")
     print("|---|---|")
-    print(f"| single moe2sim/Budget-v0 ({args.episodes} episodes of 288 windows) | {single(args.episodes):,.0f} |")
-    for kind in ("sync", "async"):
+    for env_id in ("moe2sim/Budget-v0", "moe2sim/Suite-Paper-v0"):
+        print(f"| single {env_id} ({args.episodes} episodes of 288 windows) | {single(env_id, args.episodes):,.0f} |")
+    for kind in () if args.no_vector else ("sync", "async"):
         print(f"| {kind} vector env of 2 (576 vector steps, both envs counted) | {vector(kind, 576):,.0f} |")
 
 

@@ -94,7 +94,8 @@ def test_check_env(action):
 
 def test_env_ids_are_registered():
     assert set(ENV_IDS) == {"moe2sim/Budget-v0", "moe2sim/BudgetDiscrete-v0", "moe2sim/Paper-v0",
-                            "moe2sim/Quickstart-v0"}
+                            "moe2sim/Quickstart-v0", "moe2sim/Suite-Paper-v0", "moe2sim/Suite-Rationing-v0",
+                            "moe2sim/Suite-Outage-v0", "moe2sim/Suite-Peak-v0"}
     assert {k for k in gym.registry if k.startswith("moe2sim/")} == set(ENV_IDS)
     register_envs()  # idempotent: no "overriding environment" error or duplicate
     assert {k for k in gym.registry if k.startswith("moe2sim/")} == set(ENV_IDS)
@@ -107,7 +108,7 @@ def test_make_every_registered_id(env_id):
     assert isinstance(base, BudgetEnv) and env.spec.id == env_id
     assert base.cfg.windows == 3 and base.cfg.window_s == 120.0
     assert base.scenario.seed == 3 and base.scenario.duration_s == 360.0 and base.scenario.queries is None
-    discrete = env_id == "moe2sim/BudgetDiscrete-v0"
+    discrete = env_id == "moe2sim/BudgetDiscrete-v0" or "Suite" in env_id
     assert isinstance(env.action_space, gym.spaces.Discrete if discrete else gym.spaces.Box)
     with pytest.raises(RuntimeError, match="reset"):  # the bare env, before any reset
         base.step(env.action_space.sample())
@@ -217,7 +218,8 @@ def test_arrivals_do_not_depend_on_the_actions(service):
 
 def test_flatten_and_normalize_observation(box_env):
     env = gym.wrappers.NormalizeObservation(gym.wrappers.FlattenObservation(box_env))
-    width = 3 * N_CATS + 2 * N_EXPERTS + 1 + 1 + 2 + (1 + N_CATS)  # rates, p50, p95 | queue, util | ...
+    # rates, p50, p95 | queue, util, subset, speed | accuracy, energy, time, budgets | target, price, progress
+    width = 3 * N_CATS + 4 * N_EXPERTS + 1 + 1 + 2 + (1 + N_CATS) + 3
     assert env.observation_space.shape == (width,)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (width,) and np.isfinite(obs).all()
@@ -388,9 +390,10 @@ def test_step_after_truncation_raises(box_env):
 @pytest.mark.filterwarnings("ignore:.*render_mode")
 @pytest.mark.parametrize("mode", ["human", "rgb_array", "ansi"])
 def test_unknown_render_mode_raises(mode):
-    with pytest.raises(ValueError, match="render_mode"):
+    """TypeError: what Stable-Baselines3's make_vec_env catches before retrying without render_mode."""
+    with pytest.raises(TypeError, match="render_mode"):
         BudgetEnv(windows=2, render_mode=mode)
-    with pytest.raises(ValueError, match="render_mode"):
+    with pytest.raises(TypeError, match="render_mode"):
         gym.make("moe2sim/Budget-v0", windows=2, render_mode=mode)
 
 

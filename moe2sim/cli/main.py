@@ -397,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rollout", cmd_rollout, "roll out a budget-setting agent in the gym environment; same outputs as run")
     p.add_argument("scenario", help="a scenario with an env block, e.g. scenarios/budget_env.yaml")
-    p.add_argument("--agent", default="fixed", help="fixed | rule | path of a saved agent (.pt)")
+    p.add_argument("--agent", default="fixed", help="fixed | rule | constant | site | site-queue | site-pace "
+                   "(the last four need env.action=subset) | path of a saved agent (.pt)")
     p.add_argument("--seed", type=_seed, default=0, help="episode seed")
     p.add_argument("--windows", type=_positive_int, help="episode length in control windows (default: the scenario's)")
     p.add_argument("--out", help="output folder (default: runs/rollout-<agent>)")

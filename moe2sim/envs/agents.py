@@ -1,5 +1,6 @@
-"""Agents that set the budgets in BudgetEnv: fixed (the paper's setting), a queue rule, and a
-saved torch policy (trained by examples/train_budget_agent.py). All act on the env's observation
+"""Agents that set the budgets in BudgetEnv: fixed (the paper's setting), a queue rule, for subset
+actions a constant action, a site rule (avoid experts that are down or slow) and the same with energy
+pacing, and a saved torch policy (trained by examples/train_budget_agent.py or moe2sim.envs.ppo). All act on the env's observation
 dict and return an action of the env's action space. They take the env as gymnasium.make returns
 it (wrapped) or bare; wrappers that change the observation (e.g. FlattenObservation) do not fit.
 """
@@ -15,6 +16,7 @@ from moe2sim.data.checkpoint import load_checkpoint
 from moe2sim.envs.budget_env import BudgetEnv
 from moe2sim.errors import InputError
 from moe2sim.selection.budgets import Budgets
+from moe2sim.selection.solvers import InfeasibleBudgets
 
 AGENT_FORMAT = "moe2sim-agent"
 AGENT_VERSION = 1
@@ -44,13 +46,34 @@ def nearest_discrete(env: BudgetEnv, box: np.ndarray) -> int:
     return i * levels + j
 
 
+def action_of(env: BudgetEnv, budgets: Budgets):
+    """The env's action for these budgets: the Box point, the nearest discrete action, or the subset
+    action whose subset the selector picks for them (else the one whose budgets are nearest)."""
+    box = env.handler.action_for(budgets)
+    if env.cfg.action == "box":
+        return box
+    if env.cfg.action == "discrete":
+        return nearest_discrete(env, box)
+    table = env.action_table
+    try:
+        subset = tuple(env.twin.policy.selector.select(budgets).subset(list(env.site.names)))
+        return table.subsets.index(subset) + 1
+    except (InfeasibleBudgets, ValueError):
+        return int(np.abs(table.boxes - box).sum(axis=1).argmin()) + 1
+
+
+def subset_table(env: BudgetEnv):
+    if env.action_table is None:
+        raise InputError("env.action", env.cfg.action, "this agent needs the subset action (env.action: subset)")
+    return env.action_table
+
+
 class FixedBudgets:
     """The scenario's budgets, every window (MoE²'s hand-set budgets)."""
 
     def __init__(self, env: gym.Env):
         env = budget_env(env)
-        box = env.handler.action_for(env.initial_budgets)
-        self.action = box if env.cfg.action == "box" else nearest_discrete(env, box)
+        self.action = action_of(env, env.initial_budgets)
 
     def act(self, obs: dict[str, np.ndarray]):
         return self.action
@@ -69,8 +92,55 @@ class QueueRule:
     def act(self, obs: dict[str, np.ndarray]):
         pressure = float(np.clip(obs["queue"].max() / self.q_full, 0, 1))
         scale = 1 - (1 - self.min_scale) * pressure
-        box = self.env.handler.action_for(Budgets(self.base.energy_J, self.base.latency_s * scale))
-        return box if self.env.cfg.action == "box" else nearest_discrete(self.env, box)
+        return action_of(self.env, Budgets(self.base.energy_J, self.base.latency_s * scale))
+
+
+class Constant:
+    """One action every window (subset actions: default the action of highest U(S))."""
+
+    def __init__(self, env: gym.Env, action: int | None = None):
+        table = subset_table(budget_env(env))
+        self.action = action if action is not None else int(np.argmax([s.utility for s in table.selections])) + 1
+
+    def act(self, obs: dict[str, np.ndarray]):
+        return self.action
+
+
+class SiteRule:
+    """Subset actions: the best-ranked action whose experts all run at full speed now (obs expert_speed);
+    the ranking defaults to U(S), the benchmark passes the constant actions' training scores. With
+    pace=True, the energy allowance is paced: while the share of it spent (obs energy_spent) is ahead of
+    the share of the episode's expected queries seen so far, the cheapest (worst-case energy) such action.
+    With busy_queue=q, while the longest queue (obs queue) is at least q, the fastest such action (least
+    worst-case delay, then most experts, then the ranking)."""
+
+    def __init__(self, env: gym.Env, ranking: list[int] | None = None, pace: bool = False,
+                 busy_queue: float | None = None):
+        env = budget_env(env)
+        table = subset_table(env)
+        self.ranking = ranking or sorted(range(1, table.n_actions), key=lambda a: -table.selections[a - 1].utility)
+        self.members = {a: np.isin(env.site.names, table.subsets[a - 1]) for a in range(1, table.n_actions)}
+        self.energy = {a: table.worst_energy_J[a - 1] for a in range(1, table.n_actions)}
+        problem = env.twin.policy.selector.problem
+        self.speed = {a: (float(problem.delay_of(table.selections[a - 1].mask).max()), -len(table.subsets[a - 1]),
+                          self.ranking.index(a)) for a in range(1, table.n_actions)}
+        self.pace, self.busy_queue, self.window_s = pace, busy_queue, env.cfg.window_s
+        rate = env.scenario.arrivals.expected_rate_per_s()
+        if pace and rate is None:
+            raise InputError("arrivals", "process", "energy pacing needs the mean arrival rate (not a replayed file)")
+        self.expected = rate * env.cfg.window_s * env.cfg.windows if pace else None
+        self.seen = 0.0
+
+    def act(self, obs: dict[str, np.ndarray]):
+        if obs["progress"][0] == 0:
+            self.seen = 0.0  # a new episode
+        self.seen += float(obs["arrival_rate"].sum()) * self.window_s
+        up = [a for a in self.ranking if (obs["expert_speed"][self.members[a]] >= 1).all()] or self.ranking
+        if self.busy_queue is not None and obs["queue"].max() >= self.busy_queue:
+            return min(up, key=self.speed.__getitem__)
+        if self.pace and obs["energy_spent"][0] > self.seen / self.expected:
+            return min(up, key=self.energy.__getitem__)
+        return up[0]
 
 
 class TorchAgent:
@@ -102,10 +172,12 @@ class TorchAgent:
         x = (flatten(obs, self.keys) - self.mean) / self.std
         with self.torch.no_grad():
             out = self.net(self.torch.as_tensor(x)).numpy()
-        return int(out.argmax()) if self.action_type == "discrete" else np.tanh(out).astype(np.float32)
+        return np.tanh(out).astype(np.float32) if self.action_type == "box" else int(out.argmax())
 
 
-AGENTS: dict[str, Callable[[BudgetEnv], Agent]] = {"fixed": FixedBudgets, "rule": QueueRule}
+AGENTS: dict[str, Callable[[BudgetEnv], Agent]] = {
+    "fixed": FixedBudgets, "rule": QueueRule, "constant": Constant, "site": SiteRule,
+    "site-pace": lambda env: SiteRule(env, pace=True), "site-queue": lambda env: SiteRule(env, busy_queue=3.0)}
 
 
 def build_agent(name: str, env: gym.Env) -> Agent:
@@ -134,6 +206,9 @@ def run_episode(env: gym.Env, agent: Agent, seed: int) -> tuple[float, list[dict
                     "queue_max": float(obs["queue"].max()), "completed": info["completed"],
                     "correct": info["correct"], "late": info["late"], "energy_J": info["energy_J"],
                     "subset": "|".join(info["subset"]), "infeasible": info["infeasible"],
+                    "experts_down": int((obs["expert_speed"] == 0).sum()),
+                    "experts_slow": int(((obs["expert_speed"] > 0) & (obs["expert_speed"] < 1)).sum()),
+                    "latency_target": float(obs["latency_target"][0]), "energy_price": float(obs["energy_price"][0]),
                     **{f"latency_budget_s[{c.name}]": t for c, t in zip(base.scenario.categories,
                                                                         info["latency_budget_s"])}})
     return total, log

@@ -2,8 +2,11 @@
 
 One step = one control window of simulated time (env.window_s). The agent's action sets the
 energy budget and the per-category latency budgets for the next window; the policy's coarse
-level re-solves the expert subset for them (if no subset meets them, the previous subset stays
-and info["infeasible"] is True); the gate and aggregation do the rest. The episode is
+level re-solves the expert subset for them (box/discrete actions: if no subset meets them, the previous
+subset stays and info["infeasible"] is True; subset actions are all feasible, 0 holds); the gate and
+aggregation do the rest. The scenario's `site:` (outages, latency targets, energy price by time of
+day) applies; the selector plans with the experts' nominal profiles, so reacting to the site is the
+agent's job (the observation shows it). The episode is
 env.windows windows long (truncation; it never terminates early). Load changes within an episode
 as the scenario's arrival process says (diurnal with bursts, or a replayed file). Spaces and
 reward: moe2sim/envs/handler.py.
@@ -20,14 +23,19 @@ import pandas as pd
 from pydantic import ValidationError
 
 from moe2sim.data.bundled import bundled_path
-from moe2sim.errors import InputError, from_validation
+from moe2sim.envs.actions import ActionTable, action_table
 from moe2sim.envs.handler import BudgetHandler, WindowStats
 from moe2sim.envs.meter import WindowMeter
+from moe2sim.errors import InputError, from_validation
 from moe2sim.scenario import EnvConfig, Scenario, load_scenario
 from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.sim.engine import EdgeSimulation
+from moe2sim.sim.site import SiteSchedule
 from moe2sim.twin import Twin
+
+
+ENV_KWARGS = ("scenario", "overrides", "window_s", "windows", "action", "render_mode")
 
 
 def _scenario(scenario: Any, overrides: Any) -> Scenario:
@@ -82,9 +90,13 @@ class BudgetEnv(gym.Env):
 
     def __init__(self, scenario: str | Path | Scenario | None = None,
                  overrides: list[str] | tuple[str, ...] = (), window_s: float | None = None,
-                 windows: int | None = None, action: str | None = None, render_mode: str | None = None):
-        if render_mode is not None:
-            raise ValueError(f"render_mode {render_mode!r} is not supported (metadata: {self.metadata})")
+                 windows: int | None = None, action: str | None = None, render_mode: str | None = None,
+                 **unknown: Any):
+        if unknown:
+            raise TypeError(f"BudgetEnv got unknown keyword argument(s) {sorted(unknown)}; it takes {ENV_KWARGS}")
+        if render_mode is not None:  # TypeError: what Stable-Baselines3's make_vec_env expects, then retries without
+            raise TypeError(f"render_mode={render_mode!r} is not supported: BudgetEnv does not render "
+                            "(moe2sim rollout draws an episode)")
         sc = _scenario(scenario, overrides)
         cfg = _env_config(sc, {"window_s": window_s, "windows": windows, "action": action})
         selection = sc.policy.selection
@@ -93,7 +105,15 @@ class BudgetEnv(gym.Env):
         sc = _episode_scenario(sc, cfg, sc.policy.model_copy(update={"selection": selection}))
         self.scenario, self.cfg = sc, cfg
         self.twin = Twin.build(sc)
-        self.handler = BudgetHandler(sc, cfg, np.array([e.slots for e in self.twin.experts], float))
+        self.site = SiteSchedule.of(sc)
+        m = len(sc.categories)
+        scratch = BudgetHandler(sc, cfg.model_copy(update={"action": "box"}), np.zeros(0), self.site)
+        self.action_table: ActionTable | None = (
+            action_table(self.twin.policy.selector, scratch.budgets, m, cfg.subset_grid, list(self.site.names),
+                         self.site.exclusions())
+            if cfg.action == "subset" else None)
+        self.handler = BudgetHandler(sc, cfg, np.array([e.slots for e in self.twin.experts], float), self.site,
+                                     self.action_table)
         self.action_space = self.handler.action_space
         self.observation_space = self.handler.observation_space
         self.initial_budgets = budgets_of(sc)
@@ -111,11 +131,12 @@ class BudgetEnv(gym.Env):
         # independent streams: the load must not depend on the service draws the agent's subsets cause
         self.box = self.handler.action_for(self.initial_budgets)
         self.sim, arrivals = self.twin.simulation(int(self.np_random.integers(2**63)))
-        self.meter = WindowMeter(self.sim, self.handler.base_latency, self.twin.policy.aggregation_s)
+        self.meter = WindowMeter(self.sim, self.handler.base_latency, self.twin.policy.aggregation_s,
+                                 self.site.latency_target)
         self.sim.start(self.twin.workload.batches(arrivals, self.cfg.window_s), self.meter.on_batch)
         self.window, self.done = 0, False
         empty = WindowStats.empty(len(self.scenario.categories), len(self.twin.experts), self.cfg.window_s)
-        return self.handler.observation(empty, self.box), {
+        return self.observe(empty), {
             "energy_budget_J": self.initial_budgets.energy_J, "latency_budget_s": self.initial_budgets.latency_s.copy()}
 
     def step(self, action):
@@ -125,14 +146,19 @@ class BudgetEnv(gym.Env):
                                           if isinstance(self.action_space, gym.spaces.Box) else action):
             raise ValueError(f"action {action!r} is not in the action space {self.action_space} "
                              "(for a Box, wrap the env with gymnasium.wrappers.ClipAction)")
-        box = self.handler.box_action(action)
-        budgets = self.handler.budgets(box)
+        box = self.handler.box_action(action)  # None: hold the subset in force
         infeasible = False
-        try:
-            self.sim.policy = self.sim.policy.with_budgets(budgets)
+        if box is not None and self.action_table is not None:
+            row = int(action) - 1
+            self.sim.policy = self.sim.policy.with_selection(self.action_table.budgets[row],
+                                                             self.action_table.selections[row])
             self.box = box
-        except InfeasibleBudgets:
-            infeasible = True
+        elif box is not None:
+            try:
+                self.sim.policy = self.sim.policy.with_budgets(self.handler.budgets(box))
+                self.box = box
+            except InfeasibleBudgets:
+                infeasible = True
         t0, t1 = self.window * self.cfg.window_s, (self.window + 1) * self.cfg.window_s
         self.sim.advance(t1)
         stats = self.meter.close_window(t0, t1)
@@ -141,10 +167,13 @@ class BudgetEnv(gym.Env):
         self.done = truncated
         policy = self.sim.policy
         info = {"energy_budget_J": policy.budgets.energy_J, "latency_budget_s": policy.budgets.latency_s.copy(),
-                "infeasible": infeasible, "subset": policy.subset,
+                "infeasible": infeasible, "hold": box is None, "subset": policy.subset,
                 "completed": stats.completed, "correct": stats.correct, "late": stats.late,
                 "energy_J": stats.energy_J}
-        return self.handler.observation(stats, self.box), self.handler.reward(stats), False, truncated, info
+        return self.observe(stats), self.handler.reward(stats), False, truncated, info
+
+    def observe(self, stats: WindowStats) -> dict[str, np.ndarray]:
+        return self.handler.observation(stats, self.box, self.sim.policy.subset, self.window / self.cfg.windows)
 
     def records(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Per-query and per-leg records of the episode (the simulator's schema), after letting the

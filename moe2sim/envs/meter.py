@@ -9,6 +9,7 @@ import numpy as np
 from moe2sim.envs.handler import WindowStats
 from moe2sim.sim.engine import EdgeSimulation, Plan
 from moe2sim.sim.records import finish_times, leg_end
+from moe2sim.sim.site import DailyProfile
 
 
 class WindowMeter:
@@ -16,11 +17,13 @@ class WindowMeter:
 
     An answer is late when its latency exceeds its category's budget in the scenario (the service
     level the operator promised), never the budgets the agent set: otherwise loosening the budgets
-    would hide lateness from the reward."""
+    would hide lateness from the reward. The site's latency target when the query arrived scales it."""
 
-    def __init__(self, sim: EdgeSimulation, latency_budgets_s: np.ndarray, aggregation_s: float):
+    def __init__(self, sim: EdgeSimulation, latency_budgets_s: np.ndarray, aggregation_s: float,
+                 target: DailyProfile | None = None):
         self.sim = sim
         self.latency_budgets_s = latency_budgets_s
+        self.target = target if target is not None and (target.values != 1.0).any() else None
         self.m = len(latency_budgets_s)
         self.aggregation_s = aggregation_s
         self.arrivals = np.zeros(self.m)
@@ -56,7 +59,10 @@ class WindowMeter:
                 for c in np.unique(cats):
                     lat[c].append(latency[cats == c])
                 correct += int(plan.correct[done].sum())
-                late += int((latency > self.latency_budgets_s[cats]).sum())
+                budget = self.latency_budgets_s[cats]
+                if self.target is not None:
+                    budget = budget * self.target.at(plan.batch.arrival_s[done])
+                late += int((latency > budget).sum())
                 completed += int(done.sum())
                 energy += float(plan.energy_J[done].sum())
                 counted |= done

@@ -39,7 +39,10 @@ class MixturePolicy:
         """The coarse level: the policy with S re-solved for new budgets (raises InfeasibleBudgets)."""
         if self.selector is None:
             raise ValueError("this policy has no selector (selection.method: none)")
-        selection = self.selector.select(budgets)
+        return self.with_selection(budgets, self.selector.select(budgets))
+
+    def with_selection(self, budgets: Budgets, selection: Selection) -> "MixturePolicy":
+        """The policy with S = a selection already solved for these budgets."""
         allowed = np.zeros(len(self.allowed), bool)
         allowed[members(selection.mask)] = True
         return replace(self.with_subset(allowed), budgets=budgets, selection=selection)

@@ -375,10 +375,34 @@ def windows_reward(windows: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def windows_site(windows: pd.DataFrame) -> plt.Figure | None:
+    """Per window: experts down or degraded, the latency target and the energy price of a site schedule."""
+    cols = [c for c in ("experts_down", "experts_slow", "latency_target") if c in windows]
+    if not cols and "energy_price" not in windows:
+        return None
+    fig, ax = plt.subplots(figsize=FIGSIZE)
+    hours = windows["time_s"] / 3600
+    labels = {"experts_down": "experts down", "experts_slow": "experts degraded",
+              "latency_target": "latency target (x budgets)"}
+    for col in cols:
+        ax.step(hours, windows[col], where="post", label=labels[col])
+    if "energy_price" in windows:
+        price = ax.twinx()
+        price.step(hours, windows["energy_price"], where="post", color="tab:red", label="energy price (per kJ)")
+        price.set_ylabel("energy price per kJ")
+        price.legend(loc="upper right")
+    ax.set(xlabel="time (h)", ylabel="site", title="The site per window: outages, degradations, targets, price")
+    if cols:
+        ax.legend(loc="upper left")
+    return fig
+
+
 def windows_section(windows: pd.DataFrame, categories: list[str]) -> str:
     figures: list[Figure] = [
         (lambda: windows_budgets(windows, categories), "Energy and latency budgets the agent set in each window"),
         (lambda: windows_load(windows), "Arrival rate and longest queue in each window"),
+        (lambda: windows_site(windows), "The site in each window: experts down or degraded, latency target, "
+                                        "energy price"),
         (lambda: windows_reward(windows), "Reward in each window"),
     ]
     return (f"<h2>Control windows ({len(windows)}), total reward {windows['reward'].sum():.1f}</h2>"

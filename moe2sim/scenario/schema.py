@@ -121,6 +121,9 @@ class Poisson(Strict):
     def peak_rate_per_s(self) -> float:
         return self.rate_per_s
 
+    def expected_rate_per_s(self) -> float:
+        return self.rate_per_s
+
 
 class Bursts(Strict):
     """Bursts on top of the diurnal rate: a two-state Markov-modulated Poisson process whose rate is
@@ -145,6 +148,12 @@ class Diurnal(Strict):
     def peak_rate_per_s(self) -> float:
         return self.mean_rate_per_s * (1 + self.amplitude) * (self.bursts.factor if self.bursts else 1.0)
 
+    def expected_rate_per_s(self) -> float:
+        """Over whole periods: the sine averages out; a burst is on a d / (d + g) share of the time."""
+        b = self.bursts
+        return self.mean_rate_per_s * (1 + (b.factor - 1) * b.mean_duration_s / (b.mean_duration_s + b.mean_gap_s)
+                                       if b else 1.0)
+
 
 class Replay(Strict):
     """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
@@ -155,6 +164,9 @@ class Replay(Strict):
 
     def peak_rate_per_s(self) -> None:
         return None  # the file's length bounds the run
+
+    def expected_rate_per_s(self) -> None:
+        return None
 
 
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
@@ -209,8 +221,76 @@ class RewardWeights(Strict):
     energy_overshoot_per_kJ: NonNegativeFloat = 1.0
 
 
+Hour = Annotated[float, Field(ge=0, le=24)]
+
+
+class Outage(Strict):
+    """An expert down (`down: true`: legs that reach it wait until `end_s`) or degraded (`slowdown` x its
+    service time, `power_factor` x its power, e.g. a lower power mode) from start_s to end_s of the run."""
+
+    expert: str = Field(min_length=1)
+    start_s: NonNegativeFloat
+    end_s: PositiveFloat
+    down: bool = False
+    slowdown: Annotated[float, Field(ge=1, le=1000)] = 1.0
+    power_factor: Annotated[float, Field(gt=0, le=10)] = 1.0
+
+    @model_validator(mode="after")
+    def _span(self) -> "Outage":
+        if not self.start_s < self.end_s:
+            raise ValueError(f"outage of {self.expert}: start_s must be below end_s")
+        if not self.down and self.slowdown == 1.0 and self.power_factor == 1.0:
+            raise ValueError(f"outage of {self.expert}: set down: true, a slowdown > 1 or a power_factor")
+        return self
+
+
+class DailyValue(Strict):
+    """A value in force from start_h to end_h (hours of the day, 0-24; every day)."""
+
+    start_h: Hour
+    end_h: Hour
+    value: NonNegativeFloat
+
+    @model_validator(mode="after")
+    def _span(self) -> "DailyValue":
+        if not self.start_h < self.end_h:
+            raise ValueError("start_h must be below end_h")
+        return self
+
+
+def _disjoint(name: str, spans: list[tuple[float, float]]) -> None:
+    spans = sorted(spans)
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise ValueError(f"{name}: periods [{a0}, {a1}) and [{b0}, {b1}) overlap")
+
+
+class Site(Strict):
+    """What changes over the day at the site (moe2sim/sim/site.py): expert outages and degradations,
+    the latency targets the service is judged against (x each category's latency_budget_s; 1 outside the
+    listed hours), and the energy price per kJ of active energy (0 outside the listed hours)."""
+
+    outages: list[Outage] = Field(default_factory=list)
+    latency_targets: list[DailyValue] = Field(default_factory=list, description="value: x latency_budget_s")
+    energy_price: list[DailyValue] = Field(default_factory=list, description="value: reward lost per kJ")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Site":
+        for o in {o.expert for o in self.outages}:
+            _disjoint(f"outages of {o}", [(x.start_s, x.end_s) for x in self.outages if x.expert == o])
+        for name in ("latency_targets", "energy_price"):
+            _disjoint(f"site.{name}", [(x.start_h, x.end_h) for x in getattr(self, name)])
+        if any(x.value <= 0 for x in self.latency_targets):
+            raise ValueError("site.latency_targets: a value must be > 0")
+        return self
+
+
 class EnvConfig(Strict):
-    """The Gymnasium environment: one step = one control window; the agent sets the budgets."""
+    """The Gymnasium environment: one step = one control window; the agent sets the budgets.
+
+    action: box (budgets on log scales), discrete (a grid of L² budget pairs), or subset (one action per
+    distinct subset the selector reaches on a subset_grid² budget grid, plus action 0 = hold:
+    moe2sim/envs/actions.py)."""
 
     window_s: PositiveFloat = 300.0
     windows: Annotated[int, Field(ge=1)] = 288
@@ -218,8 +298,9 @@ class EnvConfig(Strict):
     latency_scale: tuple[PositiveFloat, PositiveFloat] = Field(
         (0.3, 2.0), description="range of the multiplier of every category's latency budget")
     energy_allowance_J: PositiveFloat = Field(5e6, description="active energy the episode may spend")
-    action: Literal["box", "discrete"] = "box"
+    action: Literal["box", "discrete", "subset"] = "box"
     discrete_levels: Annotated[int, Field(ge=2)] = 5
+    subset_grid: Annotated[int, Field(ge=2, le=64)] = 16
     reward: RewardWeights = RewardWeights()
 
     @model_validator(mode="after")
@@ -261,6 +342,7 @@ class Scenario(Strict):
     outputs: Outputs = Outputs()
     sweep: SweepConfig | None = None
     env: EnvConfig | None = None
+    site: Site | None = None
     # Set by the loader, not by users: the scenario file (relative paths are resolved from its folder).
     file: Path = Field(Path("scenario.yaml"), exclude=True)
 
@@ -282,6 +364,10 @@ class Scenario(Strict):
             raise ValueError(f"policy.subset names an expert twice: {allowed}")
         if self.policy.k > len(allowed):
             raise ValueError(f"policy.k = {self.policy.k} is larger than the {len(allowed)} allowed experts")
+        if self.site is not None:
+            unknown = sorted({o.expert for o in self.site.outages} - known)
+            if unknown:
+                raise ValueError(f"site.outages name unknown expert(s) {unknown}; experts are {sorted(known)}")
         peak = self.arrivals.peak_rate_per_s()
         if self.duration_s is not None and peak is not None and self.duration_s * peak > MAX_QUERIES:
             raise ValueError(f"duration_s × peak arrival rate = {self.duration_s * peak:.3g} queries, over the limit of "

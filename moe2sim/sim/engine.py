@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from collections import deque
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -33,6 +34,7 @@ from moe2sim.scenario import Link
 from moe2sim.selection.budgets import Budgets
 from moe2sim.sim.records import Legs, frames
 from moe2sim.sim.shared import DevicePort, SharedDevice
+from moe2sim.sim.site import SiteSchedule
 from moe2sim.workload import QueryBatch
 
 
@@ -118,9 +120,10 @@ class SlotServer:
     job hands its slot to the head of the queue. Observable state: `queued` and `busy`.
     """
 
-    def __init__(self, env: simpy.Environment, slots: int):
+    def __init__(self, env: simpy.Environment, slots: int, up_at: Callable[[float], float] | None = None):
         self.env = env
         self.slots = slots
+        self.up_at = up_at  # when the expert can next work from a time (it may be down: moe2sim/sim/site.py)
         self.busy = 0
         self.waiting: deque[tuple[Plan, int, int]] = deque()
 
@@ -137,8 +140,10 @@ class SlotServer:
 
     def _start(self, job: tuple[Plan, int, int]) -> None:
         plan, i, j = job
-        plan.start_s[i, j] = self.env.now
-        Timeout(self.env, plan.service_s[i][j]).callbacks.append(self._finish)
+        now = self.env.now
+        wait = 0.0 if self.up_at is None else self.up_at(now) - now
+        plan.start_s[i, j] = now + wait
+        Timeout(self.env, wait + plan.service_s[i][j]).callbacks.append(self._finish)
 
     def _finish(self, _event: simpy.Event) -> None:
         if self.waiting:
@@ -147,14 +152,17 @@ class SlotServer:
             self.busy -= 1
 
 
-def build_servers(env: simpy.Environment, experts: list[SimulatedExpert]) -> list[SlotServer | DevicePort]:
-    """One server per expert: its own SlotServer, or its port on the shared device it names (the law of
-    the device's first expert governs it)."""
+def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
+                  up_at: Callable[[int], Callable[[float], float] | None] = lambda n: None
+                  ) -> list[SlotServer | DevicePort]:
+    """One server per expert: its own SlotServer (down when the site says, `up_at(n)`), or its port on the
+    shared device it names (the law of the device's first expert governs it; site outages are not applied
+    to shared devices)."""
     devices: dict[str, SharedDevice] = {}
     servers: list[SlotServer | DevicePort] = []
     for x, e in enumerate(experts):
         if e.law is None:
-            servers.append(SlotServer(env, e.slots))
+            servers.append(SlotServer(env, e.slots, up_at(x)))
             continue
         key = e.device or f"expert:{e.name}"
         if key not in devices:
@@ -168,10 +176,12 @@ class EdgeSimulation:
     """Runs a stream of query batches through k-way fan-out to expert queues.
 
     `policy` is the policy in force; a controller (the gym environment) replaces it between
-    windows with `policy.with_budgets(...)`. Routing, service and answer-outcome draws use their own streams."""
+    windows with `policy.with_budgets(...)`. Routing, service and answer-outcome draws use their own streams.
+    `site` (moe2sim/sim/site.py) makes experts go down or slow down over time."""
 
     def __init__(self, experts: list[SimulatedExpert], policy: MixturePolicy, prompt_ids: np.ndarray,
-                 service_rng: np.random.Generator, routing_rng: np.random.Generator, outcome_rng: np.random.Generator):
+                 service_rng: np.random.Generator, routing_rng: np.random.Generator, outcome_rng: np.random.Generator,
+                 site: SiteSchedule | None = None):
         self.experts = experts
         self.policy = policy
         self.prompt_ids = prompt_ids
@@ -179,7 +189,9 @@ class EdgeSimulation:
         self.routing_rng = routing_rng
         self.outcome_rng = outcome_rng
         self.env = simpy.Environment()
-        self.servers = build_servers(self.env, experts)
+        self.site = None if site is None or site.static else site
+        self.servers = build_servers(self.env, experts, lambda n: partial(self.site.up_at, n)
+                                     if self.site and self.site.down[n] else None)
         self.plans: list[Plan] = []
         self.queries = 0
 
@@ -202,6 +214,10 @@ class EdgeSimulation:
             down[mask] = batch.output_bytes[rows] * 8 / (link.downlink_Mbps * 1e6) + link.propagation_s
             svc = ex.service.sample(batch.prompt_tokens[rows], batch.output_tokens[rows], ids[rows], self.rng)
             ttft[mask], dec[mask], energy[mask] = svc.ttft_s, svc.decode_s, svc.active_energy_J
+        if self.site is not None:
+            time_x, energy_x = self.site.scales(batch.arrival_s)
+            time_x, energy_x = (np.take_along_axis(x, experts, axis=1) for x in (time_x, energy_x))
+            ttft, dec, energy = ttft * time_x, dec * time_x, energy * energy_x
         worst, worst_energy = policy.predicted_worst(batch.category)
         correct, p_correct = policy.aggregate(batch, decision, self.outcome_rng)
         plan = Plan(batch, experts, decision.weights, p_correct, correct, up, down, ttft, dec, energy,

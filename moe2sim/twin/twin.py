@@ -14,6 +14,7 @@ from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets, budgets_of
 from moe2sim.sim.engine import EdgeSimulation, SimResult, SimulatedExpert
+from moe2sim.sim.site import SiteSchedule
 from moe2sim.twin.factory import Inputs, build_experts, build_policy
 from moe2sim.workload import Workload
 
@@ -62,7 +63,8 @@ class Twin:
     def simulation(self, seed: int | None = None) -> tuple[EdgeSimulation, np.random.Generator]:
         """A fresh simulation of this twin and its arrivals stream."""
         arrivals, service, routing, outcomes = self.streams(seed)
-        return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing, outcomes), arrivals
+        return EdgeSimulation(self.experts, self.policy, self.quality.prompt_ids, service, routing, outcomes,
+                              SiteSchedule.of(self.scenario)), arrivals
 
     def check_arrivals(self, seed: int | None = None) -> None:
         """Refuse, before simulating, a run in which no query would arrive (the first chunk of arrivals of

@@ -1,0 +1,104 @@
+"""The site's schedule over time (scenario `site:`): outages and degradations of experts, latency
+targets by time of day, and an energy price by time of day.
+
+Model:
+    down expert n over [start_s, end_s): a leg that reaches n, or that n would start, in that period
+        waits until end_s (work already in service finishes);
+    degraded expert n over [start_s, end_s): a leg routed in that period takes slowdown x its service
+        time and uses slowdown x power_factor x its active energy;
+    latency target at time t: latency_budget_s x the value of the daily period holding t (1 outside);
+    energy price at time t: the value of the daily period holding t per kJ of active energy (0 outside).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe2sim.scenario import Scenario, Site
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class DailyProfile:
+    """A piecewise-constant value over the day: `values[i]` from `starts[i]` (s of the day) on."""
+
+    starts: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def of(cls, periods, default: float) -> "DailyProfile":
+        edges = sorted({0.0, DAY_S, *(p.start_h * 3600 for p in periods), *(p.end_h * 3600 for p in periods)})
+        starts = np.array(edges[:-1])
+        values = np.full(len(starts), default)
+        for p in periods:
+            values[(starts >= p.start_h * 3600) & (starts < p.end_h * 3600)] = p.value
+        return cls(starts, values)
+
+    def at(self, t_s):
+        """The value at time(s) t (seconds since the run's start, which is midnight)."""
+        return self.values[np.searchsorted(self.starts, np.mod(t_s, DAY_S), side="right") - 1]
+
+
+@dataclass(frozen=True)
+class SiteSchedule:
+    """The site's state as a function of time (see the module docstring)."""
+
+    names: tuple[str, ...]
+    down: tuple[tuple[tuple[float, float], ...], ...]              # per expert: down periods
+    degraded: tuple[tuple[tuple[float, float, float, float], ...], ...]  # per expert: start, end, slowdown, power
+    latency_target: DailyProfile
+    energy_price: DailyProfile
+
+    @classmethod
+    def of(cls, scenario: Scenario) -> "SiteSchedule":
+        site = scenario.site or Site()
+        names = tuple(e.name for e in scenario.experts)
+        down = tuple(tuple((o.start_s, o.end_s) for o in site.outages if o.expert == n and o.down) for n in names)
+        degraded = tuple(tuple((o.start_s, o.end_s, o.slowdown, o.power_factor) for o in site.outages
+                               if o.expert == n and not o.down) for n in names)
+        return cls(names, down, degraded, DailyProfile.of(site.latency_targets, 1.0),
+                   DailyProfile.of(site.energy_price, 0.0))
+
+    @property
+    def static(self) -> bool:
+        return not any(self.down) and not any(self.degraded)
+
+    def up_at(self, n: int, t: float) -> float:
+        """When expert n can next work, from time t (t itself unless it is down then)."""
+        for start, end in self.down[n]:
+            if start <= t < end:
+                return end
+        return t
+
+    def speed(self, t: float) -> np.ndarray:
+        """(N,) 1 / slowdown of each expert at time t, 0 while it is down."""
+        out = np.ones(len(self.names))
+        for n in range(len(self.names)):
+            if self.up_at(n, t) > t:
+                out[n] = 0.0
+                continue
+            for start, end, slowdown, _ in self.degraded[n]:
+                if start <= t < end:
+                    out[n] = 1.0 / slowdown
+        return out
+
+    def exclusions(self) -> list[int]:
+        """Bitmasks of the experts down, and of those down or degraded, at each time that changes them."""
+        events = sorted({t for periods in (*self.down, *self.degraded) for p in periods for t in p[:2]})
+        masks = []
+        for t in events:
+            down = sum(1 << n for n in range(len(self.names)) if self.up_at(n, t) > t)
+            slow = sum(1 << n for n, periods in enumerate(self.degraded) if any(p[0] <= t < p[1] for p in periods))
+            masks += [m for m in (down, down | slow) if m]
+        return list(dict.fromkeys(masks))
+
+    def scales(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(len(t), N) service-time and active-energy multipliers of legs of queries arriving at times t."""
+        time_x, energy_x = np.ones((len(t), len(self.names))), np.ones((len(t), len(self.names)))
+        for n, periods in enumerate(self.degraded):
+            for start, end, slowdown, power in periods:
+                inside = (t >= start) & (t < end)
+                time_x[inside, n], energy_x[inside, n] = slowdown, slowdown * power
+        return time_x, energy_x
