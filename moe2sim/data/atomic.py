@@ -1,6 +1,6 @@
 """Atomic file writes: a file appears whole under its name or not at all.
 
-`atomic_path(path)` yields a hidden temporary name in the same folder (`.NAME.tmp-XXXX`); when the
+`atomic_path(path)` yields a hidden temporary name in the same folder (`.NAME.tmp-` plus a random suffix); when the
 block completes the file is renamed onto `path` (os.replace, atomic on POSIX), otherwise removed.
 """
 from __future__ import annotations
