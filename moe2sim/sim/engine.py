@@ -2,7 +2,7 @@
 
 Per query i routed to experts S_i (|S_i| = k), each leg j on expert n:
     request reaches n  at  a_i + up_n(i)            up = prompt bytes / uplink rate + propagation
-    service starts     at  the FIFO turn of a free slot of n   (simpy.Resource, `slots` capacity)
+    service starts     at  the FIFO turn of a free slot of n   (`slots` identical servers, FIFO)
     service time          ttft + decode              (ServiceModel)
     on a shared device    the device's batching law (moe2sim.sim.shared): n running requests each
                           progress at 1/(1 + β(n−1)) of batch-1 speed, P(n) split among them
@@ -11,21 +11,22 @@ Per query i routed to experts S_i (|S_i| = k), each leg j on expert n:
     energy_i  = Σ_j active energy of leg j;   idle energy = Σ_devices P_idle · run length.
 Links are pure delays (no contention). Arrivals are planned a chunk at a time: the policy
 is stateless in time, so deciding a chunk at its first arrival equals deciding each query
-at its own arrival. Each leg is two SimPy events (reach the expert, finish service) with
-callbacks into a small FIFO slot server instead of a generator process and simpy.Resource
-request/release events per leg, which is what keeps the model fast.
+at its own arrival. A leg on an expert with its own slots is no SimPy event: the FIFO slot server
+computes its start by the Kiefer–Wolfowitz recursion, in reach order, once no earlier leg can still
+reach it (instead of a process and simpy.Resource request/release events per leg), which is what
+keeps the model fast. Legs on a shared device are SimPy events (arrival, completion).
 """
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass, field
-from collections import deque
 from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import simpy
-from simpy.events import Timeout
 
 from moe2sim.devices.service import ServiceModel
 from moe2sim.devices.sharing import DeviceLaw
@@ -116,40 +117,51 @@ class SimResult:
 class SlotServer:
     """One expert: a FIFO queue in front of `slots` identical servers (a G/G/c station).
 
-    Driven by SimPy events: a job is (plan, i, j); its service is a Timeout, and a finished
-    job hands its slot to the head of the queue. Observable state: `queued` and `busy`.
+    A leg's service time is known when it reaches the server, so its start follows from the legs that
+    reached the server before it, by the Kiefer–Wolfowitz recursion: in order of reach time, each takes
+    the slot that frees first,
+        slot_at = max(reach, min_k free_k),   start = up_at(slot_at),   free_k ← start + service
+    (the slot is held while the expert is down). Legs wait in an inbox ordered by reach time and are
+    settled up to a time once none can still reach the server before it (the engine settles at each new
+    batch and whenever it stops the clock), so a leg costs no SimPy event. Observable state: `queued`
+    (reached, no slot yet) and `done_at` (when the last leg settled so far finishes).
     """
 
     def __init__(self, env: simpy.Environment, slots: int, up_at: Callable[[float], float] | None = None):
         self.env = env
-        self.slots = slots
         self.up_at = up_at  # when the expert can next work from a time (it may be down: moe2sim/sim/site.py)
-        self.busy = 0
-        self.waiting: deque[tuple[Plan, int, int]] = deque()
+        self.free = [0.0] * slots                           # heap: when each slot frees up
+        self.inbox: list[tuple[float, int, Plan, int, int]] = []  # heap: (reach, arrival order, plan, i, j)
+        self.slot_at: list[float] = []                      # heap: when each queued leg gets its slot
+        self.received = 0
+        self.done_at = 0.0
+
+    def receive(self, reach: float, plan: Plan, i: int, j: int) -> None:
+        heapq.heappush(self.inbox, (reach, self.received, plan, i, j))
+        self.received += 1
+
+    def settle(self, until: float) -> None:
+        """Start, in reach order, every leg that reached the server before `until`."""
+        inbox, free, up_at = self.inbox, self.free, self.up_at
+        while inbox and inbox[0][0] < until:
+            reach, _, plan, i, j = heapq.heappop(inbox)
+            slot_at = max(reach, free[0])
+            start = slot_at if up_at is None else up_at(slot_at)
+            plan.start_s[i, j] = start
+            end = start + plan.service_s[i][j]
+            heapq.heapreplace(free, end)
+            if slot_at > reach:
+                heapq.heappush(self.slot_at, slot_at)
+            if end > self.done_at:
+                self.done_at = end
 
     @property
     def queued(self) -> int:
-        return len(self.waiting)
-
-    def arrive(self, event: simpy.Event) -> None:
-        if self.busy < self.slots:
-            self.busy += 1
-            self._start(event.value)
-        else:
-            self.waiting.append(event.value)
-
-    def _start(self, job: tuple[Plan, int, int]) -> None:
-        plan, i, j = job
-        now = self.env.now
-        wait = 0.0 if self.up_at is None else self.up_at(now) - now
-        plan.start_s[i, j] = now + wait
-        Timeout(self.env, wait + plan.service_s[i][j]).callbacks.append(self._finish)
-
-    def _finish(self, _event: simpy.Event) -> None:
-        if self.waiting:
-            self._start(self.waiting.popleft())
-        else:
-            self.busy -= 1
+        now, slot_at = self.env.now, self.slot_at
+        self.settle(now)
+        while slot_at and slot_at[0] <= now:
+            heapq.heappop(slot_at)
+        return len(slot_at)
 
 
 def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
@@ -231,12 +243,17 @@ class EdgeSimulation:
             yield env.timeout(max(float(batch.arrival_s[0]) - env.now, 0.0))
             plan = self.plan(batch)
             self.plans.append(plan)
-            reach = (batch.arrival_s[:, None] + plan.uplink_s - env.now).tolist()
-            arrive = [self.servers[n].arrive for n in range(len(self.servers))]
+            self._settle(env.now)
+            reach = (batch.arrival_s[:, None] + plan.uplink_s).tolist()
+            receive = [server.receive for server in self.servers]
             for i, (row, experts) in enumerate(zip(reach, plan.experts.tolist())):
-                for j, delay in enumerate(row):
-                    Timeout(env, delay, (plan, i, j)).callbacks.append(arrive[experts[j]])
+                for j, t in enumerate(row):
+                    receive[experts[j]](t, plan, i, j)
             on_batch(batch)
+
+    def _settle(self, until: float) -> None:
+        for server in self.servers:
+            server.settle(until)
 
     def start(self, batches: Iterator[QueryBatch], on_batch: Callable[[QueryBatch], None] = lambda b: None) -> None:
         self.env.process(self._feed(batches, on_batch))
@@ -244,9 +261,12 @@ class EdgeSimulation:
     def advance(self, until: float | None = None) -> None:
         """Simulate up to `until` (events at exactly `until` are left for later), or to the end."""
         self.env.run(until)
+        self._settle(math.inf if until is None else until)
 
     def result(self) -> SimResult:
-        return SimResult(self.plans, self.experts, float(self.env.now), self.policy.aggregation_s)
+        """The plans so far; the run lasts until the last event or the last service started so far ends."""
+        run_s = max([self.env.now] + [s.done_at for s in self.servers])
+        return SimResult(self.plans, self.experts, float(run_s), self.policy.aggregation_s)
 
     def run(self, batches: Iterator[QueryBatch],
             on_batch: Callable[[QueryBatch], None] = lambda b: None) -> SimResult:

@@ -167,5 +167,18 @@ class DevicePort:
     def queued(self) -> int:
         return self.device.queued
 
+    @property
+    def done_at(self) -> float:
+        """0: a shared device's completions are SimPy events, so the simulation clock already covers them."""
+        return 0.0
+
+    def receive(self, reach: float, plan: "Plan", i: int, j: int) -> None:
+        """Leg (plan, i, j) reaches the device at `reach` (a SimPy event)."""
+        env = self.device.env
+        Timeout(env, max(reach - env.now, 0.0), (plan, i, j)).callbacks.append(self.arrive)
+
+    def settle(self, until: float) -> None:
+        """Nothing to do: arrivals and completions here are SimPy events."""
+
     def arrive(self, event: simpy.Event) -> None:
         self.device.arrive(event.value, self.expert)
