@@ -97,13 +97,13 @@ class WeightedVote:
 
 def expected_correct(aggregator: Aggregator, outcomes: Outcomes, prompts: np.ndarray, experts: np.ndarray,
                      weights: np.ndarray) -> np.ndarray:
-    """(n,) exact probability that the combined answer is right (legs independent)."""
+    """(n,) exact probability that the combined answer is right (legs independent):
+    Σ over the 2^k right/wrong patterns r of P(r) · [the aggregator is right under r], judged in one call
+    over every (pattern, query) pair with P(r) > 0."""
     p = outcomes.legs(prompts, experts)
-    total = np.zeros(len(p))
-    for pattern in itertools.product((False, True), repeat=p.shape[1]):
-        right = np.broadcast_to(np.array(pattern), p.shape)
-        prob = np.prod(np.where(right, p, 1.0 - p), axis=1)
-        live = prob > 0
-        if live.any():
-            total[live] += prob[live] * aggregator.correct(prompts[live], experts[live], weights[live], right[live])
-    return total
+    n, k = p.shape
+    patterns = np.array(list(itertools.product((False, True), repeat=k)))       # (2^k, k)
+    prob = np.prod(np.where(patterns[:, None, :], p, 1.0 - p), axis=2)         # (2^k, n)
+    pattern, row = np.nonzero(prob > 0)
+    right = aggregator.correct(prompts[row], experts[row], weights[row], patterns[pattern])
+    return np.bincount(row, weights=prob[pattern, row] * right, minlength=n)
