@@ -10,7 +10,8 @@ import yaml
 
 from conftest import TRACES, profile_dict
 from moe2sim.errors import InputError
-from moe2sim.devices.profiles import DeviceProfile, Sourced, fit_profile, load_profile, profile_error, save_profile
+from moe2sim.devices.profiles import (DeviceProfile, Sourced, fit_profile, fit_ttft_additive, load_profile, profile_error,
+                                      save_profile)
 
 PROFILES = sorted((TRACES / "profiles").glob("*.yaml"))
 SOURCED_FIELDS = ["ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s",
@@ -62,6 +63,41 @@ def test_fit_profile_recovers_known_parameters():
     assert fit.fit_error["latency_mape_pct"] == pytest.approx(0, abs=1e-4)
     assert fit.fit_error["active_energy_mape_pct"] == pytest.approx(0, abs=1e-4)
     assert fit.fit_error["rows"] == 60
+
+
+@pytest.mark.parametrize("law", ["additive", "roofline"])
+def test_fit_profile_recognises_the_ttft_law(law: str):
+    # roofline: a 20 ms launch floor that the prompt's compute (30k tok/s) overtakes beyond 600 tokens.
+    truth = DeviceProfile.model_validate({**profile_dict("truth", ttft_base_s=0.02, prefill_tokens_per_s=30_000.0,
+                                                         decode_tokens_per_s=50.0), "ttft_law": law})
+    idle = Sourced(value=0.0, provenance="assumed", source="none")
+    power = Sourced(value=100.0, provenance="assumed", source="none")
+    fit = fit_profile(synthetic_trace(truth), name="fit", device="d", model="m", idle=idle, how="synthetic",
+                      power=power)
+    assert fit.ttft_law == law
+    assert fit.ttft_base_s.value == pytest.approx(0.02, rel=0.01)
+    assert fit.prefill_tokens_per_s.value == pytest.approx(30_000.0, rel=0.01)
+    assert fit.fit_error["ttft_mape_pct"] < 1.0
+    # the two laws part beyond the floor: at 4k tokens roofline gives 137 ms, additive 157 ms
+    assert fit.ttft_s(np.array([4096.0]))[0] == pytest.approx(truth.ttft_s(np.array([4096.0]))[0], rel=0.01)
+
+
+def test_bundled_h200_profiles_extrapolate_ttft_beyond_the_launch_floor():
+    # The 7-8B H200 rows sit on a ~20 ms floor up to 512 tokens and rise at 1,024: the roofline law fits
+    # them, and its 2,048-token TTFT is above the additive law's (which the held-out probe showed 35 % low).
+    profile = load_profile(TRACES / "profiles" / "h200-llama-3.1-8b.yaml")
+    trace = pd.read_csv(TRACES / "devices" / "h200_probe.csv")
+    rows = trace[trace["warm"] & (trace["model"] == "llama-3.1-8b")]
+    assert profile.ttft_law == "roofline"
+    _, base, inv_rate = fit_ttft_additive(rows["prompt_tokens"].to_numpy(float), rows["ttft_s"].to_numpy(float))
+    additive = DeviceProfile.model_validate({**profile.model_dump(), "ttft_law": "additive",
+                                             "ttft_base_s": {**profile.ttft_base_s.model_dump(), "value": base},
+                                             "prefill_tokens_per_s": {**profile.prefill_tokens_per_s.model_dump(),
+                                                                      "value": 1 / inv_rate}})
+    assert profile_error(profile, rows)["ttft_mape_pct"] < profile_error(additive, rows)["ttft_mape_pct"]
+    assert profile.ttft_s(np.array([2048.0]))[0] > 1.3 * additive.ttft_s(np.array([2048.0]))[0]
+    floor = rows.loc[rows["prompt_tokens"] <= 512, "ttft_s"].mean()
+    assert profile.ttft_s(np.array([2048.0]))[0] > 2.5 * floor
 
 
 def test_profile_error_measures_mismatch():

@@ -1,7 +1,9 @@
 """Device profiles: the latency and power model of one LLM on one device, with provenance.
 
 Model (batch 1, per request):
-    ttft(p)   = ttft_base_s + p / prefill_tokens_per_s             (p prompt tokens)
+    ttft(p)   = ttft_base_s + p / prefill_tokens_per_s             (p prompt tokens; ttft_law "additive")
+              = max(ttft_base_s, p / prefill_tokens_per_s)         (ttft_law "roofline": a fixed per-request
+                overhead, e.g. an eager stack's kernel launches, overlaps the prompt's compute; the slower bounds)
     decode(o) = o / decode_tokens_per_s                             (o output tokens)
     active energy = (prefill_power_W - idle_power_W) * ttft
                   + (decode_power_W  - idle_power_W) * decode
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import warnings
-from typing import Annotated, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +37,13 @@ from moe2sim.errors import InputError, from_validation
 Provenance = Literal["measured", "published", "derived", "assumed"]
 Stack = Literal["llama.cpp", "mlc", "vllm", "transformers", "tensorrt-llm"]
 EnergyBoundary = Literal["module", "gpu", "wall", "none"]   # none: no meter (latency-only profile)
+TtftLaw = Literal["additive", "roofline"]
+
+# time to first token (s) from (ttft_base_s, prefill_tokens_per_s, prompt tokens): see the module docstring
+TTFT_LAWS: dict[str, Callable[[float, float, np.ndarray], np.ndarray]] = {
+    "additive": lambda base, rate, p: base + p / rate,
+    "roofline": lambda base, rate, p: np.maximum(base, p / rate),
+}
 
 
 class Sourced(BaseModel):
@@ -96,6 +105,7 @@ class DeviceProfile(BaseModel):
     notes: str = ""
     ttft_base_s: Sourced
     prefill_tokens_per_s: Sourced
+    ttft_law: TtftLaw = Field("additive", description="how the base and the prompt's prefill combine")
     decode_tokens_per_s: Sourced
     prefill_power_W: Sourced
     decode_power_W: Sourced
@@ -138,7 +148,8 @@ class DeviceProfile(BaseModel):
         return message is not None
 
     def ttft_s(self, prompt_tokens: np.ndarray) -> np.ndarray:
-        return self.ttft_base_s.value + np.asarray(prompt_tokens, float) / self.prefill_tokens_per_s.value
+        return TTFT_LAWS[self.ttft_law](self.ttft_base_s.value, self.prefill_tokens_per_s.value,
+                                        np.asarray(prompt_tokens, float))
 
     def decode_s(self, output_tokens: np.ndarray) -> np.ndarray:
         return np.asarray(output_tokens, float) / self.decode_tokens_per_s.value
@@ -171,10 +182,11 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
                 how: str, power: Sourced | None = None, **described) -> DeviceProfile:
     """Relative-error least-squares fit of the profile model to warm rows of a device trace.
 
-    ttft_s = a + p / r_prefill;  decode_s = o / r_decode;  active_energy_J = P_act * (ttft + decode),
-    so prefill and decode share one active power: the trace's meter (NVML, ~100 ms steps) cannot
-    separate a prefill of a few ms. Residuals are weighted by 1/observed (the fit minimises squared
-    relative error, matching the % error it reports). fit_error holds the in-sample errors, fit_grid the
+    ttft_s = a + p / r_prefill or max(a, p / r_prefill);  decode_s = o / r_decode;
+    active_energy_J = P_act * (ttft + decode), so prefill and decode share one active power: the trace's
+    meter (NVML, ~100 ms steps) cannot separate a prefill of a few ms. Residuals are weighted by 1/observed
+    (the fit minimises squared relative error, matching the % error it reports). Both TTFT laws have two
+    parameters; the one with the smaller error is kept. fit_error holds the in-sample errors, fit_grid the
     measured length range (runs warn outside it). A trace without measured energy fits the latency only;
     its prefill and decode power is then `power`. `described`: stack, quantisation, power_mode,
     energy_boundary, spread, batching of the profile.
@@ -183,8 +195,8 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
     o = trace["output_tokens"].to_numpy(float)
     ttft = trace["ttft_s"].to_numpy(float)
     dec = trace["decode_s"].to_numpy(float)
-    (a, inv_prefill), *_ = np.linalg.lstsq(np.c_[np.ones_like(p), p] / ttft[:, None], np.ones_like(p), rcond=None)
-    a, inv_prefill = max(float(a), 0.0), max(float(inv_prefill), 1e-9)
+    law, a, inv_prefill = min((fit_ttft_additive(p, ttft), fit_ttft_roofline(p, ttft)),
+                              key=lambda fit: relative_sse(TTFT_LAWS[fit[0]](fit[1], 1.0 / fit[2], p), ttft))
     inv_decode = float(np.sum(o / dec) / np.sum((o / dec) ** 2))
     fitted = dict(provenance="derived", source=how)
     if power is None:
@@ -197,6 +209,7 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
         name=name, device=device, model=model, notes=f"fitted on {len(trace)} warm rows",
         ttft_base_s=Sourced(value=a, **fitted),
         prefill_tokens_per_s=Sourced(value=1.0 / inv_prefill, **fitted),
+        ttft_law=law,
         decode_tokens_per_s=Sourced(value=1.0 / inv_decode, **fitted),
         prefill_power_W=power,
         decode_power_W=power,
@@ -205,6 +218,44 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
         **described,
     )
     return profile.model_copy(update={"fit_error": profile_error(profile, trace)})
+
+
+def relative_sse(pred: np.ndarray, real: np.ndarray) -> float:
+    return float(np.sum(((pred - real) / real) ** 2))
+
+
+def fit_ttft_additive(p: np.ndarray, ttft: np.ndarray) -> tuple[str, float, float]:
+    """("additive", a, 1/r) minimising Σ((a + p/r − t)/t)², a ≥ 0 (a linear least-squares problem)."""
+    (a, inv_rate), *_ = np.linalg.lstsq(np.c_[np.ones_like(p), p] / ttft[:, None], np.ones_like(p), rcond=None)
+    return "additive", max(float(a), 0.0), max(float(inv_rate), 1e-9)
+
+
+ROOFLINE_RISE = 1.25  # a compute line must rise this far above the floor inside the grid (TTFT jitter is ~7 %)
+
+
+def fit_ttft_roofline(p: np.ndarray, ttft: np.ndarray, points: int = 96) -> tuple[str, float, float]:
+    """("roofline", a, 1/r) minimising Σ((max(a, p/r) − t)/t)²: a log grid over (a, 1/r) spanning the
+    observed times and time-per-token ratios, refined once around its best cell. A line that crosses the
+    floor inside the grid must reach ROOFLINE_RISE × a at the longest prompt: a rise smaller than that is
+    jitter on the floor, and a line fitted to it would extrapolate noise."""
+    p_max = float(p.max())
+    a_lo, a_hi = float(ttft.min()) / 2, float(ttft.max())
+    ratio = ttft / np.maximum(p, 1.0)
+    s_lo, s_hi = float(ratio.min()) / 10, float(ratio.max()) * 2
+    best = (np.inf, a_lo, s_lo)
+    for _ in range(2):
+        a_grid, s_grid = np.geomspace(a_lo, a_hi, points), np.geomspace(s_lo, s_hi, points)
+        for a in a_grid:
+            pred = np.maximum(a, s_grid[:, None] * p[None, :])
+            sse = (((pred - ttft) / ttft) ** 2).sum(axis=1)
+            top = s_grid * p_max
+            sse[(top > a) & (top < ROOFLINE_RISE * a)] = np.inf
+            i = int(np.argmin(sse))
+            if sse[i] < best[0]:
+                best = (float(sse[i]), float(a), float(s_grid[i]))
+        step_a, step_s = (a_hi / a_lo) ** (1 / (points - 1)), (s_hi / s_lo) ** (1 / (points - 1))
+        a_lo, a_hi, s_lo, s_hi = best[1] / step_a, best[1] * step_a, best[2] / step_s, best[2] * step_s
+    return "roofline", best[1], best[2]
 
 
 def measured_spread(trace: pd.DataFrame, how: str) -> Spread:
@@ -239,7 +290,8 @@ def profile_error(profile: DeviceProfile, trace: pd.DataFrame) -> dict[str, floa
     def mape(pred: np.ndarray, real: np.ndarray) -> float:
         return round(float(np.mean(np.abs(pred - real) / real) * 100), 2)
 
-    errors = {"latency_mape_pct": mape(ttft + dec, real_latency)}
+    errors = {"latency_mape_pct": mape(ttft + dec, real_latency),
+              "ttft_mape_pct": mape(ttft, trace["ttft_s"].to_numpy(float))}
     if np.isfinite(real_energy).all():
         errors["active_energy_mape_pct"] = mape(profile.active_energy_J(ttft, dec), real_energy)
     return errors | {"rows": float(len(trace))}
