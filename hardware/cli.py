@@ -40,7 +40,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from hardware.collect import Plan, Request, collect, concurrency_levels, queued_note, shape_grid
     from hardware.provenance import describe
 
-    plan = Plan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency))
+    plan = Plan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency), args.in_flight)
     shapes = None if args.scenario else shape_grid(args.shapes)  # bad flags fail before a model loads
     backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
@@ -87,7 +87,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                        "device trace", optional={"warm": "bool"})
     if "active_energy_J" not in trace.columns:
         trace["active_energy_J"] = float("nan")
-    profile = fit(trace, path, args.name, args.device_name, args.assume_power)
+    described = {k: getattr(args, k) for k in ("model", "notes", "stack", "quantisation", "power_mode", "energy_boundary")
+                 if getattr(args, k) is not None}
+    profile = fit(trace, path, args.name, args.device_name, args.assume_power, **described)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out)
@@ -262,6 +264,11 @@ def bounded(kind, flag: str, low: float | None = None, high: float | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from hardware.collect import IN_FLIGHT
+    from moe2sim.devices.profiles import EnergyBoundary, Stack
+
     invoked = Path(sys.argv[0]).name
     from moe2sim.cli.main import HelpFormatter  # every flag's help ends with its default
 
@@ -288,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", default="1",
                    help="levels N,N,...: each request is sent as N equal copies started together, the next only "
                         "when all N have finished (a server needs as many slots as the highest level)")
+    p.add_argument("--in-flight", choices=sorted(IN_FLIGHT), default="threads",
+                   help="how a level's N requests run together: threads (N concurrent requests, e.g. to a server) "
+                        "or batch (one batch of a local hf: backend)")
     p.add_argument("--reps", type=bounded(int, "--reps", 1, 10_000), default=3,
                    help="repetitions per shape and level (default 3)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0, 10_000), default=1,
@@ -303,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-name", required=True, help="device label")
     p.add_argument("--assume-power", type=bounded(float, "--assume-power", 0, 1e6),
                    help="W, for traces without energy (labelled assumed; default: the trace's measured energy)")
+    p.add_argument("--model", help="what is served, as the profile states it (default: the trace's model column)")
+    p.add_argument("--notes", help="free text kept in the profile (default: the number of rows fitted)")
+    p.add_argument("--stack", choices=get_args(Stack), help="serving stack the numbers belong to")
+    p.add_argument("--quantisation", help="weight format, e.g. bf16, fp32, Q4_K_M")
+    p.add_argument("--power-mode", help="device power mode / clocks, e.g. MAXN, default")
+    p.add_argument("--energy-boundary", choices=get_args(EnergyBoundary),
+                   help="what the powers cover (default: none for a trace without measured energy, else unstated)")
     p.add_argument("--out", required=True, help="profile YAML to write")
     p.set_defaults(func=cmd_fit)
 

@@ -64,7 +64,9 @@ def test_collect_at_two_levels_then_fit_a_batching_block(tmp_path, two_slot_serv
     fit = subprocess.run([*HW, "fit", str(out), "--name", "tiny-cpu", "--device-name", "cpu", "--assume-power", "10",
                           "--out", str(profile)], capture_output=True, text=True, cwd=ROOT)
     assert fit.returncode == 0, fit.stderr
-    batching = yaml.safe_load(profile.read_text())["batching"]
+    fitted = yaml.safe_load(profile.read_text())
+    assert fitted["energy_boundary"] == "none" and fitted["spread"]["latency_cv"]["provenance"] == "measured"
+    batching = fitted["batching"]
     assert batching["max_batch"] == 2
     assert batching["decode_slowdown"]["provenance"] == "derived" and batching["decode_slowdown"]["value"] >= 0
     assert batching["prefill_slowdown"]["value"] >= 0
@@ -115,3 +117,39 @@ def test_bad_concurrency_exits_2_naming_the_flag(tmp_path, levels):
                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 2 and run.stderr.startswith("hardware: error: --concurrency")
     assert "Traceback" not in run.stderr and not out.exists()
+
+
+def test_batch_in_flight_runs_a_wave_as_one_batch(tmp_path):
+    """`--in-flight batch`: a local model decodes the n requests of a wave as one batch, so the n rows of a
+    wave carry the batch's timings; a server backend cannot batch for the collector (exit 2)."""
+    out = tmp_path / "batch.csv"
+    run = subprocess.run([*HW, "collect", "--backend", "hf:tiny-llama", "--threads", "1", "--meter", "none",
+                          "--in-flight", "batch", "--concurrency", "1,3", "--shapes", "16x8", "--reps", "2",
+                          "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    trace = pd.read_csv(out)
+    assert trace.groupby("concurrency").size().to_dict() == {1: 3, 3: 9}
+    for _, wave in trace[trace["concurrency"] == 3].groupby(np.arange(9) // 3):
+        assert wave["ttft_s"].nunique() == 1 and wave["decode_s"].nunique() == 1
+    assert (trace["output_tokens"] == 8).all() and trace["server_queue_s"].isna().all()
+    bad = subprocess.run([*HW, "collect", "--backend", "openai:http://127.0.0.1:9", "--meter", "none",
+                          "--in-flight", "batch", "--out", str(tmp_path / "x.csv")], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert bad.returncode == 2 and bad.stderr.startswith("hardware: error: --in-flight")
+
+
+def test_the_shipped_cpu_profile_is_what_the_documented_fit_makes_of_the_shipped_trace(tmp_path):
+    """traces/README.md names the command that fits profiles/smollm2-135m-cpu.yaml from
+    devices/cpu_concurrency.csv; run as written (output redirected), it gives the shipped profile."""
+    import shlex
+
+    text = (ROOT / "traces" / "README.md").read_text()
+    command = next(line.strip() for line in text.splitlines()
+                   if line.strip().startswith("python -m hardware fit traces/devices/cpu_concurrency.csv"))
+    args = shlex.split(command)[3:]
+    args[args.index("--out") + 1] = str(tmp_path / "p.yaml")
+    run = subprocess.run([*HW, *args], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    made = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "traces" / "profiles" / "smollm2-135m-cpu.yaml").read_text())
+    assert made == shipped
