@@ -8,7 +8,9 @@ request r running over [t0, t1] is attributed
 
 where E is the meter's interpolated cumulative energy (meters.py). The requests' energies add up to
 the device's energy while any request runs: nothing is counted twice, and idle gaps go to no
-request. With one request at a time, E_r is the meter's own window E(t1) − E(t0).
+request. With one request at a time, E_r is the meter's own window E(t1) − E(t0). The request's share
+of the device's time, T_r = Σ_k (τ_{k+1} − τ_k) / n_k, is what its share of idle power costs: its
+active energy is E_r − P_idle · T_r (at n = 1, T_r is the window's length).
 
 Error: each interpolated reading is off by at most ΔP·T_update / 2 and enters E_r with a weight of
 at most 1, so |error| ≤ ΔP·T_update·(2 + m) / 2 for m start/end instants of other requests inside
@@ -17,9 +19,16 @@ r's window. That is the meter's window bound when m = 0.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from hardware.meters import Measurement, SampledCounter
+
+
+@dataclass(frozen=True)
+class Share(Measurement):
+    """A request's share of the device's energy (energy_J) and of its time over the request's window."""
+
+    time_s: float  # Σ (interval length / requests running in it): idle power × time_s is its share of idle energy
 
 
 @dataclass(eq=False)
@@ -55,8 +64,8 @@ class SharedDevice:
             span.end = self.meter.now()
             span.pending = read
 
-    def energy(self, span: Span) -> Measurement:
-        """The stopped request's share of the device's energy over its span (see the module docstring)."""
+    def energy(self, span: Span) -> Share:
+        """The stopped request's share of the device's energy and time over its span (module docstring)."""
         if span.end is None:
             raise ValueError("energy() of a request that is still running; stop() it first")
         t0, t1 = span.start, span.end
@@ -70,7 +79,8 @@ class SharedDevice:
         whole = self.meter.measure(t0, t1)  # waits until the reading has moved past t1
         energy = sum(self.meter.measure(a, b).energy_J / n for (a, b), n in zip(intervals, sharing))
         inside = len(cuts) - 2  # start/end instants of other requests within the window
-        return replace(whole, energy_J=energy, resolution_J=whole.resolution_J * (2 + inside) / 2)
+        return Share(energy, whole.duration_s, whole.resolution_J * (2 + inside) / 2, whole.update_s, whole.method,
+                     time_s=sum((b - a) / n for (a, b), n in zip(intervals, sharing)))
 
     def _forget_finished(self) -> None:
         """Drop read spans that no span still to be read overlaps (spans yet to begin start later)."""

@@ -108,30 +108,39 @@ class HFBackend:
 
     def generate(self, prompt: str, prompt_tokens: int, max_tokens: int,
                  on_token: Callable[[str], None] | None = None) -> Generation:
+        return self._decode(self._ids(prompt, prompt_tokens), max_tokens, on_token)[0]
+
+    def generate_batch(self, prompt: str, prompt_tokens: int, max_tokens: int, n: int) -> list[Generation]:
+        """n copies of the prompt decoded together, one forward pass per step for the whole batch (what a
+        batching server does with n equal requests); each copy gets the batch's timings."""
+        return self._decode(self._ids(prompt, prompt_tokens).repeat(n, 1), max_tokens, None)
+
+    def _decode(self, ids, max_tokens: int, on_token: Callable[[str], None] | None) -> list[Generation]:
+        """Greedy decoding of a batch of equal-length prompts; `on_token` hears the first row's tokens."""
         torch = self.torch
-        ids = self._ids(prompt, prompt_tokens)
-        out_ids = []
+        out_ids: list[list[int]] = []
         with torch.inference_mode():
             start = time.perf_counter()
             out = self.model(ids, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
             self._sync()
             first = time.perf_counter()
-            out_ids.append(int(token))
+            out_ids.append(token[:, 0].tolist())
             if on_token:
-                on_token(self._text([out_ids[-1]]))
+                on_token(self._text([out_ids[-1][0]]))
             past = out[self.cache_arg]
             for _ in range(max_tokens - 1):
                 out = self.model(token, use_cache=True, **{self.cache_arg: past})
                 past = out[self.cache_arg]
                 token = out.logits[:, -1:].argmax(-1)
-                out_ids.append(int(token))
+                out_ids.append(token[:, 0].tolist())
                 if on_token:
                     self._sync()
-                    on_token(self._text([out_ids[-1]]))
+                    on_token(self._text([out_ids[-1][0]]))
             self._sync()
             end = time.perf_counter()
-        return Generation(self._text(out_ids), int(ids.shape[1]), len(out_ids), first - start, end - first)
+        rows = [list(r) for r in zip(*out_ids)]
+        return [Generation(self._text(r), int(ids.shape[1]), len(r), first - start, end - first) for r in rows]
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if self.tokenizer is not None else "".join(f"<{i}>" for i in ids)

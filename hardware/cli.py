@@ -9,6 +9,7 @@ import functools
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from hardware.backends import BackendError, HFBackend, OpenAIBackend
@@ -36,9 +37,11 @@ def make_meter(kind: str):
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from hardware.collect import Request, collect, shape_grid
+    from hardware.collect import Plan, Request, collect, concurrency_levels, queued_note, shape_grid
     from hardware.provenance import describe
 
+    plan = Plan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency), args.in_flight)
+    shapes = None if args.scenario else shape_grid(args.shapes)  # bad flags fail before a model loads
     backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
     if args.scenario:
@@ -52,20 +55,25 @@ def cmd_collect(args: argparse.Namespace) -> int:
         requests = [Request(str(prompts["question"].iloc[p]), int(t), int(o), str(prompts["prompt_id"].iloc[p]))
                     for p, t, o in zip(batch.prompt, batch.prompt_tokens, batch.output_tokens)]
     else:
-        requests = shape_grid(args.shapes)
-    trace = collect(backend, requests, meter, args.device_name or args.device, args.reps, args.warmup, args.idle_s)
+        requests = shapes
+    trace = collect(backend, requests, meter, args.device_name or args.device, plan)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     trace.to_csv(tmp, index=False)
     provenance = out.with_suffix(".device.json")
     provenance_tmp = provenance.with_name(f".{provenance.name}.tmp")
-    provenance_tmp.write_text(json.dumps(describe(backend.name, args.device, meter), indent=1) + "\n")
+    provenance_tmp.write_text(json.dumps(describe(backend.name, args.device, meter) | {"plan": asdict(plan)},
+                                         indent=1) + "\n")
     tmp.replace(out)
     provenance_tmp.replace(provenance)
     warm = trace[trace["warm"]]
-    print(f"{len(trace)} requests ({len(warm)} warm) on {backend.name}, meter {trace['meter'].iloc[0]} -> {out} "
+    print(f"{len(trace)} requests ({len(warm)} warm) on {backend.name} at concurrency "
+          f"{','.join(map(str, plan.concurrency))}, meter {trace['meter'].iloc[0]} -> {out} "
           f"(how it was measured: {provenance.name})")
+    note = queued_note(trace)
+    if note:
+        print(f"hardware: warning: {note}", file=sys.stderr)
     return 0
 
 
@@ -79,7 +87,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
                        "device trace", optional={"warm": "bool"})
     if "active_energy_J" not in trace.columns:
         trace["active_energy_J"] = float("nan")
-    profile = fit(trace, path, args.name, args.device_name, args.assume_power)
+    described = {k: getattr(args, k) for k in ("model", "notes", "stack", "quantisation", "power_mode", "energy_boundary")
+                 if getattr(args, k) is not None}
+    profile = fit(trace, path, args.name, args.device_name, args.assume_power, **described)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_profile(profile, out)
@@ -254,6 +264,11 @@ def bounded(kind, flag: str, low: float | None = None, high: float | None = None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from typing import get_args
+
+    from hardware.collect import IN_FLIGHT
+    from moe2sim.devices.profiles import EnergyBoundary, Stack
+
     invoked = Path(sys.argv[0]).name
     from moe2sim.cli.main import HelpFormatter  # every flag's help ends with its default
 
@@ -277,7 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=bounded(int, "--queries", 1, 100_000), default=50,
                    help="queries drawn with --scenario (default 50)")
     p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), default=0, help="workload seed (default 0)")
-    p.add_argument("--reps", type=bounded(int, "--reps", 1, 10_000), default=3, help="repetitions per shape (default 3)")
+    p.add_argument("--concurrency", default="1",
+                   help="levels N,N,...: each request is sent as N equal copies started together, the next only "
+                        "when all N have finished (a server needs as many slots as the highest level)")
+    p.add_argument("--in-flight", choices=sorted(IN_FLIGHT), default="threads",
+                   help="how a level's N requests run together: threads (N concurrent requests, e.g. to a server) "
+                        "or batch (one batch of a local hf: backend)")
+    p.add_argument("--reps", type=bounded(int, "--reps", 1, 10_000), default=3,
+                   help="repetitions per shape and level (default 3)")
     p.add_argument("--warmup", type=bounded(int, "--warmup", 0, 10_000), default=1,
                    help="unmeasured requests first (default 1)")
     p.add_argument("--idle-s", type=bounded(float, "--idle-s", 0, 3600), default=2.0,
@@ -291,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-name", required=True, help="device label")
     p.add_argument("--assume-power", type=bounded(float, "--assume-power", 0, 1e6),
                    help="W, for traces without energy (labelled assumed; default: the trace's measured energy)")
+    p.add_argument("--model", help="what is served, as the profile states it (default: the trace's model column)")
+    p.add_argument("--notes", help="free text kept in the profile (default: the number of rows fitted)")
+    p.add_argument("--stack", choices=get_args(Stack), help="serving stack the numbers belong to")
+    p.add_argument("--quantisation", help="weight format, e.g. bf16, fp32, Q4_K_M")
+    p.add_argument("--power-mode", help="device power mode / clocks, e.g. MAXN, default")
+    p.add_argument("--energy-boundary", choices=get_args(EnergyBoundary),
+                   help="what the powers cover (default: none for a trace without measured energy, else unstated)")
     p.add_argument("--out", required=True, help="profile YAML to write")
     p.set_defaults(func=cmd_fit)
 

@@ -17,7 +17,7 @@ import yaml
 
 from hardware.attribution import SharedDevice
 from hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
-from hardware.collect import collect, fit, shape_grid
+from hardware.collect import Plan, collect, fit, shape_grid
 from hardware.compare import error_table
 from hardware.live import run_live
 from hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
@@ -214,8 +214,8 @@ def test_serve_splits_energy_between_concurrent_requests():
 @pytest.fixture(scope="module")
 def tiny_trace() -> pd.DataFrame:
     """`collect` on a real tiny Llama on this CPU, over a grid of shapes (no meter here)."""
-    trace = collect(HFBackend("tiny-llama"), shape_grid("16x8,48x8,16x24,48x24"), None, "cpu", reps=2, warmup=1,
-                    idle_s=0)
+    trace = collect(HFBackend("tiny-llama"), shape_grid("16x8,48x8,16x24,48x24"), None, "cpu",
+                    Plan(reps=2, warmup=1, idle_s=0))
     assert trace["energy_J"].isna().all()  # no meter: NaN, not 0
     return trace
 
