@@ -39,8 +39,8 @@ def flatten_observations(env: gym.Env, spaces: Any, device: Any) -> FlattenObser
     return FlattenObservations()
 
 
-def ppo_config(env_id: str, *, env_runners: int = 2, batch: int = 2880, minibatch: int = 288, epochs: int = 5,
-               lr: float = 5e-4, hidden: int = 64, reward_scale: float = 0.01, seed: int = 0) -> PPOConfig:
+def ppo_config(env_id: str, *, env_runners: int = 2, batch: int = 1152, minibatch: int = 288, epochs: int = 5,
+               lr: float = 1e-3, hidden: int = 64, reward_scale: float = 0.01, seed: int = 0) -> PPOConfig:
     """PPO on `env_id` (e.g. "moe2sim/Suite-Outage-v0") with `env_runners` remote env runners of one env each;
     `batch` env steps per training iteration, `epochs` passes over it in minibatches of `minibatch`."""
     register_env(ENV_NAME, make_env)
