@@ -5,8 +5,8 @@
 The id is written "moe2sim.envs:<id>" so that it resolves in any process (SubprocVecEnv workers import
 nothing of ours otherwise; Gymnasium 1.x loads no plugin entry points). The Dict observation goes to
 SB3's MultiInputPolicy as is. After training, the greedy policy and the best constant action (every
-action scored on training day 0) are scored on held-out days (seeds 1000, 1001, ...); the table is
-printed in markdown.
+action scored on the training days) are scored on held-out days (seeds 1000, 1001, ...); the table is
+printed in markdown (examples/heldout.py).
 """
 from __future__ import annotations
 
@@ -20,26 +20,27 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from moe2sim.envs.agents import Constant, run_episode
+from heldout import add_common_flags, check_days, held_out_table, whole
 from moe2sim.envs.ppo import make_env
 
 
 class Greedy:
+    """The trained SB3 policy's most likely action."""
+
     def __init__(self, model: PPO):
         self.model = model
 
-    def act(self, obs):
+    def act(self, obs: dict[str, np.ndarray]) -> int:
         return int(self.model.predict(obs, deterministic=True)[0])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--env", default="moe2sim/Suite-Outage-v0")
-    p.add_argument("--timesteps", type=int, default=60_000)
-    p.add_argument("--n-envs", type=int, default=2)
-    p.add_argument("--days", type=int, default=5, help="held-out days")
-    p.add_argument("--seed", type=int, default=0)
+    add_common_flags(p)
+    p.add_argument("--timesteps", type=whole(1), default=60_000)
+    p.add_argument("--n-envs", type=whole(1), default=2, help="SubprocVecEnv workers")
     args = p.parse_args()
+    check_days(p, args)
     env_id = f"moe2sim.envs:{args.env}"
     torch.set_num_threads(1)
     start = time.time()
@@ -51,18 +52,8 @@ def main() -> None:
                 seed=args.seed, device="cpu", verbose=0, policy_kwargs=dict(net_arch=[64, 64]))
     model.learn(total_timesteps=args.timesteps)
     venv.close()
-    train_min = (time.time() - start) / 60
-    env = make_env(env_id, {})
-    seeds = range(1000, 1000 + args.days)
-    a = max(range(1, env.action_space.n), key=lambda a: run_episode(env, Constant(env, a), 0)[0])
-    best = f"best constant: action {a} ({'|'.join(env.action_table.subsets[a - 1])})"
-    rows = {"SB3 PPO (greedy)": [run_episode(env, Greedy(model), s)[0] for s in seeds],
-            best: [run_episode(env, Constant(env, a), s)[0] for s in seeds]}
-    print(f"{args.env}: trained {args.timesteps} steps in {train_min:.1f} min; held-out days {seeds.start}-{seeds.stop - 1}")
-    print("\n| agent | mean reward/day | std | vs best constant |\n|---|---|---|---|")
-    for k, v in rows.items():
-        v = np.array(v)
-        print(f"| {k} | {v.mean():.0f} | {v.std():.0f} | {100 * (v.mean() / np.mean(rows[best]) - 1):+.1f} % |")
+    print(f"{args.env}: SB3 PPO trained {model.num_timesteps} steps in {(time.time() - start) / 60:.1f} min")
+    print(held_out_table(make_env(env_id, {}), Greedy(model), "SB3 PPO (greedy)", args.days, args.train_days))
 
 
 if __name__ == "__main__":
