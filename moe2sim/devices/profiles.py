@@ -186,7 +186,9 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
     active_energy_J = P_act * (ttft + decode), so prefill and decode share one active power: the trace's
     meter (NVML, ~100 ms steps) cannot separate a prefill of a few ms. Residuals are weighted by 1/observed
     (the fit minimises squared relative error, matching the % error it reports). Both TTFT laws have two
-    parameters; the one with the smaller error is kept. fit_error holds the in-sample errors, fit_grid the
+    parameters; the roofline one is kept only where its error is ROOFLINE_GAIN of the additive one's or
+    less (e.g. a GPU eager stack's launch floor), else the additive default (e.g. a CPU, where overhead
+    and compute run one after the other). fit_error holds the in-sample errors, fit_grid the
     measured length range (runs warn outside it). A trace without measured energy fits the latency only;
     its prefill and decode power is then `power`. `described`: stack, quantisation, power_mode,
     energy_boundary, spread, batching of the profile.
@@ -195,8 +197,9 @@ def fit_profile(trace: pd.DataFrame, *, name: str, device: str, model: str, idle
     o = trace["output_tokens"].to_numpy(float)
     ttft = trace["ttft_s"].to_numpy(float)
     dec = trace["decode_s"].to_numpy(float)
-    law, a, inv_prefill = min((fit_ttft_additive(p, ttft), fit_ttft_roofline(p, ttft)),
-                              key=lambda fit: relative_sse(TTFT_LAWS[fit[0]](fit[1], 1.0 / fit[2], p), ttft))
+    additive, roofline = fit_ttft_additive(p, ttft), fit_ttft_roofline(p, ttft)
+    sse = {law: relative_sse(TTFT_LAWS[law](a, 1.0 / inv, p), ttft) for law, a, inv in (additive, roofline)}
+    law, a, inv_prefill = roofline if sse["roofline"] < ROOFLINE_GAIN * sse["additive"] else additive
     inv_decode = float(np.sum(o / dec) / np.sum((o / dec) ** 2))
     fitted = dict(provenance="derived", source=how)
     if power is None:
@@ -231,6 +234,7 @@ def fit_ttft_additive(p: np.ndarray, ttft: np.ndarray) -> tuple[str, float, floa
 
 
 ROOFLINE_RISE = 1.25  # a compute line must rise this far above the floor inside the grid (TTFT jitter is ~7 %)
+ROOFLINE_GAIN = 0.8   # the roofline law replaces the default additive one only when it cuts the error by 20 %
 
 
 def fit_ttft_roofline(p: np.ndarray, ttft: np.ndarray, points: int = 96) -> tuple[str, float, float]:
