@@ -176,7 +176,9 @@ class TorchAgent:
         x = (flatten(obs, self.keys) - self.mean) / self.std
         with self.torch.no_grad():
             out = self.net(self.torch.as_tensor(x)).numpy()
-        return np.tanh(out).astype(np.float32) if self.action_type == "box" else int(self.allowed[out[self.allowed].argmax()])
+        if self.action_type == "box":
+            return np.tanh(out).astype(np.float32)
+        return int(self.allowed[out[self.allowed].argmax()])
 
 
 AGENTS: dict[str, Callable[[BudgetEnv], Agent]] = {

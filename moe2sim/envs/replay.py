@@ -77,7 +77,8 @@ class ReplayModel:
             if (a < 1).any():
                 raise ValueError("a replayed policy chooses a subset action (>= 1) every window")
             e = self.energy_J[day, :, w]
-            over = np.maximum(0.0, spent[:, None] + e - self.allowance_J) - np.maximum(0.0, spent[:, None] - self.allowance_J)
+            before = spent[:, None]
+            over = np.maximum(0.0, before + e - self.allowance_J) - np.maximum(0.0, before - self.allowance_J)
             every.append(self.reward[day, :, w] - self.overshoot_per_kJ * over / 1e3)
             spent = spent + e[np.arange(len(day)), a - 1]
             xs.append(x)

@@ -103,8 +103,9 @@ def train_replay(model: ReplayModel, seed: int = 0, cfg: ReplayPGConfig = Replay
             v = score(val)
             if v > best[0]:
                 best = (v, {k: t.clone() for k, t in pi.state_dict().items()}, u + 1)
-            log(f"update {u + 1:4d}: sampled days {run.rewards.sum(1).mean():8.0f}, greedy {score(fit):8.0f} (fitting days), {v:8.0f} "
-                f"(validation days, in the model), entropy {entropy.item():.2f}, {time.time() - start:.0f} s")
+            log(f"update {u + 1:4d}: sampled days {run.rewards.sum(1).mean():8.0f}, greedy {score(fit):8.0f} "
+                f"(fitting days), {v:8.0f} (validation days, in the model), entropy {entropy.item():.2f}, "
+                f"{time.time() - start:.0f} s")
     log(f"kept the weights of update {best[2]} (greedy {best[0]:.0f} on the validation days, in the model)")
     return {"format": AGENT_FORMAT, "version": AGENT_VERSION, "obs_keys": list(REPLAY_KEYS),
             "obs_mean": mean.tolist(), "obs_std": std.tolist(), "action": "subset", "hidden": cfg.hidden,
