@@ -39,7 +39,8 @@ class ReplayModel:
     totals: np.ndarray           # (D, A) the env's reward for the day of each constant action (row a: action a + 1)
     reward: np.ndarray           # (D, A, W) arrival-attributed, without the energy-allowance term
     energy_J: np.ndarray         # (D, A, W) active energy of those queries
-    fields: dict[str, np.ndarray]  # the other REPLAY_KEYS: key -> (D, W, dim), at each decision
+    fields: dict[str, np.ndarray]  # the other REPLAY_KEYS: key -> (D, W, dim), at each decision (subset:
+    #                                the scenario's own, as observed before the first choice; only w = 0 is used)
     members: np.ndarray          # (A, N) the subset of each action, as the observation's `subset`
     allowance_J: float
     overshoot_per_kJ: float
