@@ -1,12 +1,14 @@
 """The environment suite: for each registered suite env, on held-out days, the best constant action
-(searched over every action on training days), simple rules, a hindsight bound and a PPO agent.
+(searched over every action on training days), simple rules, a hindsight bound and trained agents.
 
-    python benchmarks/bench_env_suite.py [--envs Paper Rationing Outage Peak] [--minutes 4] [--workers 2]
-        [--train-seeds 2] [--eval-seeds 10] [--bound-actions 6] [--out benchmarks/suite_out]
+    python benchmarks/bench_env_suite.py [--envs Paper Rationing Outage Peak] [--agents replay-pg ppo]
+        [--workers 1] [--train-seeds 10] [--eval-seeds 10] [--bound-actions 4] [--replay-updates 300]
+        [--minutes 4] [--out benchmarks/suite_out]
 
 Per env (moe2sim/Suite-<name>-v0, subset actions):
-- best constant: every action on the training days (seeds 0, 1, ...); the best mean is scored on the
-  held-out days (seeds 1000, 1001, ...);
+- training days (seeds 0, 1, ...): every action is run as a constant on each and logged
+  (moe2sim.envs.replay.log_day); held-out days (seeds 1000, 1001, ...) are used only for the table;
+- best constant: the action with the best mean reward on the training days, scored on the held-out days;
 - rules (moe2sim.envs.agents): `fixed` (the scenario's budgets), `site` (the best-ranked constant whose
   experts all run at full speed now; ranking = the training scores, counted over the windows when the
   whole site is up if it has outages), `site-queue` (the same, switching
@@ -17,10 +19,13 @@ Per env (moe2sim/Suite-<name>-v0, subset actions):
   (the energy-allowance term couples windows: a Lagrangian price on energy, scanned). It assumes a
   window's outcome does not depend on earlier choices (queues carry over in reality), so it is an
   estimate of what perfect foresight of the load earns, not a strict upper bound;
-- PPO (moe2sim.envs.ppo.train_ppo, days seed·100000 + k, `--minutes` of training), greedy; it starts as
-  a clone of the best rule on the training days (behaviour cloning) and PPO improves on it.
+- trained agents (`--agents`), greedy on the held-out days:
+  `replay-pg` (default): policy gradient in the replay model of the training days
+  (moe2sim.envs.replay_train.train_replay; a quarter of the training days pick the weights);
+  `ppo`: PPO on the env (moe2sim.envs.ppo.train_ppo, days seed·100000 + k, `--minutes` of training),
+  started as a clone of the best rule on the training days.
 Means over the held-out days with 95 % t-intervals; gains are paired (same days) against the best constant.
-Writes <out>/suite.json, <out>/<env>.pt and prints the markdown table of benchmarks/RESULTS.md.
+Writes <out>/suite.json, <out>/<env>-<agent>.pt and prints the markdown table of benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -67,10 +72,11 @@ def episode(job) -> dict:
     total, cum, sep, energy, done = 0.0, 0.0, [], [], False
     while not done:
         obs, r, terminated, truncated, info = env.step(agent.act(obs))
-        before, cum = cum, cum + info["energy_J"]
+        used = info["energy_J"] + info.get("after_end", {}).get("energy_J", 0.0)  # the last step: and after the day
+        before, cum = cum, cum + used
         over = max(0.0, cum - cfg.energy_allowance_J) - max(0.0, before - cfg.energy_allowance_J)
         sep.append(r + cfg.reward.energy_overshoot_per_kJ * over / 1e3)
-        energy.append(info["energy_J"])
+        energy.append(used)
         total += r
         done = terminated or truncated
     return {"reward": total, "sep": sep, "energy": energy}
@@ -104,54 +110,89 @@ def ci(x: np.ndarray) -> tuple[float, float]:
     return float(np.mean(x)), float(t * np.std(x, ddof=1) / np.sqrt(len(x)))
 
 
+def log_job(job):
+    """One training day of a constant action, logged for the replay model (moe2sim.envs.replay.log_day)."""
+    import gymnasium as gym
+
+    from moe2sim.envs.replay import log_day
+
+    name, action, seed = job
+    env = ENVS.get(name) or ENVS.setdefault(name, gym.make(env_id(name)).unwrapped)
+    return log_day(env, action, seed)
+
+
+def train_replay_agent(name: str, env, model, rule_teacher, args) -> dict:
+    from moe2sim.envs.replay_train import ReplayPGConfig, train_replay
+
+    return train_replay(model, seed=0, cfg=ReplayPGConfig(updates=args.replay_updates,
+                                                          validation=max(1, model.days // 4)))
+
+
+def train_ppo_agent(name: str, env, model, rule_teacher, args) -> dict:
+    from moe2sim.envs.ppo import PPOConfig, train_ppo
+
+    return train_ppo(env_id(name), minutes=args.minutes, episodes=args.episodes, seed=0, workers=args.workers,
+                     teacher=rule_teacher, cfg=PPOConfig(lr=5e-4))
+
+
+# the trained agents: name -> (row label, trainer(env name, env, replay model of the training days, rule to
+# clone, args) -> agent payload)
+TRAINERS = {"replay-pg": ("replay-PG agent", train_replay_agent), "ppo": ("PPO agent", train_ppo_agent)}
+
+
 def bench_env(name: str, pool, args, out: Path) -> dict:
     import gymnasium as gym
 
     from moe2sim.data.checkpoint import save_checkpoint
-    from moe2sim.envs.ppo import PPOConfig, train_ppo
+    from moe2sim.envs.replay import collect
 
     t0 = time.time()
     env = gym.make(env_id(name)).unwrapped
     n = env.action_space.n
     train, held = list(range(args.train_seeds)), list(range(1000, 1000 + args.eval_seeds))
-    res = pool.map(episode, [(name, ("constant", a), s) for a in range(1, n) for s in train])
-    score = {a: np.mean([res[(a - 1) * len(train) + i]["reward"] for i in range(len(train))]) for a in range(1, n)}
+    model = collect(env, train, lambda jobs: pool.map(log_job, [(name, a, s) for a, s in jobs]))
+    score = {a: float(model.totals[:, a - 1].mean()) for a in range(1, n)}
     ranking = sorted(score, key=lambda a: -score[a])
     top = ranking[:args.bound_actions]
     # the rules rank subsets by how they do while the whole site is up (all windows on a site without outages)
     up = np.array([env.site.speed(w * env.cfg.window_s).min() >= 1 for w in range(env.cfg.windows)])
-    normal = {a: score[a] if env.site.static else
-              np.mean([np.sum(np.array(res[(a - 1) * len(train) + i]["sep"])[up]) for i in range(len(train))])
+    normal = {a: score[a] if env.site.static else float(model.reward[:, a - 1, up].sum(1).mean())
               for a in range(1, n)}
     rule_ranking = sorted(normal, key=lambda a: -normal[a])
     specs = {f"constant {a}": ("constant", a) for a in top}
     rules = {"fixed budgets": ("fixed", None), "site rule": ("site", rule_ranking),
              "site + queue": ("site-queue", rule_ranking), "site + pacing": ("site-pace", rule_ranking)}
     specs.update(rules)
-    on_train = pool.map(episode, [(name, spec, s) for spec in list(rules.values())[1:] for s in train])
-    rule_score = {k: np.mean([x["reward"] for x in on_train[i * len(train):(i + 1) * len(train)]])
-                  for i, k in enumerate(list(rules)[1:])}
-    teacher = max(rule_score, key=rule_score.get)
     jobs = [(name, spec, s) for spec in specs.values() for s in held]
     done = pool.map(episode, jobs)
     runs = {k: done[i * len(held):(i + 1) * len(held)] for i, k in enumerate(specs)}
     bound = np.array([hindsight([runs[f"constant {a}"][i] for a in top], env.cfg.energy_allowance_J,
                                 env.cfg.reward.energy_overshoot_per_kJ) for i in range(len(held))])
-    print(f"{name}: constants and rules done in {(time.time() - t0) / 60:.1f} min; training PPO", flush=True)
-    kind = rules[teacher][0]
-    payload = train_ppo(env_id(name), minutes=args.minutes, episodes=args.episodes, seed=0, workers=args.workers,
-                        teacher=lambda e: make_teacher(kind, e, rule_ranking), cfg=PPOConfig(lr=5e-4))
-    save_checkpoint(payload, out / f"{name}.pt")
-    ppo = pool.map(episode, [(name, ("torch", payload), s) for s in held])
-    rewards = {"best constant": [x["reward"] for x in runs[f"constant {ranking[0]}"]],
-               **{k: [x["reward"] for x in runs[k]] for k in rules},
-               "PPO agent": [x["reward"] for x in ppo], "hindsight bound": list(bound)}
-    base = np.array(rewards["best constant"])
+    print(f"{name}: constants and rules done in {(time.time() - t0) / 60:.1f} min; training", flush=True)
     row = {"env": f"moe2sim/Suite-{name}-v0", "actions": int(n), "best_constant_action": int(ranking[0]),
            "best_constant_subset": "|".join(env.action_table.subsets[ranking[0] - 1]),
-           "train_scores": {int(a): float(score[a]) for a in ranking}, "held_out_seeds": held,
-           "rule_ranking": rule_ranking, "rule_train_scores": rule_score, "ppo_teacher": teacher,
-           "minutes": (time.time() - t0) / 60, "agents": {}}
+           "train_scores": {int(a): float(score[a]) for a in ranking}, "train_seeds": train, "held_out_seeds": held,
+           "rule_ranking": rule_ranking, "agents": {}, "training_minutes": {}}
+    trained = {}
+    for agent in args.agents:
+        label, train_agent = TRAINERS[agent]
+        t1 = time.time()
+        if agent == "ppo":  # PPO starts as a clone of the best rule on the training days
+            on_train = pool.map(episode, [(name, spec, s) for spec in list(rules.values())[1:] for s in train])
+            rule_score = {k: np.mean([x["reward"] for x in on_train[i * len(train):(i + 1) * len(train)]])
+                          for i, k in enumerate(list(rules)[1:])}
+            row["ppo_teacher"] = teacher = max(rule_score, key=rule_score.get)
+            rule_teacher = (lambda kind: lambda e: make_teacher(kind, e, rule_ranking))(rules[teacher][0])
+        else:
+            rule_teacher = None
+        payload = train_agent(name, env, model, rule_teacher, args)
+        row["training_minutes"][label] = (time.time() - t1) / 60
+        save_checkpoint(payload, out / f"{name}-{agent}.pt")
+        trained[label] = pool.map(episode, [(name, ("torch", payload), s) for s in held])
+    rewards = {"best constant": [x["reward"] for x in runs[f"constant {ranking[0]}"]],
+               **{k: [x["reward"] for x in runs[k]] for k in rules},
+               **{k: [x["reward"] for x in v] for k, v in trained.items()}, "hindsight bound": list(bound)}
+    base = np.array(rewards["best constant"])
     for k, v in rewards.items():
         v = np.array(v, float)
         mean, half = ci(v)
@@ -159,6 +200,7 @@ def bench_env(name: str, pool, args, out: Path) -> dict:
         row["agents"][k] = {"mean": mean, "ci95": half, "gain": gain, "gain_ci95": gain_half,
                             "gain_pct": 100 * gain / abs(base.mean()), "days_better": int((v > base).sum()),
                             "per_day": v.tolist()}
+    row["minutes"] = (time.time() - t0) / 60
     return row
 
 
@@ -178,12 +220,15 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--envs", nargs="+", default=SUITE, choices=SUITE)
+    p.add_argument("--agents", nargs="+", default=["replay-pg"], choices=list(TRAINERS),
+                   help="trained agents to run")
+    p.add_argument("--replay-updates", type=int, default=300, help="replay-PG policy updates")
     p.add_argument("--minutes", type=float, default=4.0, help="PPO training time per env")
     p.add_argument("--episodes", type=int, default=600, help="PPO training days at most (sets the lr schedule)")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--train-seeds", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--train-seeds", type=int, default=10)
     p.add_argument("--eval-seeds", type=int, default=10)
-    p.add_argument("--bound-actions", type=int, default=6)
+    p.add_argument("--bound-actions", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("benchmarks/suite_out"))
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -606,13 +606,14 @@ def test_reward_is_quality_minus_lateness_minus_energy_overshoot(heavy_episode):
     cum = 0.0
     terms = np.zeros(3)
     for obs, reward, _, _, info in traj[1:]:
-        before, cum = cum, cum + info["energy_J"]
+        assert obs["energy_spent"][0] == pytest.approx((cum + info["energy_J"]) / allowance, rel=1e-6)
+        after = info.get("after_end", dict.fromkeys(("correct", "late", "energy_J"), 0))  # the last step
+        before, cum = cum, cum + info["energy_J"] + after["energy_J"]
         over = max(0.0, cum - allowance) - max(0.0, before - allowance)
-        expected = (r.quality * info["correct"] - r.latency_violation * info["late"]
-                    - r.energy_overshoot_per_kJ * over / 1e3)
+        correct, late = info["correct"] + after["correct"], info["late"] + after["late"]
+        expected = r.quality * correct - r.latency_violation * late - r.energy_overshoot_per_kJ * over / 1e3
         assert reward == pytest.approx(expected, rel=1e-9, abs=1e-9)
-        assert obs["energy_spent"][0] == pytest.approx(cum / allowance, rel=1e-6)
-        terms += [info["correct"], info["late"], over]
+        terms += [correct, late, over]
     assert (terms > 0).all(), terms  # every term was exercised
     # Summed over the episode, the energy term is the whole overshoot of the allowance.
     total_energy_term = sum(s[1] for s in traj[1:]) - r.quality * terms[0] + r.latency_violation * terms[1]

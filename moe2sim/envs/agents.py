@@ -1,6 +1,7 @@
 """Agents that set the budgets in BudgetEnv: fixed (the paper's setting), a queue rule, for subset
 actions a constant action, a site rule (avoid experts that are down or slow) and the same with energy
-pacing, and a saved torch policy (trained by examples/train_budget_agent.py or moe2sim.envs.ppo). All act on the env's observation
+pacing, and a saved torch policy (trained by examples/train_budget_agent.py, moe2sim.envs.ppo or
+moe2sim.envs.replay_train). All act on the env's observation
 dict and return an action of the env's action space. They take the env as gymnasium.make returns
 it (wrapped) or bare; wrappers that change the observation (e.g. FlattenObservation) do not fit.
 """
@@ -144,7 +145,8 @@ class SiteRule:
 
 
 class TorchAgent:
-    """A saved policy network: flattened, normalised observation -> action (greedy)."""
+    """A saved policy network: flattened, normalised observation -> action (greedy, among the payload's
+    `actions` if it lists them)."""
 
     def __init__(self, payload: dict, path: Path):
         import torch
@@ -160,6 +162,8 @@ class TorchAgent:
                 torch.nn.Linear(payload["hidden"], payload["hidden"]), torch.nn.Tanh(),
                 torch.nn.Linear(payload["hidden"], payload["n_outputs"]))
             self.net.load_state_dict(payload["state_dict"])
+            # the actions it may take (a discrete policy that never holds leaves out action 0); default all
+            self.allowed = np.asarray(payload.get("actions", range(payload["n_outputs"])), int)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise InputError(path, "state_dict", f"damaged agent file: {type(exc).__name__}: {exc}") from None
 
@@ -172,7 +176,9 @@ class TorchAgent:
         x = (flatten(obs, self.keys) - self.mean) / self.std
         with self.torch.no_grad():
             out = self.net(self.torch.as_tensor(x)).numpy()
-        return np.tanh(out).astype(np.float32) if self.action_type == "box" else int(out.argmax())
+        if self.action_type == "box":
+            return np.tanh(out).astype(np.float32)
+        return int(self.allowed[out[self.allowed].argmax()])
 
 
 AGENTS: dict[str, Callable[[BudgetEnv], Agent]] = {

@@ -7,7 +7,8 @@ subset stays and info["infeasible"] is True; subset actions are all feasible, 0 
 aggregation do the rest. The scenario's `site:` (outages, latency targets, energy price by time of
 day) applies; the selector plans with the experts' nominal profiles, so reacting to the site is the
 agent's job (the observation shows it). The episode is
-env.windows windows long (truncation; it never terminates early). Load changes within an episode
+env.windows windows long (truncation; it never terminates early); the answers still in flight at its
+end are finished and counted in the last reward (and in that step's info["after_end"]). Load changes within an episode
 as the scenario's arrival process says (diurnal with bursts, or a replayed file). Spaces and
 reward: moe2sim/envs/handler.py.
 """
@@ -165,12 +166,19 @@ class BudgetEnv(gym.Env):
         self.window += 1
         truncated = self.window >= self.cfg.windows
         self.done = truncated
+        reward = self.handler.reward(stats)
+        measured = ("completed", "correct", "late", "energy_J")
+        after_end = {}
+        if truncated:  # the answers in flight finish and count: leaving a backlog is not free
+            self.sim.advance()
+            drained = self.meter.close_window(t1, np.inf)
+            reward += self.handler.reward(drained)
+            after_end = {"after_end": {k: getattr(drained, k) for k in measured}}
         policy = self.sim.policy
         info = {"energy_budget_J": policy.budgets.energy_J, "latency_budget_s": policy.budgets.latency_s.copy(),
                 "infeasible": infeasible, "hold": box is None, "subset": policy.subset,
-                "completed": stats.completed, "correct": stats.correct, "late": stats.late,
-                "energy_J": stats.energy_J}
-        return self.observe(stats), self.handler.reward(stats), False, truncated, info
+                **{k: getattr(stats, k) for k in measured}, **after_end}
+        return self.observe(stats), reward, False, truncated, info
 
     def observe(self, stats: WindowStats) -> dict[str, np.ndarray]:
         return self.handler.observation(stats, self.box, self.sim.policy.subset, self.window / self.cfg.windows)

@@ -23,7 +23,9 @@ Observation (Dict; what a controller sees at the end of a window):
 
 Reward per window: see RewardWeights — correct answers, minus answers past their category's latency
 budget in the scenario (not the budget the agent set), minus kJ of active energy spent beyond the
-episode allowance (each weighted).
+episode allowance (each weighted), minus the site's energy price times the kJ spent. The last window's
+reward also counts the answers still in flight when the episode ends (the simulation finishes them):
+a backlog left at the end is charged, not dropped.
 """
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class WindowStats:
     """What the simulation measured in one window."""
 
     duration_s: float
-    end_s: float
+    start_s: float
+    end_s: float               # inf for the drain after the episode's last window
     arrivals: np.ndarray        # (M,)
     queue: np.ndarray           # (N,)
     busy_s: np.ndarray          # (N,) slot-seconds
@@ -59,7 +62,7 @@ class WindowStats:
     @classmethod
     def empty(cls, m: int, n: int, duration_s: float) -> "WindowStats":
         """Before the first window: nothing measured yet."""
-        return cls(duration_s, 0.0, np.zeros(m), np.zeros(n), np.zeros(n), [np.empty(0)] * m, 0, 0, 0, 0.0, 0.0)
+        return cls(duration_s, 0.0, 0.0, np.zeros(m), np.zeros(n), np.zeros(n), [np.empty(0)] * m, 0, 0, 0, 0.0, 0.0)
 
 
 def _lerp_log(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -156,6 +159,6 @@ class BudgetHandler:
         r = self.cfg.reward
         allowance = self.cfg.energy_allowance_J
         over = max(0.0, w.energy_cum_J - allowance) - max(0.0, w.energy_cum_J - w.energy_J - allowance)
-        price = float(self.site.energy_price.at(w.end_s - w.duration_s))
+        price = float(self.site.energy_price.at(w.start_s))
         return float(r.quality * w.correct - r.latency_violation * w.late - r.energy_overshoot_per_kJ * over / 1e3
                      - price * w.energy_J / 1e3)

@@ -71,7 +71,7 @@ class WindowMeter:
         self.open = still_open
         self.energy_cum += energy
         stats = WindowStats(
-            duration_s=t1 - t0, end_s=t1, arrivals=self.arrivals.copy(),
+            duration_s=t1 - t0, start_s=t0, end_s=t1, arrivals=self.arrivals.copy(),
             queue=np.array([s.queued for s in self.sim.servers], float), busy_s=busy,
             latencies=[np.concatenate(x) if x else np.empty(0) for x in lat],
             correct=correct, late=late, completed=completed, energy_J=energy, energy_cum_J=self.energy_cum)
