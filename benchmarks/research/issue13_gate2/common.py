@@ -14,11 +14,12 @@ torch.set_num_threads(1)
 from moe2sim.routing.evaluation import GateData  # noqa: E402
 
 TRACES = Path(__file__).resolve().parents[3] / "traces"
+DATA = Path(os.environ.get("STUDY_DATA", TRACES))   # another embeddings.npz beside the same prompts and scores
 TASKS = ["mmlu", "gsm8k", "arc_challenge", "humaneval"]
 
 
 def load(split: str):
-    d = GateData.load(TRACES, split)
+    d = GateData.load(DATA, split)
     prompts = pd.read_parquet(TRACES / "prompts.parquet").set_index("prompt_id")
     ids = np.asarray(d.quality.prompt_ids).astype(str)
     meta = prompts.loc[ids]

@@ -176,13 +176,15 @@ def _gate(tr, fit, hold, **cfg):
                       [str(i) for i in range(tr["p"].shape[1])], "x", TrainConfig(**cfg))
 
 
-def fit_new_gate(tr, seed=0):
+def fit_new_gate(tr, seed=0, only_all_train=False):
     """gate.py round 2: per-task clusters with shrinkage, (K, m) by inner 5-fold CV."""
     val = validation_mask(tr["ids"])
     everything = np.ones(len(val), bool)
-    a = _gate(tr, ~val, val, seed=seed, max_epochs=0)
     b = _gate(tr, everything, val, seed=seed, max_epochs=0)
+    out = {"cluster prior (all train)": lambda x: b.logits(x).argmax(1)}
+    if only_all_train:
+        return out
+    a = _gate(tr, ~val, val, seed=seed, max_epochs=0)
     c = _gate(tr, ~val, val, seed=seed)
-    return {"cluster prior (fit part, 80%)": lambda x: a.logits(x).argmax(1),
-            "cluster prior (all train)": lambda x: b.logits(x).argmax(1),
+    return {"cluster prior (fit part, 80%)": lambda x: a.logits(x).argmax(1), **out,
             "cluster prior + residual (fit part, stop on val)": lambda x: c.logits(x).argmax(1)}

@@ -41,7 +41,9 @@ for r in range(args.repeats):
             s = time.time(); fitted.update(M.fit_subject_eb(part, post, A)); times["subject"] = times.get("subject", 0) + time.time() - s
         if "residual" in only:
             s = time.time(); fitted.update(M.fit_residual(part, seed=r)[0]); times["residual"] = times.get("residual", 0) + time.time() - s
-        if "new" in only:
+        if "newall" in only:
+            s = time.time(); fitted.update(M.fit_new_gate(part, seed=r, only_all_train=True)); times["new"] = times.get("new", 0) + time.time() - s
+        elif "new" in only:
             s = time.time(); fitted.update(M.fit_new_gate(part, seed=r)); times["new"] = times.get("new", 0) + time.time() - s
         if args.bag:
             s = time.time(); fitted.update(M.fit_residual_bag(part, seed=r)); times["bag"] = times.get("bag", 0) + time.time() - s
