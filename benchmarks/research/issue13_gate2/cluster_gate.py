@@ -8,8 +8,6 @@ The prior π_n(e) = Σ_t p(t | e) · A[t, n] of gate.py becomes π_n(e) = Σ_t p
 (K_t, m_t) are chosen per task by 5-fold CV on the task's train prompts (k = 1 accuracy under the rule; ties go
 to fewer clusters, then to more shrinkage). Everything else (task head, residual, early stopping) is gate.py's:
 `train_gate` fits the clusters, then calls gate.py's train_gate with this prior in place of the per-task one.
-`cluster_gate_tests.diff` holds the unit tests written for it (as a change of gate.py and tests/test_gate.py,
-before it was moved here): 18 passed.
 """
 from __future__ import annotations
 
