@@ -6,8 +6,9 @@ A trace row at concurrency n is one of n equal requests started together and ser
     decode(n, o) = o / decode_tokens_per_s · (1 + β_d (n − 1))
 Decode is linear in (1/r_d, β_d/r_d); TTFT is linear in (a, 1/r_p) for a given β_p, which is found by a
 1-D search (a grid, then a finer one around its best). Both minimise squared relative error, as
-fit_profile does. Power growth g needs measured energy at several n; a trace without a meter
-(energy NaN) fits latency only. A trace with one concurrency level gives β = 0 (not identified).
+fit_profile does. The batch-1 TTFT here is the additive law: a profile whose batch-1 fit chose the
+roofline law (moe2sim.devices.profiles) still gets β_p from this additive form. Power growth g needs
+measured energy at several n; a trace without a meter (energy NaN) fits latency only. A trace with one concurrency level gives β = 0 (not identified).
 """
 from __future__ import annotations
 
