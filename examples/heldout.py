@@ -7,11 +7,11 @@ training days 0, 1, ...; the best mean wins) and scored with the trained agent o
 from __future__ import annotations
 
 import argparse
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
+from moe2sim.cli.argtypes import at_least
 from moe2sim.envs import SUITE
 from moe2sim.envs.agents import Agent, Constant, run_episode
 from moe2sim.report.intervals import t_interval
@@ -19,37 +19,13 @@ from moe2sim.report.intervals import t_interval
 HELD_OUT = 1000  # the first held-out day (seed); training days are seeds below it
 
 
-def whole(least: int) -> Callable[[str], int]:
-    """argparse type: a whole number ≥ least (argparse prints the message and exits 2)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
-        return value
-    return parse
-
-
-def positive(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
-    return value
-
-
 def add_common_flags(p: argparse.ArgumentParser) -> None:
     """--env (a suite id), --days (held-out days), --train-days (for the best constant), --seed."""
     p.add_argument("--env", default="moe2sim/Suite-Outage-v0", choices=sorted(SUITE),
                    help="a suite env (subset actions)")
-    p.add_argument("--days", type=whole(1), default=5, help="held-out days (seeds 1000, 1001, ...)")
-    p.add_argument("--train-days", type=whole(1), default=1, help="training days the best constant is searched on")
-    p.add_argument("--seed", type=whole(0), default=0)
+    p.add_argument("--days", type=at_least(1), default=5, help="held-out days (seeds 1000, 1001, ...)")
+    p.add_argument("--train-days", type=at_least(1), default=1, help="training days the best constant is searched on")
+    p.add_argument("--seed", type=at_least(0), default=0)
 
 
 def check_days(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

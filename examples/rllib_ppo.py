@@ -17,19 +17,20 @@ import time
 import gymnasium as gym
 import torch
 
-from heldout import add_common_flags, check_days, held_out_table, positive, whole
+from heldout import add_common_flags, check_days, held_out_table
+from moe2sim.cli.argtypes import at_least, positive_float
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(p)
-    p.add_argument("--iterations", type=whole(1), default=50, help="training iterations (algo.train() calls)")
-    p.add_argument("--env-runners", type=whole(2), default=2, help="remote env runners (Ray actors)")
-    p.add_argument("--batch", type=whole(1), default=1152, help="env steps per iteration (1152 = 4 days)")
-    p.add_argument("--minibatch", type=whole(1), default=288)
-    p.add_argument("--epochs", type=whole(1), default=5)
-    p.add_argument("--lr", type=positive, default=1e-3)
-    p.add_argument("--reward-scale", type=positive, default=0.01)
+    p.add_argument("--iterations", type=at_least(1), default=50, help="training iterations (algo.train() calls)")
+    p.add_argument("--env-runners", type=at_least(2), default=2, help="remote env runners (Ray actors)")
+    p.add_argument("--batch", type=at_least(1), default=1152, help="env steps per iteration (1152 = 4 days)")
+    p.add_argument("--minibatch", type=at_least(1), default=288)
+    p.add_argument("--epochs", type=at_least(1), default=5)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--reward-scale", type=positive_float, default=0.01)
     args = p.parse_args(argv)
     check_days(p, args)
     if args.minibatch > args.batch:

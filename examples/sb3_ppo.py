@@ -20,7 +20,8 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
-from heldout import add_common_flags, check_days, held_out_table, whole
+from heldout import add_common_flags, check_days, held_out_table
+from moe2sim.cli.argtypes import at_least
 from moe2sim.envs.ppo import make_env
 
 
@@ -37,8 +38,8 @@ class Greedy:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_flags(p)
-    p.add_argument("--timesteps", type=whole(1), default=60_000)
-    p.add_argument("--n-envs", type=whole(1), default=2, help="SubprocVecEnv workers")
+    p.add_argument("--timesteps", type=at_least(1), default=60_000)
+    p.add_argument("--n-envs", type=at_least(1), default=2, help="SubprocVecEnv workers")
     args = p.parse_args()
     check_days(p, args)
     env_id = f"moe2sim.envs:{args.env}"

@@ -51,9 +51,9 @@ def test_ppo_trains_one_iteration_on_two_env_runners(local_ray):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--iterations", "0"], "argument --iterations: 0 must be at least 1"),
-    (["--env-runners", "1"], "argument --env-runners: 1 must be at least 2"),
-    (["--lr", "nan"], "argument --lr: nan must be a finite number above 0"),
+    (["--iterations", "0"], "argument --iterations: must be at least 1, got 0"),
+    (["--env-runners", "1"], "argument --env-runners: must be at least 2, got 1"),
+    (["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
     (["--env", "moe2sim/Budget-v0"], "argument --env: invalid choice"),
     (["--minibatch", "600", "--batch", "500"], "--minibatch 600 is larger than --batch 500"),
 ])

@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 from moe2sim import __version__
+from moe2sim.cli.argtypes import at_least, positive_float, positive_floats, whole
 from moe2sim.errors import InputError
+
+POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
 
 
 def _print_table(rows: list[list[object]], header: list[str]) -> None:
@@ -155,7 +158,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from moe2sim.scenario import load_scenario
 
     flags = [("--latency-budget", f"categories.{cat}.latency_budget_s="
-              f"{_checked('--latency-budget', f'{cat}={value}', value, _positive_float)}")
+              f"{_checked('--latency-budget', f'{cat}={value}', value, positive_float)}")
              for cat, value in _pairs(args.latency_budget, "--latency-budget")]
     if args.energy_budget is not None:
         flags.append(("--energy-budget", f"energy_budget_J={args.energy_budget}"))
@@ -242,24 +245,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _whole(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _options_count(text: str) -> int:
     """The number of choices of a multiple-choice task: a whole number >= 2."""
-    value = _whole(text)
+    value = whole(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"a multiple-choice task has at least 2 choices, got {value}")
     return value
@@ -267,29 +255,10 @@ def _options_count(text: str) -> int:
 
 def _seed(text: str) -> int:
     """An argparse type: a seed in [0, 2^63)."""
-    value = _whole(text)
+    value = whole(text)
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"must be in [0, 2^63), got {value}")
     return value
-
-
-def _positive_float(text: str) -> float:
-    """An argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _positive_floats(text: str) -> list[float]:
-    """An argparse type: comma-separated finite numbers > 0 (at least one)."""
-    values = [_positive_float(v) for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    return values
 
 
 def _names(text: str) -> list[str]:
@@ -328,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. policy.k=3 or categories.gsm8k.latency_budget_s=5")
-    replications = dict(type=_positive_int, default=1, metavar="R",
+    replications = dict(type=POSITIVE_INT, default=1, metavar="R",
                         help="independent replications (seeds: the scenario seed + 0..R-1); every metric gets a 95 %% "
                              "Student-t interval across them (R = 1: batch means within the run)")
     backend_flag = dict(choices=["local", "ray"], default="local",
@@ -359,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replications", **replications)
     p.add_argument("--backend", **backend_flag)
     p.add_argument("--address", **address_flag)
-    p.add_argument("--jobs", type=_positive_int, help="workers for replications and the scenario's sweep "
+    p.add_argument("--jobs", type=POSITIVE_INT, help="workers for replications and the scenario's sweep "
                                                       "(default: all cores; ray: all CPUs of the cluster)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
@@ -367,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("select", cmd_select, "solve MoE²'s coarse level: the best expert subset within the budgets")
     p.add_argument("scenario", help=scenario_help)
-    p.add_argument("--energy-budget", type=_positive_float, metavar="J",
+    p.add_argument("--energy-budget", type=positive_float, metavar="J",
                    help="per-query energy budget, J > 0 (default: the scenario's)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S",
                    help="a category's latency budget, s > 0; repeat per category (default: the scenario's)")
@@ -378,9 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("sweep", cmd_sweep, "MoE² and baselines across energy / latency budgets: table and trade-off figures")
     p.add_argument("scenario", help=scenario_help)
-    p.add_argument("--energy-budgets", type=_positive_floats, metavar="J,J,...",
+    p.add_argument("--energy-budgets", type=positive_floats, metavar="J,J,...",
                    help="energy budgets, J > 0 (default: the scenario's sweep block)")
-    p.add_argument("--latency-scales", type=_positive_floats, metavar="X,X,...",
+    p.add_argument("--latency-scales", type=positive_floats, metavar="X,X,...",
                    help="multipliers > 0 of every category's latency budget (default: the scenario's sweep block)")
     p.add_argument("--methods", type=_names, metavar="M,M,...",
                    help="of moe2, best_single, greedy_energy, random, all_fit, uniform_vote "
@@ -388,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replications", **replications)
     p.add_argument("--backend", **backend_flag)
     p.add_argument("--address", **address_flag)
-    p.add_argument("--jobs", type=_positive_int, help="workers (default: all cores; ray: all CPUs of the cluster)")
+    p.add_argument("--jobs", type=POSITIVE_INT, help="workers (default: all cores; ray: all CPUs of the cluster)")
     p.add_argument("--out", help="output folder (default: runs/<scenario>-sweep); a sweep interrupted there resumes "
                                  "from its journal sweep.partial.jsonl")
     p.add_argument("--set", **overrides)
@@ -400,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="fixed", help="fixed | rule | constant | site | site-queue | site-pace "
                    "(the last four need env.action=subset) | path of a saved agent (.pt)")
     p.add_argument("--seed", type=_seed, default=0, help="episode seed")
-    p.add_argument("--windows", type=_positive_int, help="episode length in control windows (default: the scenario's)")
+    p.add_argument("--windows", type=POSITIVE_INT, help="episode length in control windows (default: the scenario's)")
     p.add_argument("--out", help="output folder (default: runs/rollout-<agent>)")
     p.add_argument("--set", **overrides)
     p.add_argument("--allow-existing", **allow)
@@ -410,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")
     p.add_argument("--test", action="append", default=[], metavar="TASK=FILE",
                    help="test-split outcome file (test files alone make a test-only data folder)")
-    p.add_argument("--embed-tail", type=_positive_int, metavar="N",
+    p.add_argument("--embed-tail", type=POSITIVE_INT, metavar="N",
                    help="embed only each prompt's last N encoder tokens (the part few-shot prompts do not share)")
     p.add_argument("--out", required=True, help="data folder to write (required)")
     p.add_argument("--allow-existing", **allow)
@@ -421,10 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(default: the bundled traces)")
     p.add_argument("--out", help="checkpoint path (default: DATA/gate.pt)")
     p.add_argument("--seed", type=_seed, default=0, help="training seed")
-    p.add_argument("--hidden", type=_positive_int, default=256, help="hidden units")
+    p.add_argument("--hidden", type=POSITIVE_INT, default=256, help="hidden units")
     p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
                    help="per-expert correctness or MoE²'s mixture cross-entropy; see moe2sim/routing/gate.py")
-    p.add_argument("--epochs", type=_positive_int, default=60, help="maximum epochs (early stopping on validation)")
+    p.add_argument("--epochs", type=POSITIVE_INT, default=60, help="maximum epochs (early stopping on validation)")
 
     p = command("eval-gate", cmd_eval_gate, "test-split accuracy of the gate and the baselines, pooled and per task")
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")
