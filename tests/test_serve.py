@@ -33,6 +33,16 @@ def server():
     srv.shutdown()
 
 
+@pytest.fixture
+def slow_server():
+    """One slot, a queue of one, on SmolLM2-135M's shape: tens of ms a token on a CPU, so a request of
+    1,500 tokens still runs while others queue and leave (tiny-llama can finish it in under a second)."""
+    backend = HFBackend("smollm2-135m")
+    srv = serve(backend, None, "127.0.0.1", 0, slots=1, limits=Limits.for_models({"default": backend}, queue=1))
+    yield srv
+    srv.shutdown()
+
+
 def wait_idle(url: str, timeout_s: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -80,10 +90,10 @@ def test_routes_stream_and_end_with_done(server):
         assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][5:])["x_moe2sim"]["output_tokens"] == 3
 
 
-def test_a_full_queue_is_429_and_a_gone_client_frees_its_slot(server):
+def test_a_full_queue_is_429_and_a_gone_client_frees_its_slot(slow_server):
     """A long streamed request holds the only slot, a second waits in the queue of one, a third is
     429 with Retry-After. Both leave: their generation stops, the slot is free for the next."""
-    url = server.url
+    url = slow_server.url
     long = {"prompt": "x", "max_tokens": 1500, "stream": True}
 
     def impatient() -> None:  # non-streaming, queued behind the long one, gives up after 1.5 s
