@@ -24,14 +24,14 @@ PROFILES = sorted((TRACES / "profiles").glob("*.yaml"))
 def test_bundled_profiles_say_what_they_are(path):
     p = load_profile(path)
     assert p.stack is not None and p.quantisation and p.power_mode and p.energy_boundary is not None
-    assert p.spread is not None
+    assert p.spread is not None and p.batching is not None and p.batching.max_batch >= 1
     if p.name.endswith("-cpu"):
-        assert p.energy_boundary == "none" and p.batching is not None and p.fit_grid is not None
+        assert p.energy_boundary == "none" and p.fit_grid is not None
     elif p.name.startswith("h200"):
         assert (p.stack, p.quantisation, p.energy_boundary) == ("transformers", "bf16", "gpu")
         assert p.fit_grid is not None and p.spread.latency_cv.provenance == "measured"
+        assert p.batching.max_power_W.provenance == "measured"  # NVML's enforced limit
     else:
-        assert p.batching is not None and p.batching.max_batch >= 1
         assert p.energy_boundary == ("module" if "orin" in p.name else "wall")
 
 
@@ -179,3 +179,24 @@ def test_budget_env_runs_with_shared_devices():
         _, reward, _, truncated, _ = env.step(env.action_space.sample())
         assert np.isfinite(reward)
     assert truncated
+
+
+def test_h200_requests_batched_on_one_gpu_share_its_power(write_scenario):
+    """Four requests at once on the H200 8B profile placed on a device: they run together under the
+    profile's batching block, so each is charged (P(4) − P_idle) / 4 of active power, not the batch-1
+    active power each independent slot would charge; their decode steps barely slow (launch-bound)."""
+    path = TRACES / "profiles" / "h200-llama-3.1-8b.yaml"
+    profile = load_profile(path)
+    law = profile.batching
+    raw = single_expert_raw(path, {"dist": "fixed", "mean": 128}, rate=1e6, queries=4, slots=4)
+    raw["categories"][0]["prompt_tokens"] = {"dist": "fixed", "mean": 64}
+    _, _, alone = Twin.build(load_scenario(write_scenario("slots.yaml", base=raw))).simulate()
+    raw["experts"][0]["device"] = "h200"
+    _, _, shared = Twin.build(load_scenario(write_scenario("device.yaml", base=raw))).simulate()
+    p1, idle = profile.decode_power_W.value, profile.idle_power_W.value
+    expected = (min(p1 + 3 * law.power_growth_W.value, law.max_power_W.value) - idle) / 4 / (p1 - idle)
+    busy = lambda legs: legs["ttft_s"] + legs["decode_s"]  # noqa: E731
+    ratio = (shared["energy_J"] / busy(shared)) / (alone["energy_J"] / busy(alone))
+    np.testing.assert_allclose(ratio, expected, rtol=0.02)
+    np.testing.assert_allclose(shared["decode_s"] / alone["decode_s"], 1 + 3 * law.decode_slowdown.value, rtol=1e-3)
+    np.testing.assert_allclose(shared["ttft_s"] / alone["ttft_s"], 1 + 3 * law.prefill_slowdown.value, rtol=1e-3)

@@ -1,6 +1,8 @@
 """Device profiles: bundled ones load with provenance; fitting recovers known parameters; physics checks."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +172,16 @@ def test_unknown_profile_key_is_rejected(tmp_path):
 def test_missing_profile_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_profile(tmp_path / "none.yaml")
+
+
+def test_h200_build_reproduces_the_shipped_trace_and_profiles(tmp_path):
+    """traces/build/build_h200.py on the reference probe writes the bundled H200 trace and profiles,
+    batching blocks included, byte for byte."""
+    run = subprocess.run([sys.executable, str(TRACES / "build" / "build_h200.py"), "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert [str(p) for p in built] == ["devices/h200_probe.csv"] + [f"profiles/{p.name}" for p in
+                                                                      sorted((TRACES / "profiles").glob("h200-*.yaml"))]
+    for p in built:
+        assert (tmp_path / p).read_bytes() == (TRACES / p).read_bytes(), p
