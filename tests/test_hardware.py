@@ -343,7 +343,7 @@ def test_live_takes_server_queueing_out_of_the_service_time(tmp_path, tiny_profi
     server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=1)
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        scenario = load_scenario(live_scenario(tmp_path, tiny_profile, queries=8), ["arrivals.rate_per_s=200"])
+        scenario = load_scenario(live_scenario(tmp_path, tiny_profile, queries=12), ["arrivals.rate_per_s=1000"])
         _, legs = run_live(Twin.build(scenario), {"a": url, "b": url})
     finally:
         server.shutdown()
