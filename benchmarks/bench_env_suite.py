@@ -3,6 +3,7 @@
 
     python benchmarks/bench_env_suite.py [--envs Paper Rationing Outage Peak] [--agents replay-pg ppo]
         [--workers 1] [--train-seeds 10] [--eval-seeds 10] [--bound-actions 4] [--replay-updates 300]
+        [--eval-start 1000]
         [--minutes 4] [--out benchmarks/suite_out]
 
 Per env (moe2sim/Suite-<name>-v0, subset actions):
@@ -149,7 +150,7 @@ def bench_env(name: str, pool, args, out: Path) -> dict:
     t0 = time.time()
     env = gym.make(env_id(name)).unwrapped
     n = env.action_space.n
-    train, held = list(range(args.train_seeds)), list(range(1000, 1000 + args.eval_seeds))
+    train, held = list(range(args.train_seeds)), list(range(args.eval_start, args.eval_start + args.eval_seeds))
     model = collect(env, train, lambda jobs: pool.map(log_job, [(name, a, s) for a, s in jobs]))
     score = {a: float(model.totals[:, a - 1].mean()) for a in range(1, n)}
     ranking = sorted(score, key=lambda a: -score[a])
@@ -228,6 +229,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--train-seeds", type=int, default=10)
     p.add_argument("--eval-seeds", type=int, default=10)
+    p.add_argument("--eval-start", type=int, default=1000,
+                   help="first held-out day (seed); another range (e.g. 500) is a development set for choices")
     p.add_argument("--bound-actions", type=int, default=4)
     p.add_argument("--out", type=Path, default=Path("benchmarks/suite_out"))
     args = p.parse_args()
