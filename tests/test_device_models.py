@@ -184,12 +184,13 @@ def test_budget_env_runs_with_shared_devices():
 def test_h200_requests_batched_on_one_gpu_share_its_power(write_scenario):
     """Four requests at once on the H200 8B profile placed on a device: they run together under the
     profile's batching block, so each is charged (P(4) − P_idle) / 4 of active power, not the batch-1
-    active power each independent slot would charge; their decode steps barely slow (launch-bound)."""
+    active power each independent slot would charge; their decode steps barely slow (launch-bound) and
+    their prefills together cost one prefill of four times the prompt (past the launch floor)."""
     path = TRACES / "profiles" / "h200-llama-3.1-8b.yaml"
     profile = load_profile(path)
     law = profile.batching
     raw = single_expert_raw(path, {"dist": "fixed", "mean": 128}, rate=1e6, queries=4, slots=4)
-    raw["categories"][0]["prompt_tokens"] = {"dist": "fixed", "mean": 64}
+    raw["categories"][0]["prompt_tokens"] = {"dist": "fixed", "mean": 512}
     _, _, alone = Twin.build(load_scenario(write_scenario("slots.yaml", base=raw))).simulate()
     raw["experts"][0]["device"] = "h200"
     _, _, shared = Twin.build(load_scenario(write_scenario("device.yaml", base=raw))).simulate()
@@ -199,4 +200,7 @@ def test_h200_requests_batched_on_one_gpu_share_its_power(write_scenario):
     ratio = (shared["energy_J"] / busy(shared)) / (alone["energy_J"] / busy(alone))
     np.testing.assert_allclose(ratio, expected, rtol=0.02)
     np.testing.assert_allclose(shared["decode_s"] / alone["decode_s"], 1 + 3 * law.decode_slowdown.value, rtol=1e-3)
-    np.testing.assert_allclose(shared["ttft_s"] / alone["ttft_s"], 1 + 3 * law.prefill_slowdown.value, rtol=1e-3)
+    assert law.prefill_law == "tokens"
+    batched = profile.ttft_s(np.array([4 * 512.0]))[0] / profile.ttft_s(np.array([512.0]))[0]
+    assert batched > 2  # 2,048 tokens are past the ~20 ms launch floor that hides 512
+    np.testing.assert_allclose(shared["ttft_s"] / alone["ttft_s"], batched, rtol=1e-3)

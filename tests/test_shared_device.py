@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,18 +27,19 @@ from test_queueing import MEAN_TOKENS, RATE, assert_close_to, batch_means
 
 
 class FakePlan:
-    """The arrays of a Plan that the shared device reads and writes."""
+    """The arrays of a Plan that the shared device reads and writes (one query, its legs j)."""
 
-    def __init__(self, ttft: list[float], decode: list[float], energy: list[float]):
+    def __init__(self, ttft: list[float], decode: list[float], energy: list[float], prompt_tokens: float = 0.0):
         self.ttft_s = np.array([ttft], float)
         self.decode_s = np.array([decode], float)
         self.energy_J = np.array([energy], float)
         self.start_s = np.full(self.ttft_s.shape, np.nan)
+        self.batch = SimpleNamespace(prompt_tokens=np.array([prompt_tokens]))
 
 
-def run_device(law: DeviceLaw, plan: FakePlan, reach: list[float], powers=(30.0, 20.0)) -> FakePlan:
+def run_device(law: DeviceLaw, plan: FakePlan, reach: list[float], powers=(30.0, 20.0), ttft=None) -> FakePlan:
     env = simpy.Environment()
-    device = SharedDevice(env, law, {0: powers})
+    device = SharedDevice(env, law, {0: powers}, {0: ttft})
     for j, t in enumerate(reach):
         env.timeout(t, (plan, 0, j)).callbacks.append(device.port(0).arrive)
     env.run()
@@ -172,7 +174,42 @@ def test_fit_concurrency_recovers_a_known_law():
                                         "ttft_s": ttft, "decode_s": dec}))
     for field in ("ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s", "beta_decode"):
         assert getattr(fit, field) == pytest.approx(getattr(truth, field), rel=1e-6), field
-    assert fit.beta_prefill == pytest.approx(0.7, abs=1e-4)
+    assert fit.beta_prefill == pytest.approx(0.7, abs=1e-4) and fit.prefill_law == "slowdown"
+
+
+def test_fit_concurrency_recognises_the_tokens_prefill_law():
+    """n equal prompts prefilled as one of n·p tokens: the fit picks the "tokens" law (no β_p) and
+    recovers the batch-1 TTFT law."""
+    import pandas as pd
+
+    from moe2sim.devices.concurrency import ConcurrencyFit, fit_concurrency
+
+    truth = ConcurrencyFit(ttft_base_s=0.05, prefill_tokens_per_s=300.0, decode_tokens_per_s=15.0,
+                           beta_prefill=0.0, beta_decode=0.2, prefill_law="tokens")
+    grid = [(p, o, n) for p in (32, 128, 384) for o in (32, 64) for n in (1, 2, 4, 8)]
+    p, o, n = (np.array(x, float) for x in zip(*grid))
+    ttft, dec = truth.predict(p, o, n)
+    fit = fit_concurrency(pd.DataFrame({"prompt_tokens": p, "output_tokens": o, "concurrency": n,
+                                        "ttft_s": ttft, "decode_s": dec}))
+    assert fit.prefill_law == "tokens"
+    for field in ("ttft_base_s", "prefill_tokens_per_s", "decode_tokens_per_s", "beta_decode"):
+        assert getattr(fit, field) == pytest.approx(getattr(truth, field), rel=1e-6), field
+
+
+def test_tokens_law_prefills_by_the_batch_prompt():
+    """Two requests with the "tokens" law, additive TTFT 0.1 s + p / 100 tok/s, p = 50: alone a prefill
+    takes 0.6 s; two together cost ttft(100) / ttft(50) = 1.1 / 0.6 of that, so both reach their first
+    token at 1.1 s; decode (β_d = 0) is unchanged."""
+    law = DeviceLaw(8, beta_decode=0.0, beta_prefill=0.0, power_growth_W=0.0, max_power_W=math.inf,
+                    idle_power_W=0.0, prefill_law="tokens")
+    ttft = lambda q: 0.1 + np.asarray(q, float) / 100  # noqa: E731
+    plan = run_device(law, FakePlan([0.6, 0.6], [1.0, 1.0], [1.0, 1.0], 50.0), [0.0, 0.0], ttft=ttft)
+    np.testing.assert_allclose(plan.ttft_s, [[1.1, 1.1]])
+    np.testing.assert_allclose(plan.decode_s, [[1.0, 1.0]])
+    # the second arrives when the first has done half its prefill alone (0.3 s): the rest, 0.3 s of
+    # batch-1 work, takes 0.3 · 1.1/0.6 = 0.55 s together (first token at 0.85 s)
+    plan = run_device(law, FakePlan([0.6, 0.6], [1.0, 1.0], [1.0, 1.0], 50.0), [0.0, 0.3], ttft=ttft)
+    assert plan.ttft_s[0, 0] == pytest.approx(0.85)
 
 
 def cpu_trace_through_the_simulator(trace):
@@ -184,10 +221,12 @@ def cpu_trace_through_the_simulator(trace):
     sim_ttft = np.empty(len(trace))
     for n, held in trace.groupby("concurrency"):
         fit = fit_concurrency(trace.drop(held.index))
-        law = DeviceLaw(int(n), fit.beta_decode, fit.beta_prefill, 0.0, math.inf, 0.0)
+        law = DeviceLaw(int(n), fit.beta_decode, fit.beta_prefill, 0.0, math.inf, 0.0, fit.prefill_law)
+        ttft = lambda q: fit.predict(q, np.zeros_like(q), np.ones_like(q))[0]  # noqa: E731  batch-1 TTFT law
         for (p, o), rows in held.groupby(["prompt_tokens", "output_tokens"]):
             t1, d1 = fit.predict(np.array([p]), np.array([o]), np.array([1]))
-            plan = run_device(law, FakePlan([t1[0]] * int(n), [d1[0]] * int(n), [0.0] * int(n)), [0.0] * int(n))
+            plan = run_device(law, FakePlan([t1[0]] * int(n), [d1[0]] * int(n), [0.0] * int(n), p), [0.0] * int(n),
+                              ttft=ttft)
             expected = fit.predict(np.array([p]), np.array([o]), np.array([n]))
             np.testing.assert_allclose(plan.ttft_s, expected[0][0], rtol=1e-9)  # the sim is the closed form
             np.testing.assert_allclose(plan.decode_s, expected[1][0], rtol=1e-9)
@@ -238,6 +277,7 @@ def test_hardware_fit_adds_a_batching_block_from_a_concurrency_trace():
     profile = fit(pd.read_csv(path), path, "smollm2-135m-cpu", "cpu", 10.0)
     b = profile.batching
     assert b is not None and b.max_batch == 8
-    assert 0.05 < b.decode_slowdown.value < 1.0 and 0.2 < b.prefill_slowdown.value < 1.5
+    assert 0.05 < b.decode_slowdown.value < 1.0
+    assert b.prefill_law == "tokens" and b.prefill_slowdown is None  # n prompts cost one of n·p tokens on a CPU
     assert b.power_growth_W.provenance == "assumed"  # no meter on the CPU
     assert profile.fit_grid is not None and profile.fit_grid.prompt_tokens == (32.0, 384.0)

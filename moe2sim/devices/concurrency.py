@@ -2,13 +2,17 @@
 
 A trace row at concurrency n is one of n equal requests started together and served together
 (n stays n for the whole request), so the law of moe2sim.devices.sharing predicts
-    ttft(n, p)   = (ttft_base_s + p / prefill_tokens_per_s) · (1 + β_p (n − 1))
     decode(n, o) = o / decode_tokens_per_s · (1 + β_d (n − 1))
-Decode is linear in (1/r_d, β_d/r_d); TTFT is linear in (a, 1/r_p) for a given β_p, which is found by a
-1-D search (a grid, then a finer one around its best). Both minimise squared relative error, as
-fit_profile does. The batch-1 TTFT here is the additive law: a profile whose batch-1 fit chose the
-roofline law (moe2sim.devices.profiles) still gets β_p from this additive form. Power growth g needs
-measured energy at several n; a trace without a meter (energy NaN) fits latency only. A trace with one concurrency level gives β = 0 (not identified).
+    ttft(n, p)   = (ttft_base_s + p / prefill_tokens_per_s) · (1 + β_p (n − 1))     prefill_law "slowdown"
+                 =  ttft_base_s + n p / prefill_tokens_per_s                         prefill_law "tokens"
+Decode is linear in (1/r_d, β_d/r_d). The "tokens" TTFT is linear in (a, 1/r_p); the "slowdown" TTFT is
+linear in them for a given β_p, which is found by a 1-D search (a grid, then a finer one around its
+best). All minimise squared relative error, as fit_profile does. The "tokens" law has no parameter for
+concurrency, so β_p is kept only where it cuts the TTFT error by at least 1 − SLOWDOWN_GAIN. The batch-1
+TTFT here is the additive law: a profile whose batch-1 fit chose the roofline law (moe2sim.devices.profiles)
+still gets its prefill law from this additive form. Power growth g needs measured energy at several n; a
+trace without a meter (energy NaN) fits latency only. A trace with one concurrency level gives β = 0 and
+the "slowdown" law (nothing identified).
 """
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moe2sim.devices.profiles import Batching, Sourced
+from moe2sim.devices.profiles import Batching, PrefillLaw, Sourced
+
+SLOWDOWN_GAIN = 0.8  # β_p is kept only if its TTFT relative SSE is below this share of the "tokens" law's
 
 
 @dataclass(frozen=True)
@@ -27,13 +33,18 @@ class ConcurrencyFit:
     decode_tokens_per_s: float
     beta_prefill: float
     beta_decode: float
+    prefill_law: PrefillLaw = "slowdown"
 
     def predict(self, prompt_tokens: np.ndarray, output_tokens: np.ndarray,
                 concurrency: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(ttft_s, decode_s) of each request of a batch of n equal requests served together."""
-        extra = np.asarray(concurrency, float) - 1
-        ttft = (self.ttft_base_s + np.asarray(prompt_tokens, float) / self.prefill_tokens_per_s) \
-            * (1 + self.beta_prefill * extra)
+        n = np.asarray(concurrency, float)
+        extra = n - 1
+        p = np.asarray(prompt_tokens, float)
+        if self.prefill_law == "tokens":
+            ttft = self.ttft_base_s + n * p / self.prefill_tokens_per_s
+        else:
+            ttft = (self.ttft_base_s + p / self.prefill_tokens_per_s) * (1 + self.beta_prefill * extra)
         decode = np.asarray(output_tokens, float) / self.decode_tokens_per_s * (1 + self.beta_decode * extra)
         return ttft, decode
 
@@ -67,16 +78,21 @@ def fit_concurrency(trace: pd.DataFrame) -> ConcurrencyFit:
     else:
         (d1,), _ = _rel_lstsq(o[:, None], dec)
         d2, beta_p = 0.0, 0.0
-    (a, inv_prefill), _ = _ttft_fit(p, extra, ttft, beta_p)
+    (a, inv_prefill), slowdown_sse = _ttft_fit(p, extra, ttft, beta_p)
+    law: PrefillLaw = "slowdown"
+    if several:
+        (a_t, inv_t), tokens_sse = _rel_lstsq(np.c_[np.ones_like(p), n * p], ttft)
+        if slowdown_sse >= SLOWDOWN_GAIN * tokens_sse and a_t >= 0 and inv_t > 0:
+            law, a, inv_prefill, beta_p = "tokens", a_t, inv_t, 0.0
     return ConcurrencyFit(ttft_base_s=max(float(a), 0.0), prefill_tokens_per_s=1.0 / max(float(inv_prefill), 1e-12),
                           decode_tokens_per_s=1.0 / float(d1), beta_prefill=beta_p,
-                          beta_decode=max(float(d2 / d1), 0.0))
+                          beta_decode=max(float(d2 / d1), 0.0), prefill_law=law)
 
 
 def batching_block(trace: pd.DataFrame, how: str) -> Batching:
-    """The profile's batching block from a trace with several concurrency levels: β_d, β_p fitted
-    (fit_concurrency); max_batch = the highest level measured; g, where the trace has energy, from
-    the device's active power per level, n · mean(active_energy_J / latency) = P(n) − P_idle, by least
+    """The profile's batching block from a trace with several concurrency levels: β_d and the prefill law
+    (with β_p where it is "slowdown") fitted (fit_concurrency); max_batch = the highest level measured; g,
+    where the trace has energy, from the device's active power per level, n · mean(active_energy_J / latency) = P(n) − P_idle, by least
     squares of P(n) − P(1) on (n − 1); else 0, labelled assumed."""
     law = fit_concurrency(trace)
     n = trace["concurrency"].to_numpy(float)
@@ -90,5 +106,7 @@ def batching_block(trace: pd.DataFrame, how: str) -> Batching:
                                          / max(np.sum((levels - 1) ** 2), 1e-12)), 0.0), **derived)
     else:
         growth = Sourced(value=0.0, provenance="assumed", source=f"{how}: no energy measured, power growth unknown")
+    prefill = ({"prefill_slowdown": Sourced(value=law.beta_prefill, **derived)} if law.prefill_law == "slowdown"
+               else {})
     return Batching(max_batch=int(n.max()), decode_slowdown=Sourced(value=law.beta_decode, **derived),
-                    prefill_slowdown=Sourced(value=law.beta_prefill, **derived), power_growth_W=growth)
+                    prefill_law=law.prefill_law, **prefill, power_growth_W=growth)

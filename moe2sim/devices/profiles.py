@@ -13,7 +13,8 @@ charged separately, to every device for the whole run. Every value carries where
 
 A profile also says what it is: serving `stack`, `quantisation`, `power_mode`. Optional blocks:
 - `batching`: how the device serves n requests at once (moe2sim.devices.sharing): per-request
-  decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1)), prefill likewise with β_p, device power
+  decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1)), prefill likewise with β_p (`prefill_law: slowdown`) or
+  as one prefill of n times the prompt under the TTFT law above (`prefill_law: tokens`), device power
   P(n) = min(P(1) + g·(n−1), P_max), at most `max_batch` requests at once. Without it the
   expert's slots are independent servers (the special case β = 0, g = P(1) − P_idle).
 - `spread`: repetition spread (coefficients of variation of latency and power) the simulator
@@ -38,6 +39,7 @@ Provenance = Literal["measured", "published", "derived", "assumed"]
 Stack = Literal["llama.cpp", "mlc", "vllm", "transformers", "tensorrt-llm"]
 EnergyBoundary = Literal["module", "gpu", "wall", "none"]   # none: no meter (latency-only profile)
 TtftLaw = Literal["additive", "roofline"]
+PrefillLaw = Literal["slowdown", "tokens"]   # how prefill slows with n running (moe2sim.devices.sharing)
 
 # time to first token (s) from (ttft_base_s, prefill_tokens_per_s, prompt tokens): see the module docstring
 TTFT_LAWS: dict[str, Callable[[float, float, np.ndarray], np.ndarray]] = {
@@ -60,14 +62,24 @@ PHYSICAL = {"ttft_base_s": (0.0, 1e6), "prefill_tokens_per_s": (1e-3, 1e15), "de
             "prefill_power_W": (0.0, 1e7), "decode_power_W": (0.0, 1e7), "idle_power_W": (0.0, 1e7)}
 class Batching(BaseModel):
     """The shared-device law (see the module docstring): slowdowns β_d, β_p (dimensionless, per extra
-    running request), power growth g (W per extra request) and the power cap P_max (W, whole device)."""
+    running request), power growth g (W per extra request) and the power cap P_max (W, whole device).
+    `prefill_law` "tokens" replaces β_p by the profile's own TTFT law at n times the prompt."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     max_batch: Annotated[int, Field(ge=1, le=4096)]
     decode_slowdown: Sourced
-    prefill_slowdown: Sourced
+    prefill_law: PrefillLaw = "slowdown"
+    prefill_slowdown: Sourced | None = None
     power_growth_W: Sourced
     max_power_W: Sourced | None = None
+
+    @model_validator(mode="after")
+    def _prefill(self) -> "Batching":
+        if self.prefill_law == "slowdown" and self.prefill_slowdown is None:
+            raise ValueError("prefill_slowdown is required with prefill_law 'slowdown'")
+        if self.prefill_law == "tokens" and self.prefill_slowdown is not None:
+            raise ValueError("prefill_slowdown is not used with prefill_law 'tokens': remove it")
+        return self
 
 
 class Spread(BaseModel):

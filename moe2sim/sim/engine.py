@@ -43,7 +43,8 @@ from moe2sim.workload import QueryBatch
 class SimulatedExpert:
     """An expert as the simulator sees it: its name, slots, link, service model and idle power (its share
     of its device's). With a `law`, it runs on the shared device `device` (experts with the same device
-    share one); `powers` = its batch-1 (prefill, decode) device power. Without, its slots are independent."""
+    share one); `powers` = its batch-1 (prefill, decode) device power, `ttft` its profile's batch-1 TTFT law.
+    Without, its slots are independent."""
 
     name: str
     slots: int
@@ -53,6 +54,7 @@ class SimulatedExpert:
     device: str = ""
     law: DeviceLaw | None = None
     powers: tuple[float, float] = (0.0, 0.0)
+    ttft: Callable[[np.ndarray], np.ndarray] | None = None  # batch-1 TTFT law (prompt tokens -> s) on the device
 
 
 @dataclass
@@ -178,8 +180,9 @@ def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
             continue
         key = e.device or f"expert:{e.name}"
         if key not in devices:
-            devices[key] = SharedDevice(env, e.law, {})
+            devices[key] = SharedDevice(env, e.law, {}, {})
         devices[key].powers[x] = e.powers
+        devices[key].ttft[x] = e.ttft
         servers.append(devices[key].port(x))
     return servers
 

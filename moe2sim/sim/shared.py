@@ -2,9 +2,10 @@
 
 Each running request carries its remaining work of the current phase in batch-1 seconds (prefill:
 its sampled ttft; decode: its sampled decode time). Between events the number running, n, is fixed,
-so every request advances at speed 1/(1 + β(n − 1)) of its phase. Speeds depend on n only, so a
-prefill ending changes no one's speed, only the phase mix of P1: it is not an event. Advancing to
-now finds the prefills that ended inside the interval (ttft = the instant it ended; the rest of the
+so every request advances at a fixed speed: 1/(1 + β_d(n − 1)) in decode, 1/s_p(n) in prefill (its own
+stretch: the law's β_p, or its prompt's TTFT law at n times the prompt). Speeds depend on n and the
+request only, so a prefill ending changes no one's speed, only the phase mix of P1: it is not an event.
+Advancing to now finds the prefills that ended inside the interval (ttft = the instant it ended; the rest of the
 interval goes to decode) and integrates P(n) piecewise between those instants. Events are arrivals
 and completions: at each, the state is advanced, finished requests leave, waiting requests are
 admitted (FIFO, up to max_batch), and one timer is set for the earliest completion. Timers set
@@ -14,13 +15,13 @@ ttft = inf until their prefill ended) in their plan; their real values once done
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import simpy
 from simpy.events import Timeout
 
-from moe2sim.devices.sharing import DeviceLaw
+from moe2sim.devices.sharing import DeviceLaw, Stretch
 
 if TYPE_CHECKING:
     from moe2sim.sim.engine import Plan
@@ -29,10 +30,12 @@ EPS_S = 1e-9  # remaining batch-1 work below this is done (float residue of adva
 
 
 class _Running:
-    __slots__ = ("plan", "i", "j", "power", "work", "decode", "phase", "energy", "factor", "start", "ttft")
+    __slots__ = ("plan", "i", "j", "power", "stretch", "work", "decode", "phase", "energy", "factor", "start",
+                 "ttft")
 
-    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], factor: float, start: float):
-        self.plan, self.i, self.j, self.power = plan, i, j, power
+    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], stretch: Stretch, factor: float,
+                 start: float):
+        self.plan, self.i, self.j, self.power, self.stretch = plan, i, j, power, stretch
         self.work = float(plan.ttft_s[i, j])
         self.decode = float(plan.decode_s[i, j])
         self.phase = 0
@@ -45,12 +48,15 @@ class _Running:
 class SharedDevice:
     """One device, the experts placed on it, a FIFO queue and the running set (see the module docstring).
 
-    `powers[x]` = (prefill W, decode W) of expert x at batch 1 (whole device, within its boundary)."""
+    `powers[x]` = (prefill W, decode W) of expert x at batch 1 (whole device, within its boundary);
+    `ttft[x]` = its batch-1 TTFT law (prompt tokens -> s), which the "tokens" prefill law needs."""
 
-    def __init__(self, env: simpy.Environment, law: DeviceLaw, powers: dict[int, tuple[float, float]]):
+    def __init__(self, env: simpy.Environment, law: DeviceLaw, powers: dict[int, tuple[float, float]],
+                 ttft: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None):
         self.env = env
         self.law = law
         self.powers = powers
+        self.ttft = ttft if ttft is not None else {}
         self.running: list[_Running] = []
         self.waiting: deque[tuple["Plan", int, int, int]] = deque()
         self.t = 0.0
@@ -79,7 +85,7 @@ class SharedDevice:
         if dt <= 0 or not run:
             return
         n = len(run)
-        slow_p, slow_d = self.law.slowdowns(n)
+        slow_d = self.law.decode_stretch(n)
         phase_power = 0.0
         switches: list[tuple[float, float]] = []  # (offset of a prefill end, change of Σ phase power)
         for r in run:
@@ -88,6 +94,7 @@ class SharedDevice:
                 phase_power += r.power[1]
                 continue
             phase_power += r.power[0]
+            slow_p = r.stretch(n)
             tau = r.work * slow_p
             if tau < dt:
                 r.phase, r.ttft = 1, t0 + tau - r.start
@@ -126,7 +133,8 @@ class SharedDevice:
             run = self.running = [r for r in run if not (r.phase == 1 and r.work <= EPS_S)]
         while self.waiting and len(run) < self.law.max_batch:
             plan, i, j, x = self.waiting.popleft()
-            run.append(_Running(plan, i, j, self.powers[x], self._factor(plan, i, j, x), now))
+            stretch = self.law.prefill_stretch(self.ttft.get(x), self._prompt_tokens(plan, i))
+            run.append(_Running(plan, i, j, self.powers[x], stretch, self._factor(plan, i, j, x), now))
             plan.start_s[i, j] = now
             plan.ttft_s[i, j] = plan.decode_s[i, j] = np.inf
             if run[-1].work <= EPS_S:  # no prefill work (a zero-length ttft)
@@ -136,10 +144,15 @@ class SharedDevice:
         if not run:
             return
         self.version += 1
-        slow_p, slow_d = self.law.slowdowns(len(run))
-        delay = min(max(r.work, 0.0) * slow_d if r.phase else max(r.work, 0.0) * slow_p + r.decode * slow_d
+        n = len(run)
+        slow_d = self.law.decode_stretch(n)
+        delay = min(max(r.work, 0.0) * slow_d if r.phase else max(r.work, 0.0) * r.stretch(n) + r.decode * slow_d
                     for r in run)
         Timeout(self.env, delay, self.version).callbacks.append(self._timer)
+
+    def _prompt_tokens(self, plan: "Plan", i: int) -> float:
+        """The query's prompt tokens where the prefill law uses them (0 otherwise)."""
+        return float(plan.batch.prompt_tokens[i]) if self.law.prefill_law == "tokens" else 0.0
 
     def _factor(self, plan: "Plan", i: int, j: int, expert: int) -> float:
         """Sampled batch-1 energy / the profile's batch-1 energy of the same times (1 for the profile service)."""

@@ -249,5 +249,5 @@ def build_experts(scenario: Scenario, profiles: list[DeviceProfile]) -> list[Sim
         idle = (law.idle_power_W if law else profile.idle_power_W.value) / sharing.get(ex.device, 1)
         experts.append(SimulatedExpert(ex.name, ex.slots, ex.link, build_service(scenario, i, profile), idle,
                                        ex.device or "", law,
-                                       (profile.prefill_power_W.value, profile.decode_power_W.value)))
+                                       (profile.prefill_power_W.value, profile.decode_power_W.value), profile.ttft_s))
     return experts

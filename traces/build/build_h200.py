@@ -11,9 +11,9 @@ Outputs:
   derived as energy_J - idle_power_W * latency_s with the idle power NVML reported.
 - traces/profiles/h200-<model>.yaml: DeviceProfile fitted on the warm rows (moe2sim.profiles.fit_profile),
   with a `batching` block: the probe ran batch 1 only, so the shared-device law is carried over (see
-  `launch_bound_batching`) and labelled per value: prefill slowdown derived from the profile's own TTFT
-  law, decode slowdown and power growth assumed from a published launch-bound HF transformers batch sweep
-  (A800), the power cap measured (NVML's enforced limit).
+  `launch_bound_batching`) and labelled per value: prefill by the "tokens" law (the profile's own TTFT
+  law at n times the prompt), decode slowdown and power growth assumed from a published launch-bound HF
+  transformers batch sweep (A800), the power cap measured (NVML's enforced limit).
 
 Run from the repository root: python traces/build/build_h200.py [--data DIR] [--out DIR]
 """
@@ -44,24 +44,18 @@ def slope_through_origin(n: np.ndarray, y: np.ndarray) -> float:
     return float(np.sum(y * (n - 1)) / np.sum((n - 1) ** 2))
 
 
-def launch_bound_batching(profile: DeviceProfile, prompt_lengths: np.ndarray, a800: pd.DataFrame,
-                          power_limit_W: float) -> Batching:
+def launch_bound_batching(profile: DeviceProfile, a800: pd.DataFrame, power_limit_W: float) -> Batching:
     """The shared-device law of an eager HF stack whose decode is bound by kernel launches, not by memory
     or compute (9–21 ms a token here for 1–8B): a batch of n decodes in about the batch-1 step time.
     - β_d, g: from the A800 sweep (batch 1, 2, 4, 8): r(n) = n S(1)/S(n) − 1 = β_d (n − 1) on throughput S;
       P(n) − P(1) = g_rel P(1) (n − 1), g = g_rel × this profile's decode power (a transfer: assumed).
-    - β_p: a batch of n prompts of p tokens costs one prefill of n·p tokens under this profile's own
-      TTFT law: ttft(n p) / ttft(p) − 1 = β_p (n − 1), least squares over the measured prompt lengths and
-      n = 1..MAX_BATCH (derived; roofline profiles are launch-bound for short prompts, compute-bound past
-      ttft_base_s · prefill_tokens_per_s tokens)."""
+    - prefill: the "tokens" law (a batch of n prompts of p tokens costs one prefill of n·p tokens under
+      this profile's own TTFT law: no parameter; roofline profiles stay on the launch floor for short
+      prompts and turn compute-bound past ttft_base_s · prefill_tokens_per_s tokens)."""
     sweep = a800[a800["batch_size"] <= MAX_BATCH]
     n, tput, power = (sweep[c].to_numpy(float) for c in ("batch_size", "throughput_tok_s", "avg_power_w"))
     beta_d = slope_through_origin(n, n * tput[0] / tput - 1)
     g_rel = slope_through_origin(n, power / power[0] - 1)
-    levels = np.arange(1, MAX_BATCH + 1, dtype=float)
-    lengths = np.unique(np.asarray(prompt_lengths, float))
-    nn, pp = np.meshgrid(levels, lengths)
-    beta_p = slope_through_origin(nn.ravel(), (profile.ttft_s(nn * pp) / profile.ttft_s(pp) - 1).ravel())
     decode_W = profile.decode_power_W.value
     tputs = " / ".join(f"{x:g}" for x in tput)
     powers = " / ".join(f"{x:g}" for x in power)
@@ -72,10 +66,7 @@ def launch_bound_batching(profile: DeviceProfile, prompt_lengths: np.ndarray, a8
             f"{A800_CITE}: throughput {tputs} tok/s at batch {sizes}; least squares of n S(1)/S(n) - 1 = beta (n - 1) "
             f"-> {beta_d:.4f}. A launch-bound HF stack (A800: 19 tok/s, 45 % GPU utilisation) carried over to this "
             "H200 HF eager stack, also launch-bound at batch 1 (shared/data/README.md): assumed, not measured here")),
-        prefill_slowdown=Sourced(value=round(beta_p, 6), provenance="derived", source=(
-            f"this profile's {profile.ttft_law} TTFT law with a batch of n prompts of p tokens costing one prefill of "
-            f"n p tokens: least squares of ttft(n p)/ttft(p) - 1 = beta (n - 1) over p = "
-            f"{', '.join(f'{x:g}' for x in lengths)} and n = 1..{MAX_BATCH} (traces/build/build_h200.py)")),
+        prefill_law="tokens",
         power_growth_W=Sourced(value=round(g_rel * decode_W, 6), provenance="assumed", source=(
             f"{A800_CITE}: mean power {powers} W at batch {sizes}; least squares of P(n)/P(1) - 1 = g (n - 1) -> "
             f"{100 * g_rel:.2f} % of P(1) per extra request, x this profile's decode power {decode_W:.1f} W. "
@@ -116,12 +107,12 @@ def main() -> None:
         profile = fit_profile(rows, name=f"h200-{model}", device=f"{device['name']} (driver {device['driver']})",
                               model=f"{model} (architecture-true, bf16, HF transformers eager)", idle=idle, how=how,
                               **H200_STACK, spread=measured_spread(rows, "traces/devices/h200_probe.csv warm rows"))
-        profile = profile.model_copy(update={"batching": launch_bound_batching(profile, rows["prompt_tokens"], a800, power_limit_W)})
+        profile = profile.model_copy(update={"batching": launch_bound_batching(profile, a800, power_limit_W)})
         (args.out / "profiles").mkdir(exist_ok=True)
         save_profile(profile, args.out / "profiles" / f"h200-{model}.yaml")
         print(f"{model:14s} decode {profile.decode_tokens_per_s.value:6.1f} tok/s  "
               f"active {profile.decode_power_W.value - idle_W:5.1f} W  fit {profile.fit_error}  "
-              f"batching {profile.batching.prefill_slowdown.value:.3f} / {profile.batching.decode_slowdown.value:.4f} / "
+              f"batching {profile.batching.prefill_law} / {profile.batching.decode_slowdown.value:.4f} / "
               f"{profile.batching.power_growth_W.value:.2f} W")
 
 
