@@ -91,9 +91,10 @@ def fit_concurrency(trace: pd.DataFrame) -> ConcurrencyFit:
 
 def batching_block(trace: pd.DataFrame, how: str) -> Batching:
     """The profile's batching block from a trace with several concurrency levels: β_d and the prefill law
-    (with β_p where it is "slowdown") fitted (fit_concurrency); max_batch = the highest level measured; g,
-    where the trace has energy, from the device's active power per level, n · mean(active_energy_J / latency) = P(n) − P_idle, by least
-    squares of P(n) − P(1) on (n − 1); else 0, labelled assumed."""
+    (with β_p where it is "slowdown") fitted (fit_concurrency); max_batch = the highest level measured;
+    g, where the trace has energy, from the device's active power per level,
+    n · mean(active_energy_J / latency) = P(n) − P_idle, by least squares of P(n) − P(1) on (n − 1);
+    else 0, labelled assumed."""
     law = fit_concurrency(trace)
     n = trace["concurrency"].to_numpy(float)
     derived = dict(provenance="derived", source=f"{how} (moe2sim.devices.concurrency.fit_concurrency)")
