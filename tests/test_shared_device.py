@@ -196,6 +196,41 @@ def test_fit_concurrency_recognises_the_tokens_prefill_law():
         assert getattr(fit, field) == pytest.approx(getattr(truth, field), rel=1e-6), field
 
 
+def test_decode_slows_with_the_other_requests_contexts():
+    """κ = 0.5 per 1,000 tokens, β_d = 0: a 1,000-token request and a 0-token one decode 1 s each from t = 0.
+    The short one reads the long one's context (s_d = 1.5), the long one reads nothing (s_d = 1): the long
+    one ends at 1 s, the short one has then done 2/3 and finishes alone at 1 + 1/3 s."""
+    law = DeviceLaw(8, beta_decode=0.0, beta_prefill=0.0, power_growth_W=0.0, max_power_W=math.inf,
+                    idle_power_W=0.0, kappa_decode=0.5)
+    env = simpy.Environment()
+    device = SharedDevice(env, law, {0: (30.0, 20.0)})
+    long, short = FakePlan([0.0], [1.0], [1.0], 1000.0), FakePlan([0.0], [1.0], [1.0], 0.0)
+    for plan in (long, short):
+        env.timeout(0.0, (plan, 0, 0)).callbacks.append(device.port(0).arrive)
+    env.run()
+    assert long.decode_s[0, 0] == pytest.approx(1.0)
+    assert short.decode_s[0, 0] == pytest.approx(1.0 + 1.0 / 3.0)
+
+
+def test_fit_concurrency_keeps_kappa_where_contexts_slow_decode():
+    """A trace whose decode slows with the others' prompts (κ = 0.4 per 1,000 tokens): the fit keeps κ
+    and recovers it; without that term (κ = 0 in the truth) it keeps the plain law."""
+    import pandas as pd
+
+    from moe2sim.devices.concurrency import ConcurrencyFit, fit_concurrency
+
+    grid = [(p, o, n) for p in (32, 128, 384, 1024) for o in (32, 64) for n in (1, 2, 4, 8)]
+    p, o, n = (np.array(x, float) for x in zip(*grid))
+    for kappa in (0.4, 0.0):
+        truth = ConcurrencyFit(ttft_base_s=0.05, prefill_tokens_per_s=300.0, decode_tokens_per_s=15.0,
+                               beta_prefill=0.0, beta_decode=0.2, prefill_law="tokens", kappa_decode=kappa)
+        ttft, dec = truth.predict(p, o, n)
+        fit = fit_concurrency(pd.DataFrame({"prompt_tokens": p, "output_tokens": o, "concurrency": n,
+                                            "ttft_s": ttft, "decode_s": dec}))
+        assert fit.kappa_decode == pytest.approx(kappa, abs=1e-6)
+        assert fit.beta_decode == pytest.approx(0.2, rel=1e-6)
+
+
 def test_tokens_law_prefills_by_the_batch_prompt():
     """Two requests with the "tokens" law, additive TTFT 0.1 s + p / 100 tok/s, p = 50: alone a prefill
     takes 0.6 s; two together cost ttft(100) / ttft(50) = 1.1 / 0.6 of that, so both reach their first
@@ -221,7 +256,8 @@ def cpu_trace_through_the_simulator(trace):
     sim_ttft = np.empty(len(trace))
     for n, held in trace.groupby("concurrency"):
         fit = fit_concurrency(trace.drop(held.index))
-        law = DeviceLaw(int(n), fit.beta_decode, fit.beta_prefill, 0.0, math.inf, 0.0, fit.prefill_law)
+        law = DeviceLaw(int(n), fit.beta_decode, fit.beta_prefill, 0.0, math.inf, 0.0, fit.prefill_law,
+                        fit.kappa_decode)
         ttft = lambda q: fit.predict(q, np.zeros_like(q), np.ones_like(q))[0]  # noqa: E731  batch-1 TTFT law
         for (p, o), rows in held.groupby(["prompt_tokens", "output_tokens"]):
             t1, d1 = fit.predict(np.array([p]), np.array([o]), np.array([1]))

@@ -16,8 +16,10 @@ benchmarks/bench_fidelity.py scores the law, for:
   in n cannot remove, whatever its curve.
 
 The laws with a third parameter minimise squared relative error, as fit_concurrency does (scipy
-least_squares from the linear fit, all parameters refitted jointly). Research code: the law in moe2sim
-is unchanged.
+least_squares from the linear fit, all parameters refitted jointly). Research code. Since it was run
+(RESULTS.md, issue 14), moe2sim's law took up two of its findings: fit_concurrency now chooses the
+"tokens" prefill law and keeps the context term κ where they cut the error by ≥ 20 %, so the "linear"
+row of a rerun is the current law, not the plain straight line.
 
     python benchmarks/research/issue14_concurrency_laws.py
 """

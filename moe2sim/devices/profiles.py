@@ -13,7 +13,8 @@ charged separately, to every device for the whole run. Every value carries where
 
 A profile also says what it is: serving `stack`, `quantisation`, `power_mode`. Optional blocks:
 - `batching`: how the device serves n requests at once (moe2sim.devices.sharing): per-request
-  decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1)), prefill likewise with β_p (`prefill_law: slowdown`) or
+  decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1) + κ·P_others/1000) (P_others: the other running requests'
+  prompt tokens, whose KV caches every batched step reads; κ optional, 0 without), prefill likewise with β_p (`prefill_law: slowdown`) or
   as one prefill of n times the prompt under the TTFT law above (`prefill_law: tokens`), device power
   P(n) = min(P(1) + g·(n−1), P_max), at most `max_batch` requests at once. Without it the
   expert's slots are independent servers (the special case β = 0, g = P(1) − P_idle).
@@ -63,11 +64,14 @@ PHYSICAL = {"ttft_base_s": (0.0, 1e6), "prefill_tokens_per_s": (1e-3, 1e15), "de
 class Batching(BaseModel):
     """The shared-device law (see the module docstring): slowdowns β_d, β_p (dimensionless, per extra
     running request), power growth g (W per extra request) and the power cap P_max (W, whole device).
-    `prefill_law` "tokens" replaces β_p by the profile's own TTFT law at n times the prompt."""
+    `prefill_law` "tokens" replaces β_p by the profile's own TTFT law at n times the prompt; κ
+    (`decode_slowdown_per_kilotoken`, optional) adds to β_d(n−1) for the other requests' contexts."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     max_batch: Annotated[int, Field(ge=1, le=4096)]
     decode_slowdown: Sourced
+    decode_slowdown_per_kilotoken: Sourced | None = Field(
+        None, description="κ: more decode slowdown per 1,000 prompt tokens of the other running requests")
     prefill_law: PrefillLaw = "slowdown"
     prefill_slowdown: Sourced | None = None
     power_growth_W: Sourced

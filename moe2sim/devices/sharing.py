@@ -1,7 +1,10 @@
 """The shared-device law: how one device serves n requests at once, and what it draws.
 
 With n requests running on a device (any mix of prefill and decode, of any experts placed there):
-    decode rate of each request   1 / (τ_d1 · (1 + β_d (n − 1)))     τ_d1 = its batch-1 decode time/token
+    decode rate of each request   1 / (τ_d1 · s_d)                    τ_d1 = its batch-1 decode time/token
+                                  s_d = 1 + β_d (n − 1) + κ P_o / 1000  P_o = the other running requests'
+                                                                      prompt tokens (their KV caches, read
+                                                                      at every batched step; κ = 0: no term)
     prefill time of each request  τ_p1 · s_p(n)                       τ_p1 = its batch-1 prefill time, where
         prefill_law "slowdown":   s_p(n) = 1 + β_p (n − 1)
         prefill_law "tokens":     s_p(n) = ttft(n · p) / ttft(p)      the n prefills cost one prefill of n · p
@@ -42,6 +45,7 @@ class DeviceLaw:
     max_power_W: float     # inf: no cap
     idle_power_W: float
     prefill_law: PrefillLaw = "slowdown"
+    kappa_decode: float = 0.0  # κ, per 1,000 prompt tokens of the other running requests
 
     @classmethod
     def of(cls, profile: DeviceProfile) -> "DeviceLaw | None":
@@ -51,16 +55,17 @@ class DeviceLaw:
             return None
         return cls(b.max_batch, b.decode_slowdown.value, b.prefill_slowdown.value if b.prefill_slowdown else 0.0,
                    b.power_growth_W.value, b.max_power_W.value if b.max_power_W is not None else math.inf,
-                   profile.idle_power_W.value, b.prefill_law)
+                   profile.idle_power_W.value, b.prefill_law,
+                   b.decode_slowdown_per_kilotoken.value if b.decode_slowdown_per_kilotoken else 0.0)
 
     @classmethod
     def time_sharing(cls, slots: int, idle_power_W: float) -> "DeviceLaw":
         """No batching gain: n running requests each progress at 1/n of the batch-1 rate, power unchanged."""
         return cls(slots, 1.0, 1.0, 0.0, math.inf, idle_power_W)
 
-    def decode_stretch(self, n: int) -> float:
-        """Decode time multiplier with n requests running."""
-        return 1.0 + self.beta_decode * (n - 1)
+    def decode_stretch(self, n: int, others_prompt_tokens: float = 0.0) -> float:
+        """s_d: decode time multiplier with n requests running whose other prompts total `others_prompt_tokens`."""
+        return 1.0 + self.beta_decode * (n - 1) + self.kappa_decode * others_prompt_tokens / 1000.0
 
     def prefill_stretch(self, ttft_s: Callable[[np.ndarray], np.ndarray] | None, prompt_tokens: float) -> Stretch:
         """s_p(n) of one request: `ttft_s` is its expert's batch-1 TTFT law (needed by the "tokens" law)."""

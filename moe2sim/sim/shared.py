@@ -2,9 +2,10 @@
 
 Each running request carries its remaining work of the current phase in batch-1 seconds (prefill:
 its sampled ttft; decode: its sampled decode time). Between events the number running, n, is fixed,
-so every request advances at a fixed speed: 1/(1 + β_d(n − 1)) in decode, 1/s_p(n) in prefill (its own
-stretch: the law's β_p, or its prompt's TTFT law at n times the prompt). Speeds depend on n and the
-request only, so a prefill ending changes no one's speed, only the phase mix of P1: it is not an event.
+so every request advances at a fixed speed: 1/s_d in decode (β_d, and κ times the other running
+requests' prompt tokens), 1/s_p(n) in prefill (its own stretch: the law's β_p, or its prompt's TTFT law at
+n times the prompt). Speeds depend on the running set only, not on phases, so a prefill ending changes no
+one's speed, only the phase mix of P1: it is not an event.
 Advancing to now finds the prefills that ended inside the interval (ttft = the instant it ended; the rest of the
 interval goes to decode) and integrates P(n) piecewise between those instants. Events are arrivals
 and completions: at each, the state is advanced, finished requests leave, waiting requests are
@@ -30,12 +31,12 @@ EPS_S = 1e-9  # remaining batch-1 work below this is done (float residue of adva
 
 
 class _Running:
-    __slots__ = ("plan", "i", "j", "power", "stretch", "work", "decode", "phase", "energy", "factor", "start",
-                 "ttft")
+    __slots__ = ("plan", "i", "j", "power", "prompt", "stretch", "work", "decode", "phase", "energy", "factor",
+                 "start", "ttft")
 
-    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], stretch: Stretch, factor: float,
-                 start: float):
-        self.plan, self.i, self.j, self.power, self.stretch = plan, i, j, power, stretch
+    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], prompt: float, stretch: Stretch,
+                 factor: float, start: float):
+        self.plan, self.i, self.j, self.power, self.prompt, self.stretch = plan, i, j, power, prompt, stretch
         self.work = float(plan.ttft_s[i, j])
         self.decode = float(plan.decode_s[i, j])
         self.phase = 0
@@ -85,10 +86,11 @@ class SharedDevice:
         if dt <= 0 or not run:
             return
         n = len(run)
-        slow_d = self.law.decode_stretch(n)
+        context = sum(r.prompt for r in run)
         phase_power = 0.0
         switches: list[tuple[float, float]] = []  # (offset of a prefill end, change of Σ phase power)
         for r in run:
+            slow_d = self.law.decode_stretch(n, context - r.prompt)
             if r.phase:
                 r.work -= dt / slow_d
                 phase_power += r.power[1]
@@ -133,8 +135,9 @@ class SharedDevice:
             run = self.running = [r for r in run if not (r.phase == 1 and r.work <= EPS_S)]
         while self.waiting and len(run) < self.law.max_batch:
             plan, i, j, x = self.waiting.popleft()
-            stretch = self.law.prefill_stretch(self.ttft.get(x), self._prompt_tokens(plan, i))
-            run.append(_Running(plan, i, j, self.powers[x], stretch, self._factor(plan, i, j, x), now))
+            prompt = float(plan.batch.prompt_tokens[i])
+            stretch = self.law.prefill_stretch(self.ttft.get(x), prompt)
+            run.append(_Running(plan, i, j, self.powers[x], prompt, stretch, self._factor(plan, i, j, x), now))
             plan.start_s[i, j] = now
             plan.ttft_s[i, j] = plan.decode_s[i, j] = np.inf
             if run[-1].work <= EPS_S:  # no prefill work (a zero-length ttft)
@@ -145,14 +148,12 @@ class SharedDevice:
             return
         self.version += 1
         n = len(run)
-        slow_d = self.law.decode_stretch(n)
-        delay = min(max(r.work, 0.0) * slow_d if r.phase else max(r.work, 0.0) * r.stretch(n) + r.decode * slow_d
+        context = sum(r.prompt for r in run)
+        law = self.law
+        delay = min(max(r.work, 0.0) * law.decode_stretch(n, context - r.prompt) if r.phase
+                    else max(r.work, 0.0) * r.stretch(n) + r.decode * law.decode_stretch(n, context - r.prompt)
                     for r in run)
         Timeout(self.env, delay, self.version).callbacks.append(self._timer)
-
-    def _prompt_tokens(self, plan: "Plan", i: int) -> float:
-        """The query's prompt tokens where the prefill law uses them (0 otherwise)."""
-        return float(plan.batch.prompt_tokens[i]) if self.law.prefill_law == "tokens" else 0.0
 
     def _factor(self, plan: "Plan", i: int, j: int, expert: int) -> float:
         """Sampled batch-1 energy / the profile's batch-1 energy of the same times (1 for the profile service)."""
