@@ -14,8 +14,9 @@ charged separately, to every device for the whole run. Every value carries where
 A profile also says what it is: serving `stack`, `quantisation`, `power_mode`. Optional blocks:
 - `batching`: how the device serves n requests at once (moe2sim.devices.sharing): per-request
   decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1) + κ·P_others/1000) (P_others: the other running requests'
-  prompt tokens, whose KV caches every batched step reads; κ optional, 0 without), prefill likewise with β_p (`prefill_law: slowdown`) or
-  as one prefill of n times the prompt under the TTFT law above (`prefill_law: tokens`), device power
+  prompt tokens, whose KV caches every batched step reads; κ optional, 0 without), prefill likewise
+  with β_p (`prefill_law: slowdown`) or as one prefill of n times the prompt under the TTFT law above
+  (`prefill_law: tokens`), device power
   P(n) = min(P(1) + g·(n−1), P_max), at most `max_batch` requests at once. Without it the
   expert's slots are independent servers (the special case β = 0, g = P(1) − P_idle).
 - `spread`: repetition spread (coefficients of variation of latency and power) the simulator
