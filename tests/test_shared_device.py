@@ -203,7 +203,7 @@ def test_decode_slows_with_the_other_requests_contexts():
     law = DeviceLaw(8, beta_decode=0.0, beta_prefill=0.0, power_growth_W=0.0, max_power_W=math.inf,
                     idle_power_W=0.0, kappa_decode=0.5)
     env = simpy.Environment()
-    device = SharedDevice(env, law, {0: (30.0, 20.0)})
+    device = SharedDevice(env, law, {0: (30.0, 20.0)}, {0: None})
     long, short = FakePlan([0.0], [1.0], [1.0], 1000.0), FakePlan([0.0], [1.0], [1.0], 0.0)
     for plan in (long, short):
         env.timeout(0.0, (plan, 0, 0)).callbacks.append(device.port(0).arrive)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from moe2sim.devices.profiles import Batching, PrefillLaw, Sourced
+from moe2sim.devices.profiles import TTFT_LAWS, Batching, PrefillLaw, Sourced
 
 SLOWDOWN_GAIN = 0.8  # β_p is kept only if its TTFT relative SSE is below this share of the "tokens" law's
 CONTEXT_GAIN = 0.8   # κ is kept only if the decode relative SSE with it is below this share of the SSE without
@@ -44,8 +44,8 @@ class ConcurrencyFit:
         n = np.asarray(concurrency, float)
         extra = n - 1
         p = np.asarray(prompt_tokens, float)
-        if self.prefill_law == "tokens":
-            ttft = self.ttft_base_s + n * p / self.prefill_tokens_per_s
+        if self.prefill_law == "tokens":  # one additive-law prefill of n · p tokens
+            ttft = TTFT_LAWS["additive"](self.ttft_base_s, self.prefill_tokens_per_s, n * p)
         else:
             ttft = (self.ttft_base_s + p / self.prefill_tokens_per_s) * (1 + self.beta_prefill * extra)
         decode = (np.asarray(output_tokens, float) / self.decode_tokens_per_s
@@ -97,6 +97,11 @@ def fit_concurrency(trace: pd.DataFrame) -> ConcurrencyFit:
                           beta_decode=max(float(d2 / d1), 0.0), prefill_law=law, kappa_decode=kappa)
 
 
+def slope_per_extra_request(n: np.ndarray, y: np.ndarray) -> float:
+    """Least-squares β of y = β (n − 1): how a per-level quantity grows per extra running request."""
+    return float(np.sum(y * (n - 1)) / max(np.sum((n - 1) ** 2), 1e-12))
+
+
 def batching_block(trace: pd.DataFrame, how: str) -> Batching:
     """The profile's batching block from a trace with several concurrency levels: β_d (and κ where kept) and
     the prefill law (with β_p where it is "slowdown") fitted (fit_concurrency); max_batch = the highest level measured;
@@ -111,8 +116,7 @@ def batching_block(trace: pd.DataFrame, how: str) -> Batching:
         power = n * energy / (trace["ttft_s"] + trace["decode_s"]).to_numpy(float)
         levels = np.unique(n)
         per_level = np.array([power[n == k].mean() for k in levels])
-        growth = Sourced(value=max(float(np.sum((per_level - per_level[0]) * (levels - 1))
-                                         / max(np.sum((levels - 1) ** 2), 1e-12)), 0.0), **derived)
+        growth = Sourced(value=max(slope_per_extra_request(levels, per_level - per_level[0]), 0.0), **derived)
     else:
         growth = Sourced(value=0.0, provenance="assumed", source=f"{how}: no energy measured, power growth unknown")
     prefill = ({"prefill_slowdown": Sourced(value=law.beta_prefill, **derived)} if law.prefill_law == "slowdown"

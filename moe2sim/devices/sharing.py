@@ -72,6 +72,8 @@ class DeviceLaw:
         if self.prefill_law == "slowdown":
             beta = self.beta_prefill
             return lambda n: 1.0 + beta * (n - 1)
+        if ttft_s is None:
+            raise ValueError("the 'tokens' prefill law needs the expert's batch-1 TTFT law")
         own = float(ttft_s(np.array([prompt_tokens], float))[0])
         if own <= 0:
             return lambda n: 1.0

@@ -53,11 +53,11 @@ class SharedDevice:
     `ttft[x]` = its batch-1 TTFT law (prompt tokens -> s), which the "tokens" prefill law needs."""
 
     def __init__(self, env: simpy.Environment, law: DeviceLaw, powers: dict[int, tuple[float, float]],
-                 ttft: dict[int, Callable[[np.ndarray], np.ndarray]] | None = None):
+                 ttft: dict[int, Callable[[np.ndarray], np.ndarray] | None]):
         self.env = env
         self.law = law
         self.powers = powers
-        self.ttft = ttft if ttft is not None else {}
+        self.ttft = ttft
         self.running: list[_Running] = []
         self.waiting: deque[tuple["Plan", int, int, int]] = deque()
         self.t = 0.0
@@ -136,7 +136,7 @@ class SharedDevice:
         while self.waiting and len(run) < self.law.max_batch:
             plan, i, j, x = self.waiting.popleft()
             prompt = float(plan.batch.prompt_tokens[i])
-            stretch = self.law.prefill_stretch(self.ttft.get(x), prompt)
+            stretch = self.law.prefill_stretch(self.ttft[x], prompt)
             run.append(_Running(plan, i, j, self.powers[x], prompt, stretch, self._factor(plan, i, j, x), now))
             plan.start_s[i, j] = now
             plan.ttft_s[i, j] = plan.decode_s[i, j] = np.inf

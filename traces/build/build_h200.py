@@ -23,9 +23,9 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from moe2sim.devices.concurrency import slope_per_extra_request
 from moe2sim.devices.profiles import Batching, DeviceProfile, Sourced, fit_profile, measured_spread, save_profile
 
 HERE = Path(__file__).resolve().parents[1]  # traces/
@@ -39,11 +39,6 @@ A800_CITE = ("hongping-zh/ecocompute-dynamic-eval @ 12d7ad17d80f69fbd54ed9e86b2e
              "NVML GPU power, 10 runs per batch size")
 
 
-def slope_through_origin(n: np.ndarray, y: np.ndarray) -> float:
-    """Least-squares β of y = β (n − 1)."""
-    return float(np.sum(y * (n - 1)) / np.sum((n - 1) ** 2))
-
-
 def launch_bound_batching(profile: DeviceProfile, a800: pd.DataFrame, power_limit_W: float) -> Batching:
     """The shared-device law of an eager HF stack whose decode is bound by kernel launches, not by memory
     or compute (9–21 ms a token here for 1–8B): a batch of n decodes in about the batch-1 step time.
@@ -54,8 +49,8 @@ def launch_bound_batching(profile: DeviceProfile, a800: pd.DataFrame, power_limi
       prompts and turn compute-bound past ttft_base_s · prefill_tokens_per_s tokens)."""
     sweep = a800[a800["batch_size"] <= MAX_BATCH]
     n, tput, power = (sweep[c].to_numpy(float) for c in ("batch_size", "throughput_tok_s", "avg_power_w"))
-    beta_d = slope_through_origin(n, n * tput[0] / tput - 1)
-    g_rel = slope_through_origin(n, power / power[0] - 1)
+    beta_d = slope_per_extra_request(n, n * tput[0] / tput - 1)
+    g_rel = slope_per_extra_request(n, power / power[0] - 1)
     decode_W = profile.decode_power_W.value
     tputs = " / ".join(f"{x:g}" for x in tput)
     powers = " / ".join(f"{x:g}" for x in power)
