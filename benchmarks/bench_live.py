@@ -35,7 +35,7 @@ import pandas as pd
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-HW = [sys.executable, "-m", "hardware"]
+HW = [sys.executable, "-m", "moe2sim.hardware"]
 
 
 def run(*args: str) -> str:

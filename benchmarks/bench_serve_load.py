@@ -33,7 +33,7 @@ RESETS = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemotePro
 
 
 def start_server(model: str, slots: int, queue: int, threads: int = 1) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "hardware", "serve", "--backend", f"hf:{model}", "--meter", "none",
+    proc = subprocess.Popen([sys.executable, "-m", "moe2sim.hardware", "serve", "--backend", f"hf:{model}", "--meter", "none",
                              "--port", "0", "--slots", str(slots), "--queue", str(queue), "--threads", str(threads)],
                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
     match = re.search(r"http://127\.0\.0\.1:(\d+)", proc.stdout.readline())

@@ -1,5 +1,5 @@
 import sys
 
-from hardware.cli import main
+from moe2sim.hardware.cli import main
 
 sys.exit(main())

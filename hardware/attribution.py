@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from hardware.meters import Measurement, SampledCounter
+from moe2sim.hardware.meters import Measurement, SampledCounter
 
 
 @dataclass(frozen=True)

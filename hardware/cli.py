@@ -1,4 +1,4 @@
-"""`python -m hardware` (or `moe2sim-hw`): collect, fit, serve, live, compare.
+"""`python -m moe2sim.hardware` (or `moe2sim-hw`): collect, fit, serve, live, compare.
 
 Bad input and missing hardware print one line and exit with code 2 (no traceback).
 """
@@ -12,8 +12,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from hardware.backends import BackendError, HFBackend, OpenAIBackend
-from hardware.meters import MeterUnavailable, open_meter
+from moe2sim.hardware.backends import BackendError, HFBackend, OpenAIBackend
+from moe2sim.hardware.meters import MeterUnavailable, open_meter
 from moe2sim.errors import InputError
 
 
@@ -37,8 +37,8 @@ def make_meter(kind: str):
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from hardware.collect import Plan, Request, collect, concurrency_levels, queued_note, shape_grid
-    from hardware.provenance import describe
+    from moe2sim.hardware.collect import Plan, Request, collect, concurrency_levels, queued_note, shape_grid
+    from moe2sim.hardware.provenance import describe
 
     plan = Plan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency), args.in_flight)
     shapes = None if args.scenario else shape_grid(args.shapes)  # bad flags fail before a model loads
@@ -78,7 +78,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from hardware.collect import fit
+    from moe2sim.hardware.collect import fit
     from moe2sim.data.tables import DEVICE_TRACE_COLUMNS, read_table
     from moe2sim.devices.profiles import save_profile
 
@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from hardware.serve import CompletionServer, Limits, bind, create_app
+    from moe2sim.hardware.serve import CompletionServer, Limits, bind, create_app
 
     try:  # before loading any model: a taken port fails at once
         sock = bind(args.host, args.port)
@@ -152,7 +152,7 @@ def nan_for_null(value):
 def cmd_live(args: argparse.Namespace) -> int:
     import signal
 
-    from hardware.live import JOURNALS, LiveRun, failures_html, live_summary
+    from moe2sim.hardware.live import JOURNALS, LiveRun, failures_html, live_summary
     from moe2sim.experiments.outputs import OutputDir, write_json
     from moe2sim.experiments.run import RESULT_NAMES, write_results, write_table
     from moe2sim.scenario import load_scenario
@@ -215,7 +215,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     import base64
     import io
 
-    from hardware.compare import cdf_plot, error_table, failures, markdown
+    from moe2sim.hardware.compare import cdf_plot, error_table, failures, markdown
 
     table = error_table(args.simulated, args.measured)
     lost = failures(args.measured)
@@ -266,13 +266,13 @@ def bounded(kind, flag: str, low: float | None = None, high: float | None = None
 def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
-    from hardware.collect import IN_FLIGHT
+    from moe2sim.hardware.collect import IN_FLIGHT
     from moe2sim.devices.profiles import EnergyBoundary, Stack
 
     invoked = Path(sys.argv[0]).name
     from moe2sim.cli.main import HelpFormatter  # every flag's help ends with its default
 
-    parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m hardware", description=__doc__.splitlines()[0],
+    parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m moe2sim.hardware", description=__doc__.splitlines()[0],
                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser = functools.partial(sub.add_parser, formatter_class=HelpFormatter)

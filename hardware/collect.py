@@ -29,9 +29,9 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from hardware.attribution import Share, SharedDevice, Span
-from hardware.backends import Backend, Generation
-from hardware.meters import SampledCounter
+from moe2sim.hardware.attribution import Share, SharedDevice, Span
+from moe2sim.hardware.backends import Backend, Generation
+from moe2sim.hardware.meters import SampledCounter
 from moe2sim.errors import InputError
 from moe2sim.devices.concurrency import batching_block
 from moe2sim.devices.profiles import DeviceProfile, Sourced, fit_profile, measured_spread

@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from hardware.backends import BackendError, Generation, OpenAIBackend
+from moe2sim.hardware.backends import BackendError, Generation, OpenAIBackend
 from moe2sim.experiments.outputs import strict
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.routers import Decision

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from hardware.meters import SampledCounter
+from moe2sim.hardware.meters import SampledCounter
 
 STACK = ("moe2sim", "torch", "transformers", "nvidia-ml-py")
 

@@ -37,9 +37,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hardware.attribution import SharedDevice
-from hardware.backends import Backend, BackendError
-from hardware.meters import SampledCounter
+from moe2sim.hardware.attribution import SharedDevice
+from moe2sim.hardware.backends import Backend, BackendError
+from moe2sim.hardware.meters import SampledCounter
 
 FALLBACK_CONTEXT = 32768  # tokens, for a backend that does not say its context (an upstream server)
 NO_METER = "no energy meter on this server (--meter none): energy not measured"

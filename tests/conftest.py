@@ -7,6 +7,7 @@ tmp_path finds the bundled traces and profiles.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -94,3 +95,27 @@ def single_expert_raw(profile: Path, output_tokens: dict[str, Any], *, rate: flo
         "policy": {"name": "fixed_subset", "k": 1, "aggregation_s": 0.0},
         "outputs": {"report": False},
     }
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def assert_same_data(built: Any, shipped: Any, where: str, rel: float = 1e-9) -> None:
+    """Structures equal, numbers to `rel` (a numpy or pandas update may move a float's last digit), text
+    equal once the numbers in it are compared the same way."""
+    if isinstance(shipped, dict):
+        assert isinstance(built, dict) and list(built) == list(shipped), where
+        for key in shipped:
+            assert_same_data(built[key], shipped[key], f"{where}.{key}", rel)
+    elif isinstance(shipped, list):
+        assert isinstance(built, list) and len(built) == len(shipped), where
+        for i, (b, s) in enumerate(zip(built, shipped)):
+            assert_same_data(b, s, f"{where}[{i}]", rel)
+    elif isinstance(shipped, str):
+        assert isinstance(built, str) and NUMBER.split(built) == NUMBER.split(shipped), where
+        assert_same_data([float(x) for x in NUMBER.findall(built)], [float(x) for x in NUMBER.findall(shipped)],
+                         where, rel)
+    elif isinstance(shipped, bool) or shipped is None:
+        assert built is shipped, where
+    else:
+        assert built == pytest.approx(shipped, rel=rel, abs=1e-12), where

@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from hardware.backends import HFBackend, OpenAIBackend
-from hardware.collect import Plan, collect, queued_note, shape_grid
-from hardware.meters import SampledCounter
-from hardware.serve import serve
+from conftest import assert_same_data
+from moe2sim.hardware.backends import HFBackend, OpenAIBackend
+from moe2sim.hardware.collect import Plan, collect, queued_note, shape_grid
+from moe2sim.hardware.meters import SampledCounter
+from moe2sim.hardware.serve import serve
 
 ROOT = Path(__file__).resolve().parents[1]
-HW = [sys.executable, "-m", "hardware"]
+HW = [sys.executable, "-m", "moe2sim.hardware"]
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +146,11 @@ def test_the_shipped_cpu_profile_is_what_the_documented_fit_makes_of_the_shipped
 
     text = (ROOT / "traces" / "README.md").read_text()
     command = next(line.strip() for line in text.splitlines()
-                   if line.strip().startswith("python -m hardware fit traces/devices/cpu_concurrency.csv"))
+                   if line.strip().startswith("python -m moe2sim.hardware fit traces/devices/cpu_concurrency.csv"))
     args = shlex.split(command)[3:]
     args[args.index("--out") + 1] = str(tmp_path / "p.yaml")
     run = subprocess.run([*HW, *args], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     made = yaml.safe_load((tmp_path / "p.yaml").read_text())
     shipped = yaml.safe_load((ROOT / "traces" / "profiles" / "smollm2-135m-cpu.yaml").read_text())
-    assert made == shipped
+    assert_same_data(made, shipped, "smollm2-135m-cpu.yaml")

@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from hardware.attribution import SharedDevice
-from hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
-from hardware.collect import Plan, collect, fit, shape_grid
-from hardware.compare import error_table
-from hardware.live import run_live
-from hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
-from hardware.serve import serve
+from moe2sim.hardware.attribution import SharedDevice
+from moe2sim.hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
+from moe2sim.hardware.collect import Plan, collect, fit, shape_grid
+from moe2sim.hardware.compare import error_table
+from moe2sim.hardware.live import run_live
+from moe2sim.hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
+from moe2sim.hardware.serve import serve
 from moe2sim.devices.profiles import save_profile
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
@@ -265,7 +265,7 @@ def two_servers():
     """Two `hardware serve` processes on loopback, each a tiny Llama on the CPU."""
     procs, urls = [], []
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, "-m", "hardware", "serve", "--backend", "hf:tiny-llama",
+        proc = subprocess.Popen([sys.executable, "-m", "moe2sim.hardware", "serve", "--backend", "hf:tiny-llama",
                                  "--meter", "none", "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
@@ -428,7 +428,7 @@ def test_collect_writes_how_the_trace_was_measured(tmp_path):
     from importlib import metadata
 
     out = tmp_path / "trace.csv"
-    proc = subprocess.run([sys.executable, "-m", "hardware", "collect", "--backend", "hf:tiny-llama", "--meter", "none",
+    proc = subprocess.run([sys.executable, "-m", "moe2sim.hardware", "collect", "--backend", "hf:tiny-llama", "--meter", "none",
                            "--shapes", "16x4", "--reps", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "trace.device.json").read_text())
@@ -438,7 +438,7 @@ def test_collect_writes_how_the_trace_was_measured(tmp_path):
 
 
 def test_cli_bad_input_exit_code_2(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hardware", *a], capture_output=True, text=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "moe2sim.hardware", *a], capture_output=True, text=True,  # noqa: E731
                                     cwd=ROOT)
     for args in (["collect", "--backend", "hf:no-such-model", "--meter", "none", "--out", str(tmp_path / "t.csv")],
                  ["collect", "--backend", "hf:tiny-llama", "--meter", "nvml", "--out", str(tmp_path / "t.csv")],

@@ -1,9 +1,11 @@
 """The package layout keeps its promises: data flows one way through the sub-packages (no import of a
-higher layer, lazy imports included), hardware/ imports moe2sim and never the reverse, every code
-package ships, and the bundled data is found by the documented rule."""
+higher layer, lazy imports included), hardware/ (installed as moe2sim.hardware) imports moe2sim and never
+the reverse, every code package ships, and the bundled data is found by the documented rule."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -17,7 +19,7 @@ RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 
 def imports(path: Path) -> set[str]:
-    """Every moe2sim/hardware module a file imports, at top level or inside a function."""
+    """Every moe2sim module (moe2sim.hardware included) a file imports, at top level or inside a function."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -25,6 +27,9 @@ def imports(path: Path) -> set[str]:
         elif isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
     return {m for m in found if m.split(".")[0] in ("moe2sim", "hardware")}
+
+
+HARDWARE = "moe2sim.hardware"
 
 
 def package_of(module: str) -> str | None:
@@ -38,7 +43,7 @@ def test_imports_only_go_down_the_layers():
         rel = path.relative_to(ROOT / "moe2sim")
         own = rel.parts[0].removesuffix(".py") if len(rel.parts) > 1 or rel.stem in RANK else None
         for module in imports(path):
-            assert not module.startswith("hardware"), f"{rel} imports {module}: moe2sim never imports hardware/"
+            assert not module.startswith(("hardware", HARDWARE)), f"{rel} imports {module}: moe2sim never imports hardware/"
             target = package_of(module)
             if own is None or target is None or target == own:
                 continue
@@ -50,15 +55,26 @@ def test_imports_only_go_down_the_layers():
 
 def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for top in ("moe2sim", "hardware")
-               for p in ROOT.glob(f"{top}/**/__init__.py")}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.glob("moe2sim/**/__init__.py")}
+    on_disk |= {".".join(("moe2sim", *p.parent.relative_to(ROOT).parts)) for p in ROOT.glob("hardware/**/__init__.py")}
     on_disk |= {"moe2sim.bundled.scenarios", "moe2sim.bundled.traces"}
     assert on_disk == listed
 
 
 def test_hardware_imports_moe2sim_but_not_the_other_way():
     used = set().union(*(imports(p) for p in (ROOT / "hardware").rglob("*.py")))
-    assert any(m.startswith("moe2sim") for m in used)
+    assert any(m.startswith("moe2sim") and not m.startswith(HARDWARE) for m in used)
+    assert not any(m.split(".")[0] == "hardware" for m in used), "hardware/ imports itself as moe2sim.hardware"
+
+
+def test_hardware_installs_under_the_project_name():
+    """No generic top-level `hardware` package: the folder is moe2sim.hardware, for `python -m` too."""
+    from moe2sim.hardware import cli
+
+    assert Path(cli.__file__).resolve().parent == ROOT / "hardware"
+    run = subprocess.run([sys.executable, "-m", HARDWARE, "--help"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT.parent)
+    assert run.returncode == 0 and "collect" in run.stdout, run.stderr
 
 
 @pytest.mark.parametrize("relative", ["scenarios/paper.yaml", "scenarios/quickstart.yaml", "scenarios/budget_env.yaml",

@@ -22,14 +22,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from hardware.backends import HFBackend
-from hardware.live import LiveRun, live_summary
-from hardware.serve import serve
+from moe2sim.hardware.backends import HFBackend
+from moe2sim.hardware.live import LiveRun, live_summary
+from moe2sim.hardware.serve import serve
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
 
 ROOT = Path(__file__).resolve().parents[1]
-HW = [sys.executable, "-m", "hardware"]
+HW = [sys.executable, "-m", "moe2sim.hardware"]
 
 
 def scenario_file(tmp_path: Path, queries: int, rate: float, name: str = "faults.yaml") -> Path:

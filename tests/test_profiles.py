@@ -1,18 +1,16 @@
 """Device profiles: bundled ones load with provenance; fitting recovers known parameters; physics checks."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import TRACES, profile_dict
+from conftest import TRACES, assert_same_data, profile_dict
 from moe2sim.errors import InputError
 from moe2sim.devices.profiles import (DeviceProfile, Sourced, fit_profile, fit_ttft_additive, load_profile, profile_error,
                                       save_profile)
@@ -174,30 +172,6 @@ def test_unknown_profile_key_is_rejected(tmp_path):
 def test_missing_profile_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         load_profile(tmp_path / "none.yaml")
-
-
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
-
-
-def assert_same_data(built: Any, shipped: Any, where: str, rel: float = 1e-9) -> None:
-    """Structures equal, numbers to `rel` (a numpy or pandas update may move a float's last digit), text
-    equal once the numbers in it are compared the same way."""
-    if isinstance(shipped, dict):
-        assert isinstance(built, dict) and list(built) == list(shipped), where
-        for key in shipped:
-            assert_same_data(built[key], shipped[key], f"{where}.{key}", rel)
-    elif isinstance(shipped, list):
-        assert isinstance(built, list) and len(built) == len(shipped), where
-        for i, (b, s) in enumerate(zip(built, shipped)):
-            assert_same_data(b, s, f"{where}[{i}]", rel)
-    elif isinstance(shipped, str):
-        assert isinstance(built, str) and NUMBER.split(built) == NUMBER.split(shipped), where
-        assert_same_data([float(x) for x in NUMBER.findall(built)], [float(x) for x in NUMBER.findall(shipped)],
-                         where, rel)
-    elif isinstance(shipped, bool) or shipped is None:
-        assert built is shipped, where
-    else:
-        assert built == pytest.approx(shipped, rel=rel, abs=1e-12), where
 
 
 def test_h200_build_reproduces_the_shipped_trace_and_profiles(tmp_path):

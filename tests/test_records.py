@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import QUICKSTART
-from hardware.backends import Generation
-from hardware.live import Attempt, LegResult, records_of
+from moe2sim.hardware.backends import Generation
+from moe2sim.hardware.live import Attempt, LegResult, records_of
 from moe2sim.scenario import load_scenario
 from moe2sim.sim.records import LEG_COLUMNS, QUERY_COLUMNS
 from moe2sim.twin import Twin

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hardware.backends import HFBackend, OpenAIBackend
-from hardware.serve import Limits, serve
+from moe2sim.hardware.backends import HFBackend, OpenAIBackend
+from moe2sim.hardware.serve import Limits, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_a_full_queue_is_429_and_a_gone_client_frees_its_slot(slow_server):
 
 
 def test_flags_are_checked_and_signals_stop_cleanly(tmp_path):
-    hw = [sys.executable, "-m", "hardware", "serve", "--backend", "hf:tiny-llama", "--meter", "none"]
+    hw = [sys.executable, "-m", "moe2sim.hardware", "serve", "--backend", "hf:tiny-llama", "--meter", "none"]
     for flag, value in (("--port", "99999"), ("--port", "x"), ("--slots", "0"), ("--queue", "-1"),
                         ("--max-tokens", "0")):
         proc = subprocess.run([*hw, flag, value], capture_output=True, text=True, cwd=ROOT)

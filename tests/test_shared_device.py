@@ -307,7 +307,7 @@ def test_hardware_fit_adds_a_batching_block_from_a_concurrency_trace():
     import pandas as pd
 
     from conftest import TRACES
-    from hardware.collect import fit
+    from moe2sim.hardware.collect import fit
 
     path = TRACES / "devices" / "cpu_concurrency.csv"
     profile = fit(pd.read_csv(path), path, "smollm2-135m-cpu", "cpu", 10.0)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from hardware.meters.base import EnergyMeter, Measurement, MeterUnavailable, SampledCounter, integrated_power
-from hardware.meters.jetson import JETSON_RAILS, TOTAL_INPUT_RAILS, jetson_meter
-from hardware.meters.nvml import nvml_meter
-from hardware.meters.rapl import rapl_meter
+from moe2sim.hardware.meters.base import EnergyMeter, Measurement, MeterUnavailable, SampledCounter, integrated_power
+from moe2sim.hardware.meters.jetson import JETSON_RAILS, TOTAL_INPUT_RAILS, jetson_meter
+from moe2sim.hardware.meters.nvml import nvml_meter
+from moe2sim.hardware.meters.rapl import rapl_meter
 
 METERS: dict[str, Callable[[], SampledCounter]] = {"nvml": nvml_meter, "jetson": jetson_meter, "rapl": rapl_meter}
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from hardware.meters.base import MeterUnavailable, SampledCounter, integrated_power
+from moe2sim.hardware.meters.base import MeterUnavailable, SampledCounter, integrated_power
 
 JETSON_RAILS = "/sys/bus/i2c/drivers/ina3221*/*/hwmon/hwmon*"
 

@@ -1,7 +1,7 @@
 """NVIDIA GPUs through NVML: the total-energy counter (mJ) where the GPU has it, else integrated power (mW)."""
 from __future__ import annotations
 
-from hardware.meters.base import MeterUnavailable, SampledCounter, integrated_power
+from moe2sim.hardware.meters.base import MeterUnavailable, SampledCounter, integrated_power
 
 
 def nvml_meter(index: int = 0) -> SampledCounter:

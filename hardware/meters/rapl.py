@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hardware.meters.base import MeterUnavailable, SampledCounter
+from moe2sim.hardware.meters.base import MeterUnavailable, SampledCounter
 
 
 def rapl_meter(zone: str = "/sys/class/powercap/intel-rapl:0") -> SampledCounter:

@@ -83,7 +83,7 @@ class TraceReplayService:
             if err.field != "active_energy_J":
                 raise
             raise InputError(path, err.field, f"{err.message}; replay needs measured energy: collect with a meter "
-                                              "(--meter nvml|jetson|rapl), or fit a profile with `python -m hardware "
+                                              "(--meter nvml|jetson|rapl), or fit a profile with `python -m moe2sim.hardware "
                                               "fit --assume-power W` and use the profile service") from None
         if "warm" in df.columns:
             df = df[df["warm"]]

@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 
 from moe2sim.routing.evaluation import GateData  # noqa: E402
 
-TRACES = Path(__file__).resolve().parents[3] / "traces"
+TRACES = Path(__file__).resolve().parents[2] / "traces"
 DATA = Path(os.environ.get("STUDY_DATA", TRACES))   # another embeddings.npz beside the same prompts and scores
 TASKS = ["mmlu", "gsm8k", "arc_challenge", "humaneval"]
 

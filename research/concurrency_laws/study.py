@@ -21,7 +21,7 @@ least_squares from the linear fit, all parameters refitted jointly). Research co
 "tokens" prefill law and keeps the context term κ where they cut the error by ≥ 20 %, so the "linear"
 row of a rerun is the current law, not the plain straight line.
 
-    python benchmarks/research/issue14_concurrency_laws.py
+    python -m research.concurrency_laws.study        (from the repository root)
 """
 from __future__ import annotations
 

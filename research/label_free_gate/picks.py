@@ -2,8 +2,8 @@
 (the folds of run_cv.py). Usage: python picks.py > picks_output.txt"""
 import numpy as np
 
-from cluster_gate import choose_clusters
-from common import TASKS, folds, load
+from .cluster_gate import choose_clusters
+from .common import TASKS, folds, load
 
 tr = load("train")
 for i, t in enumerate(TASKS):

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from common import TASKS, load, mean_se, paired_se, task_means
-import methods as M
+from .common import TASKS, load, mean_se, paired_se, task_means
+from . import methods as M
 
 tr, te = load("train"), load("test")
 rows = np.arange(len(te["tasks"]))

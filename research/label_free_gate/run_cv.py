@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 
-from common import TASKS, folds, load, mean_se, paired_se, task_means
-import methods as M
+from .common import TASKS, folds, load, mean_se, paired_se, task_means
+from . import methods as M
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--repeats", type=int, default=3)
