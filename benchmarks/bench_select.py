@@ -140,14 +140,13 @@ def markdown(rows: list[dict]) -> str:
 
 
 def paper(repeats: int) -> list[dict]:
-    from moe2sim.twin.factory import Inputs, build_selector
     from moe2sim.selection.budgets import budgets_of
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
+    from moe2sim.twin.factory import selecting
 
-    scenario = load_scenario(ROOT / "scenarios" / "paper.yaml", ["policy.selection.method=none"])
-    twin = Twin.build(scenario)
-    problem = build_selector(Inputs(scenario), twin.profiles, twin.workload).problem
+    scenario = selecting(load_scenario(ROOT / "scenarios" / "paper.yaml"))
+    problem = Twin.build(scenario, solve=False).policy.selector.problem
     budgets = budgets_of(scenario)
     solvers = {"monotone": solve_monotone, "exhaustive": solve_exhaustive}
     if hasattr(selection, "solve_exact") and getattr(problem, "upper_bound", None) is not None:

@@ -34,6 +34,7 @@ from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.sim.engine import EdgeSimulation
 from moe2sim.sim.site import SiteSchedule
 from moe2sim.twin import Twin
+from moe2sim.twin.factory import selecting
 
 
 ENV_KWARGS = ("scenario", "overrides", "window_s", "windows", "action", "render_mode")
@@ -72,10 +73,9 @@ def _env_config(sc: Scenario, kwargs: dict[str, Any]) -> EnvConfig:
         raise from_validation("BudgetEnv", exc, {(k,): f"BudgetEnv({k}={v!r})" for k, v in given.items()}) from None
 
 
-def _episode_scenario(sc: Scenario, cfg: EnvConfig, policy) -> Scenario:
+def _episode_scenario(sc: Scenario, cfg: EnvConfig) -> Scenario:
     """The scenario an episode simulates: window_s × windows long, re-validated (its run length limits)."""
-    update = {"env": cfg.model_dump(), "duration_s": cfg.window_s * cfg.windows, "queries": None,
-              "policy": policy.model_dump()}
+    update = {"env": cfg.model_dump(), "duration_s": cfg.window_s * cfg.windows, "queries": None}
     try:
         return Scenario.model_validate({**sc.model_dump(), **update, "file": sc.file})
     except ValidationError as exc:
@@ -100,10 +100,7 @@ class BudgetEnv(gym.Env):
                             "(moe2sim rollout draws an episode)")
         sc = _scenario(scenario, overrides)
         cfg = _env_config(sc, {"window_s": window_s, "windows": windows, "action": action})
-        selection = sc.policy.selection
-        if selection.method == "none":
-            selection = selection.model_copy(update={"method": "exact"})
-        sc = _episode_scenario(sc, cfg, sc.policy.model_copy(update={"selection": selection}))
+        sc = _episode_scenario(selecting(sc), cfg)
         self.scenario, self.cfg = sc, cfg
         self.twin = Twin.build(sc)
         self.site = SiteSchedule.of(sc)

@@ -64,7 +64,8 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
     the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
     backend (`local`: jobs processes, default all cores; `ray`)."""
-    from moe2sim.experiments.sweep import moe2_method, paired, sweep_rows, table
+    from moe2sim.experiments.sweep import paired, sweep_rows, table
+    from moe2sim.twin.factory import moe2_selection
     from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
 
     out = OutputDir.of(out)
@@ -76,7 +77,7 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
             if scenario.sweep is not None else None)
     setup = [*setup_rows(scenario, twin.policy.subset),
-             *(sweep_setup_rows(scenario, moe2_method(scenario)) if rows is not None else [])]
+             *(sweep_setup_rows(scenario, moe2_selection(scenario)) if rows is not None else [])]
     with out.staged() as stage:
         if replications >= 2:
             write_table(per_replication, stage / "replications", "csv")

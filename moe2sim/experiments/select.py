@@ -7,19 +7,15 @@ from moe2sim.errors import InputError
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets, binding_constraints
-from moe2sim.twin.factory import Inputs, build_selector
-from moe2sim.workload import Workload
+from moe2sim.twin import Twin
+from moe2sim.twin.factory import selecting
 
 
 def select_subset(scenario: Scenario) -> dict[str, Any]:
-    """The scenario's selection method at its budgets (`exact` when the scenario's is `none`, as in a
-    sweep): subset, U, binding constraints, worst cases."""
-    from moe2sim.experiments.sweep import variant
-
-    scenario = variant(scenario, "moe2")
-    inputs = Inputs(scenario)
-    profiles = inputs.profiles()
-    selector = build_selector(inputs, profiles, Workload(scenario, inputs.test))
+    """MoE²'s selection (the scenario's method, `exact` when it has none, as in a sweep) at the scenario's
+    budgets: subset, U, binding constraints, worst cases."""
+    scenario = selecting(scenario)
+    selector = Twin.build(scenario, solve=False).policy.selector
     budgets, problem = budgets_of(scenario), selector.problem
     try:
         sel = selector.select(budgets)

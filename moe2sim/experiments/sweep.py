@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, get_args
 
 import numpy as np
 import pandas as pd
@@ -33,13 +33,13 @@ from moe2sim.experiments.outputs import OutputDir
 from moe2sim.experiments.replications import replication_seeds, run_summary
 from moe2sim.report.intervals import t_interval
 from moe2sim.routing.routers import UniformRouter
-from moe2sim.scenario import Scenario
+from moe2sim.scenario import Scenario, SweepMethod
 from moe2sim.selection.budgets import Budgets, budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.twin import Twin
-from moe2sim.twin.factory import subset_utility
+from moe2sim.twin.factory import moe2_selection, selecting, subset_utility
 
-METHODS = ("moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote")
+METHODS = get_args(SweepMethod)
 # columns of sweep.csv even when no point is feasible (the rest depend on the categories and on `simulate`)
 ALWAYS = ("axis", "value", "method", "energy_budget_J", "feasible", "reason", "within_budget", "subset", "size",
           "U_validation", "accuracy_test", "worst_energy_J")
@@ -51,20 +51,6 @@ class SweepPoint:
     axis: str        # "energy" or "latency"
     value: float     # energy budget (J) or latency scale (x the scenario's budgets)
     method: str
-
-
-def moe2_method(scenario: Scenario) -> str:
-    """MoE²'s selection method in a sweep: the scenario's, `exact` unless it names another."""
-    return scenario.policy.selection.method if scenario.policy.selection.method != "none" else "exact"
-
-
-def variant(scenario: Scenario, method: str) -> Scenario:
-    """The scenario as `method` selects: MoE² (and the uniform vote over MoE²'s subset) with
-    moe2_method, baselines with their own."""
-    selection = moe2_method(scenario) if method in ("moe2", "uniform_vote") else method
-    policy = scenario.policy.model_copy(update={
-        "selection": scenario.policy.selection.model_copy(update={"method": selection})})
-    return scenario.model_copy(update={"policy": policy})
 
 
 def points(scenario: Scenario) -> list[SweepPoint]:
@@ -82,7 +68,7 @@ def budgets_at(scenario: Scenario, point: SweepPoint) -> Budgets:
 
 def method_twin(scenario: Scenario, method: str) -> Twin:
     """The twin a method's points share; each point only re-solves S for its budgets."""
-    twin = Twin.build(variant(scenario, method), solve=False)  # each point solves S for its own budgets
+    twin = Twin.build(selecting(scenario, method), solve=False)  # each point solves S for its own budgets
     if method == "uniform_vote":  # MoE²'s subset, but no gate: k experts uniformly, equal weights
         twin = replace(twin, policy=twin.policy.with_router(UniformRouter(len(twin.experts))))
     return twin
@@ -292,5 +278,5 @@ def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progre
         write_report(stage / "report.html", f"moe2sim sweep: {scenario.name}", None, None, {}, scenario.description,
                      sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories],
                                    diffs),
-                     [*setup_rows(scenario), *sweep_setup_rows(scenario, moe2_method(scenario))])
+                     [*setup_rows(scenario), *sweep_setup_rows(scenario, moe2_selection(scenario))])
     return df, diffs

@@ -7,7 +7,7 @@ trace and profile paths against `data_dir`); without `data_dir` the bundled data
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
@@ -172,6 +172,13 @@ class Replay(Strict):
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
 
 
+SelectionMethod = Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
+                          "all_fit"]
+# A sweep's methods: MoE² (the gate under the scenario's selection method, `exact` where it has none),
+# the selection baselines, and the uniform vote over MoE²'s subset (no gate).
+SweepMethod = Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
+
+
 class SelectionConfig(Strict):
     """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
 
@@ -180,8 +187,7 @@ class SelectionConfig(Strict):
     (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
     """
 
-    method: Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
-                    "all_fit"] = "none"
+    method: SelectionMethod = "none"
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
     seed: Seed = Field(0, description="seed of the random baseline")
@@ -207,8 +213,7 @@ class SweepConfig(Strict):
 
     energy_budget_J: list[PositiveFloat] = Field(default_factory=list)
     latency_scale: list[PositiveFloat] = Field(default_factory=list, description="x each category's latency budget")
-    methods: list[Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]] = [
-        "moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
+    methods: list[SweepMethod] = list(get_args(SweepMethod))
     simulate: bool = True
 
 

@@ -24,7 +24,7 @@ from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, Outcomes, WeightedVote
 from moe2sim.routing.routers import FixedRouter, GateRouter, PriorRouter, Router, UniformRouter
-from moe2sim.scenario import Scenario
+from moe2sim.scenario import Scenario, SelectionMethod, SweepMethod
 from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem, validation_utility
 from moe2sim.selection.selector import Selector
@@ -144,6 +144,21 @@ AGGREGATORS: dict[str, Callable[[Scenario, QualityData], Aggregator]] = {
     "highest_weight": lambda scenario, quality: HighestWeight(),
     "oracle": lambda scenario, quality: Oracle(),
 }
+
+
+def moe2_selection(scenario: Scenario) -> SelectionMethod:
+    """MoE²'s coarse level: the scenario's selection method, `exact` where it names none."""
+    method = scenario.policy.selection.method
+    return "exact" if method == "none" else method
+
+
+def selecting(scenario: Scenario, method: SweepMethod = "moe2") -> Scenario:
+    """The scenario as `method` chooses its subset: MoE² (and the uniform vote over MoE²'s subset) with
+    moe2_selection, a selection baseline with its own method."""
+    selection = moe2_selection(scenario) if method in ("moe2", "uniform_vote") else method
+    policy = scenario.policy.model_copy(update={
+        "selection": scenario.policy.selection.model_copy(update={"method": selection})})
+    return scenario.model_copy(update={"policy": policy})
 
 
 def build_router(inputs: Inputs, quality: QualityData) -> Router:
