@@ -29,8 +29,6 @@ Records are appended to a journal (DIR/live.partial.jsonl, data/journal.py: reco
 """
 from __future__ import annotations
 
-import json
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor

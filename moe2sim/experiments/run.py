@@ -14,6 +14,7 @@ from moe2sim.report.publish import RUN_FILES, publish, rollout_results, run_resu
 from moe2sim.report.summary import run_summary
 from moe2sim.scenario import Scenario
 from moe2sim.twin import Twin
+from moe2sim.twin.factory import moe2_selection
 
 
 def preflight(scenario: Scenario, out: OutputDir) -> Twin:
@@ -43,10 +44,11 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     if seed is not None:
         scenario = scenario.model_copy(update={"seed": seed})
     twin = preflight(scenario, out)
+    moe2_method = moe2_selection(scenario)
     summary, queries, legs, per_replication = replicate(twin, replications, progress, backend_name, jobs, address)
     rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
             if scenario.sweep is not None else None)
-    publish(out, run_results(scenario, summary, queries, legs, twin.policy.subset, per_replication, rows))
+    publish(out, run_results(scenario, summary, queries, legs, twin.policy.subset, per_replication, rows, moe2_method))
     return summary
 
 

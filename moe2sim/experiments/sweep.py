@@ -18,7 +18,6 @@ journaled as they finish (data/journal.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -37,7 +36,7 @@ from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets, budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.twin import Twin
-from moe2sim.twin.factory import selecting, subset_utility
+from moe2sim.twin.factory import moe2_selection, selecting, subset_utility
 
 JOURNAL = "sweep.partial.jsonl"
 TITLE = "moe2sim sweep"
@@ -150,40 +149,35 @@ def journal_fingerprint(scenario: Scenario) -> str:
 
 def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = None, progress: bool = True,
                sweep_points: Iterable[SweepPoint] | None = None, backend_name: str = "local",
-               address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
-    """One row per (point, replication), in sweep order. Units already in `journal` (same fingerprint) are
-    not run again; the others run on the executor and are appended to it as their task finishes."""
+               address: str | None = None, journal: Journal | None = None) -> pd.DataFrame:
+    """One row per (point, replication), in sweep order. Units whose rows `journal` holds (see `sweep_to`)
+    are not run again; the others run on the executor and are appended to it as their task finishes."""
     todo = units(scenario, replications, sweep_points)
-    log = Journal(journal, TITLE, journal_fingerprint(scenario)) if journal is not None else None
-    done = {row_key(r): r for r in (log.records(ROW) if log else ())}
+    done = {row_key(r): r for r in (journal.records(ROW) if journal is not None else ())}
     wanted = {u.key for u in todo}
     rows = [r for k, r in done.items() if k in wanted]
     missing = [u for u in todo if u.key not in done]
     bar = tqdm(total=len(todo), initial=len(rows), desc="sweep", unit="run", disable=None if progress else True,
                leave=False)
-    try:
-        if missing:
-            with executor(backend_name, jobs, address) as engine:
-                spec = WorkSpec(scenario, method_twin, _work)
-                for group in engine.run(spec, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
-                    group = [roundtrip(r) for r in group]
-                    if log is not None:
-                        log.append(ROW, group)
-                    rows += group
-                    bar.update(len(group))
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
+    if missing:
+        with executor(backend_name, jobs, address) as engine:
+            spec = WorkSpec(scenario, method_twin, _work)
+            for group in engine.run(spec, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
+                group = [roundtrip(r) for r in group]
+                if journal is not None:
+                    journal.append(ROW, group)
+                rows += group
+                bar.update(len(group))
+    bar.close()
     order = {u.key: i for i, u in enumerate(todo)}
     return pd.DataFrame(sorted(rows, key=lambda r: order[row_key(r)]))
 
 
 def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True,
               sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, backend_name: str = "local",
-              address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
+              address: str | None = None) -> pd.DataFrame:
     """The sweep table (report/sweep_table.py) of every point of the sweep (or `sweep_points`)."""
-    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, backend_name, address, journal))
+    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, backend_name, address))
 
 
 def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True,
@@ -196,7 +190,8 @@ def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progre
     if scenario.sweep.simulate:  # before any worker starts: queries must arrive in the simulations
         Twin.build(scenario, solve=False).check_arrivals()
     out.adopt([JOURNAL])
-    rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, out.path / JOURNAL)
+    with Journal(out.path / JOURNAL, TITLE, journal_fingerprint(scenario)) as journal:
+        rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, journal)
     df, diffs = table(rows), paired(rows)
-    publish(out, sweep_results(scenario, df, diffs, replications), keep=[JOURNAL])
+    publish(out, sweep_results(scenario, df, diffs, replications, moe2_selection(scenario)), keep=[JOURNAL])
     return df, diffs

@@ -21,7 +21,6 @@ from moe2sim.report.pages.sweep import sweep_section, sweep_setup_rows
 from moe2sim.report.pages.windows import windows_section
 from moe2sim.report.sweep_table import paired, table
 from moe2sim.scenario import Scenario
-from moe2sim.twin.factory import moe2_selection
 
 # what each command may write (checked before any work: none may overwrite a user's file)
 RUN_FILES = ("queries.parquet", "queries.csv", "legs.parquet", "legs.csv", "summary.json", "report.html",
@@ -72,31 +71,33 @@ def record_results(scenario: Scenario, title: str, summary: dict[str, Any], quer
     return Results({"queries": (queries, fmt), "legs": (legs, fmt), **(tables or {})}, {"summary.json": summary}, page)
 
 
-def _sweep(scenario: Scenario, sweep: pd.DataFrame, diffs: pd.DataFrame, replications: int
+def _sweep(scenario: Scenario, sweep: pd.DataFrame, diffs: pd.DataFrame, replications: int, moe2_method: str
            ) -> tuple[dict[str, tuple[pd.DataFrame, str]], str, list[list[str]]]:
     """A sweep's tables (sweep.csv, paired.csv with R ≥ 2), its page section and its set-up rows."""
     tables = {"sweep": (sweep, "csv"), **({"paired": (diffs, "csv")} if replications >= 2 else {})}
     section = sweep_section(sweep, [e.name for e in scenario.experts], [c.name for c in scenario.categories], diffs)
-    return tables, section, sweep_setup_rows(scenario, moe2_selection(scenario))
+    return tables, section, sweep_setup_rows(scenario, moe2_method)
 
 
 def run_results(scenario: Scenario, summary: dict[str, Any], queries: pd.DataFrame, legs: pd.DataFrame,
-                subset: list[str], per_replication: pd.DataFrame, sweep_rows: pd.DataFrame | None) -> Results:
+                subset: list[str], per_replication: pd.DataFrame, sweep_rows: pd.DataFrame | None = None,
+                moe2_method: str = "") -> Results:
     """`moe2sim run`: the records and summary of replication 0, replications.csv (R ≥ 2), and with a sweep
-    block the sweep's tables and figures (report/sweep_table.py)."""
+    block the sweep's tables and figures (report/sweep_table.py; `moe2_method`: MoE²'s selection method in it)."""
     replications = len(per_replication)
     tables = {"replications": (per_replication, "csv")} if replications >= 2 else {}
     setup, sections = setup_rows(scenario, subset), []
     if sweep_rows is not None:
-        more, section, sweep_setup = _sweep(scenario, table(sweep_rows), paired(sweep_rows), replications)
+        more, section, sweep_setup = _sweep(scenario, table(sweep_rows), paired(sweep_rows), replications, moe2_method)
         tables, setup, sections = {**tables, **more}, [*setup, *sweep_setup], [section]
     return record_results(scenario, f"moe2sim run: {scenario.name} (seed {scenario.seed})", summary, queries, legs,
                           setup, sections, tables)
 
 
-def sweep_results(scenario: Scenario, sweep: pd.DataFrame, diffs: pd.DataFrame, replications: int) -> Results:
+def sweep_results(scenario: Scenario, sweep: pd.DataFrame, diffs: pd.DataFrame, replications: int,
+                  moe2_method: str) -> Results:
     """`moe2sim sweep`: sweep.csv, paired.csv (R ≥ 2) and report.html."""
-    tables, section, sweep_setup = _sweep(scenario, sweep, diffs, replications)
+    tables, section, sweep_setup = _sweep(scenario, sweep, diffs, replications, moe2_method)
     return Results(tables, {}, Page(f"moe2sim sweep: {scenario.name}", scenario.description,
                                     [*setup_rows(scenario), *sweep_setup], [section]))
 
