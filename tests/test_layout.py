@@ -83,3 +83,13 @@ def test_bundled_data_is_found(relative):
     from moe2sim.data.bundled import bundled_path
 
     assert bundled_path(relative).exists()
+
+
+def test_only_report_builds_pages():
+    """Every page is report/'s (report/pages/, written by report/publish.py): no HTML anywhere else."""
+    import re
+
+    tag = re.compile(r"<(html|body|h[1-6]|table|img|pre|p)[ >]")
+    elsewhere = [p for p in [*(ROOT / "moe2sim").rglob("*.py"), *(ROOT / "hardware").rglob("*.py")]
+                 if (ROOT / "moe2sim" / "report") not in p.parents and tag.search(p.read_text())]
+    assert not elsewhere, f"HTML built outside moe2sim/report/: {elsewhere}"
