@@ -108,8 +108,8 @@ def test_ray_backend_gives_the_local_backend_table():
     here = replicate(twin, 3, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, backend_name="ray")
-        there = replicate(twin, 3, backend_name="ray", jobs=2)
+        remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, executor_name="ray")
+        there = replicate(twin, 3, executor_name="ray", jobs=2)
     finally:
         ray.shutdown()
     assert here[0] == there[0]

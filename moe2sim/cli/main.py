@@ -50,7 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = _output(args, Path("runs") / scenario.name)
     _check_backend(args)
     summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications,
-                           backend_name=args.backend, jobs=args.jobs, address=args.address)
+                           executor_name=args.backend, jobs=args.jobs, address=args.address)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
     print(f"intervals: 95 % ({summary['interval_method']})")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
@@ -215,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_backend(args)
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
     df, diffs = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet, replications=args.replications,
-                         backend_name=args.backend, address=args.address)
+                         executor_name=args.backend, address=args.address)
     table = comparison(df)
     if table.empty:
         print("no method found a subset within the budgets at any sweep point (see the report's table)")

@@ -41,7 +41,7 @@ def _summaries(scenario: Scenario, twin: Twin, seeds: list[int]) -> list[tuple[i
     return out
 
 
-def replicate(twin: Twin, replications: int, progress: bool = False, backend_name: str = "local",
+def replicate(twin: Twin, replications: int, progress: bool = False, executor_name: str = "local",
               jobs: int | None = 1, address: str | None = None
               ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Run `twin` R times (seeds from replication_seeds). Returns the summary (replication 0's metrics at the
@@ -53,10 +53,10 @@ def replicate(twin: Twin, replications: int, progress: bool = False, backend_nam
     result, queries, legs = twin.simulate(seed=seeds[0], progress=progress)
     runs = {seeds[0]: run_summary(twin, queries, legs, result.run_s)}
     rest = seeds[1:]
-    if rest and backend_name == "local" and jobs == 1:
+    if rest and executor_name == "local" and jobs == 1:
         runs.update(_summaries(twin.scenario, twin, rest))
     elif rest:
-        with executor(backend_name, jobs, address) as engine:
+        with executor(executor_name, jobs, address) as engine:
             chunks = np.array_split(np.asarray(rest, dtype=object), min(len(rest), engine.workers))
             tasks = [("twin", [int(x) for x in c]) for c in chunks if len(c)]
             for group in engine.run(WorkSpec(twin.scenario, _build, _summaries), tasks):

@@ -31,13 +31,13 @@ def preflight(scenario: Scenario, out: OutputDir) -> Twin:
 
 
 def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = None, progress: bool = True,
-                 replications: int = 1, backend_name: str = "local", jobs: int | None = None,
+                 replications: int = 1, executor_name: str = "local", jobs: int | None = None,
                  address: str | None = None) -> dict[str, Any]:
     """Simulate the scenario `replications` times (experiments/replications.py): summary.json holds replication
     0's metrics (the scenario's own seed) and every metric's 95 % interval; records are replication 0's;
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
     the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
-    backend (`local`: jobs processes, default all cores; `ray`)."""
+    executor the user picks with --backend (`local`: jobs processes, default all cores; `ray`)."""
     from moe2sim.experiments.sweep import sweep_rows
 
     out = OutputDir.of(out)
@@ -45,8 +45,8 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
         scenario = scenario.model_copy(update={"seed": seed})
     twin = preflight(scenario, out)
     moe2_method = moe2_selection(scenario)
-    summary, queries, legs, per_replication = replicate(twin, replications, progress, backend_name, jobs, address)
-    rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
+    summary, queries, legs, per_replication = replicate(twin, replications, progress, executor_name, jobs, address)
+    rows = (sweep_rows(scenario, replications, jobs, progress, None, executor_name, address)
             if scenario.sweep is not None else None)
     publish(out, run_results(scenario, summary, queries, legs, twin.policy.subset, per_replication, rows, moe2_method))
     return summary

@@ -148,7 +148,7 @@ def journal_fingerprint(scenario: Scenario) -> str:
 
 
 def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = None, progress: bool = True,
-               sweep_points: Iterable[SweepPoint] | None = None, backend_name: str = "local",
+               sweep_points: Iterable[SweepPoint] | None = None, executor_name: str = "local",
                address: str | None = None, journal: Journal | None = None) -> pd.DataFrame:
     """One row per (point, replication), in sweep order. Units whose rows `journal` holds (see `sweep_to`)
     are not run again; the others run on the executor and are appended to it as their task finishes."""
@@ -160,7 +160,7 @@ def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = Non
     bar = tqdm(total=len(todo), initial=len(rows), desc="sweep", unit="run", disable=None if progress else True,
                leave=False)
     if missing:
-        with executor(backend_name, jobs, address) as engine:
+        with executor(executor_name, jobs, address) as engine:
             spec = WorkSpec(scenario, method_twin, _work)
             for group in engine.run(spec, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
                 group = [roundtrip(r) for r in group]
@@ -174,14 +174,14 @@ def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = Non
 
 
 def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True,
-              sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, backend_name: str = "local",
+              sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, executor_name: str = "local",
               address: str | None = None) -> pd.DataFrame:
     """The sweep table (report/sweep_table.py) of every point of the sweep (or `sweep_points`)."""
-    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, backend_name, address))
+    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, executor_name, address))
 
 
 def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True,
-             replications: int = 1, backend_name: str = "local", address: str | None = None
+             replications: int = 1, executor_name: str = "local", address: str | None = None
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`moe2sim sweep`: run the scenario's sweep, journaling rows in `out`/sweep.partial.jsonl (a restart on
     the same folder resumes), and publish sweep.csv, paired.csv (R ≥ 2) and report.html. Returns the table and
@@ -191,7 +191,7 @@ def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progre
         Twin.build(scenario, solve=False).check_arrivals()
     out.adopt([JOURNAL])
     with Journal(out.path / JOURNAL, TITLE, journal_fingerprint(scenario)) as journal:
-        rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, journal)
+        rows = sweep_rows(scenario, replications, jobs, progress, None, executor_name, address, journal)
     df, diffs = table(rows), paired(rows)
     publish(out, sweep_results(scenario, df, diffs, replications, moe2_selection(scenario)), keep=[JOURNAL])
     return df, diffs
