@@ -142,19 +142,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def nan_for_null(value):
-    """The strict summary back in the report's terms (it formats numbers: NaN prints as nan)."""
-    if isinstance(value, dict):
-        return {k: nan_for_null(v) for k, v in value.items()}
-    return float("nan") if value is None else value
-
-
 def cmd_live(args: argparse.Namespace) -> int:
     import signal
 
-    from moe2sim.hardware.live import JOURNALS, LiveRun, failures_html, live_summary
-    from moe2sim.experiments.outputs import OutputDir, write_json
-    from moe2sim.experiments.run import RESULT_NAMES, write_results, write_table
+    from moe2sim.hardware.live import JOURNAL, LiveRun
+    from moe2sim.report.live_summary import live_summary
+    from moe2sim.report.outputs import OutputDir
+    from moe2sim.report.publish import announce, live_results, publish
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
 
@@ -168,11 +162,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         raise InputError("--endpoint", bad[0], "expected an http:// or https:// URL")
     twin = Twin.build(scenario)
     out = Path(args.out)
-    # nothing of an older run may look current: its results (and only files moe2sim wrote) go first
     output = OutputDir(out, "--out")
-    output.adopt([*RESULT_NAMES, "attempts.csv", *JOURNALS.values()], fresh=True)
-    (out / "summary.json").write_text(json.dumps({"status": "running", "interrupted": None, "scenario": scenario.name,
-                                                  "journal": list(JOURNALS.values())}, indent=2) + "\n")
+    announce(output, scenario, [JOURNAL])  # nothing of an older run may look current
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run as Ctrl-C does
         signal.signal(sig, signal.default_int_handler)
     run = LiveRun(twin, endpoints, args.speed, args.retries, args.seed, args.timeout_s, args.connect_timeout,
@@ -180,20 +171,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     queries, legs = run.run()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # writing the results: not to be cut short
     summary = live_summary(twin, run, queries, legs, args.max_failed_fraction)
-    with output.staged() as stage:
-        if summary["queries_succeeded"]:  # the report's tables and plots: of the queries that succeeded
-            ok = (queries["error"] == "").to_numpy()
-            write_results(stage, scenario, f"hardware live: {scenario.name}", queries[ok].reset_index(drop=True),
-                          legs, nan_for_null(summary), failures_html(summary))
-            write_table(queries, stage / "queries", scenario.outputs.format)  # every query, failed ones too
-        else:
-            write_table(queries, stage / "queries", scenario.outputs.format)
-            write_table(legs, stage / "legs", scenario.outputs.format)
-            if scenario.outputs.report:
-                (stage / "report.html").write_text(f"<html><body><h1>hardware live: {scenario.name}</h1>"
-                                                   f"<p>No query succeeded.</p>{failures_html(summary)}</body></html>")
-        run.attempt_table().to_csv(stage / "attempts.csv", index=False)
-        write_json(stage / "summary.json", summary)
+    publish(output, live_results(scenario, summary, queries, legs, run.attempt_table()))
     fq, fl = summary["failed_queries"], summary["failed_legs"]
     per_expert = ", ".join(f"{n} {v}" for n, v in fl["per_expert"].items() if v)
     stats = (f"accuracy {summary['accuracy']:.3f}, latency mean {summary['latency_s']['mean']:.3f} s over the "
@@ -212,30 +190,16 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import base64
-    import io
+    from moe2sim.report.compare_table import error_table, failures, failures_note, markdown, read_records
+    from moe2sim.report.outputs import OutputDir
+    from moe2sim.report.publish import COMPARE_FILES, compare_results, publish
 
-    from moe2sim.hardware.compare import cdf_plot, error_table, failures, markdown
-
-    table = error_table(args.simulated, args.measured)
-    lost = failures(args.measured)
-    note = (f"measured: {lost['failed_queries']} of {lost['queries']} queries failed ({lost['failed_legs']} of "
-            f"{lost['legs']} legs) and are excluded from the comparison (n_failed column)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "compare.csv", index=False)
-    from moe2sim.experiments.outputs import strict
-
-    (out / "compare.json").write_text(json.dumps(strict({"failures": lost, "rows": table.to_dict(orient="records")}),
-                                                 indent=2, allow_nan=False, default=float))
-    buf = io.BytesIO()
-    cdf_plot(args.simulated, args.measured).savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    md = markdown(table)
-    (out / "report.html").write_text(
-        f"<html><body><h1>Simulated vs measured</h1><p>{note}</p><pre>{md}</pre>"
-        f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></body></html>')
-    print(md)
-    print(note)
+    out = OutputDir(Path(args.out), "--out", args.allow_existing)
+    out.check(COMPARE_FILES)
+    errors, lost = error_table(args.simulated, args.measured), failures(args.measured)
+    publish(out, compare_results(errors, lost, read_records(args.simulated)[0], read_records(args.measured)[0]))
+    print(markdown(errors))
+    print(failures_note(lost))
     return 0
 
 
@@ -373,7 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="simulated vs measured records -> error table and plots")
     p.add_argument("simulated", help="folder of a simulated run (moe2sim run)")
     p.add_argument("measured", help="folder of a live run (hardware live)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (compare.csv, compare.json, report.html)")
+    p.add_argument("--allow-existing", action="store_true",
+                   help="write into a non-empty folder moe2sim did not write (its files are never overwritten)")
     p.set_defaults(func=cmd_compare)
     return parser
 

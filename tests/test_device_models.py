@@ -13,7 +13,7 @@ import yaml
 from conftest import MODEL, TRACES, profile_dict, single_expert_raw, sourced
 from moe2sim.devices.profiles import Spread, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, TraceReplayService
-from moe2sim.experiments.run import twin_summary
+from moe2sim.report.summary import run_summary
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
 
@@ -149,7 +149,7 @@ def test_experts_on_one_device_time_share_it(write_scenario, write_profile):
     assert running.max() == 2
     assert (legs["decode_s"] > 1.0 + 1e-9).mean() > 0.2  # sharing slowed some of them down
     assert legs["decode_s"].max() <= 2.0 + 1e-9          # never below half speed with two running
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["energy_J_idle_total"] == pytest.approx(10.0 * summary["run_s"])
 
 
@@ -161,7 +161,7 @@ def test_summary_flags_mixed_energy_boundaries(write_scenario):
     raw["categories"][0]["prompt_tokens"] = {"dist": "fixed", "mean": 100}
     twin = Twin.build(load_scenario(write_scenario(base=raw)))
     result, queries, legs = twin.simulate()
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["energy_boundaries"] == {"e": "gpu", "orin": "module"}
     assert summary["mixed_boundaries"] is True
     assert "not comparable" in summary["energy_boundary_note"]

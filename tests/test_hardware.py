@@ -18,7 +18,7 @@ import yaml
 from moe2sim.hardware.attribution import SharedDevice
 from moe2sim.hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
 from moe2sim.hardware.collect import Plan, collect, fit, shape_grid
-from moe2sim.hardware.compare import error_table
+from moe2sim.report.compare_table import error_table
 from moe2sim.hardware.live import run_live
 from moe2sim.hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
 from moe2sim.hardware.serve import serve

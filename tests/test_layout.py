@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own package and lower layers only (see docs/ARCHITECTURE.md).
 LAYERS = [{"errors", "bundled"}, {"data"}, {"scenario"}, {"devices", "workload"}, {"routing"}, {"selection"},
-          {"policy"}, {"sim", "report"}, {"twin"}, {"envs"}, {"experiments"}, {"cli"}]
+          {"policy"}, {"sim"}, {"twin"}, {"report"}, {"envs"}, {"experiments"}, {"cli"}]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 
@@ -98,3 +98,13 @@ def test_architecture_lists_every_package_and_only_those():
     on_disk = {f"{p.parent.name}/" for p in (ROOT / "moe2sim").glob("*/__init__.py")} | {"hardware/"}
     on_disk |= {p.name for p in (ROOT / "moe2sim").glob("*.py") if p.stem not in ("__init__", "__main__")}
     assert architecture_rows() == on_disk
+
+
+def test_only_report_builds_pages():
+    """Every page is report/'s (report/pages/, written by report/publish.py): no HTML anywhere else."""
+    import re
+
+    tag = re.compile(r"<(html|body|h[1-6]|table|img|pre|p)[ >]")
+    elsewhere = [p for p in [*(ROOT / "moe2sim").rglob("*.py"), *(ROOT / "hardware").rglob("*.py")]
+                 if (ROOT / "moe2sim" / "report") not in p.parents and tag.search(p.read_text())]
+    assert not elsewhere, f"HTML built outside moe2sim/report/: {elsewhere}"

@@ -23,7 +23,7 @@ def _print_table(rows: list[list[object]], header: list[str]) -> None:
 
 
 def _output(args: argparse.Namespace, default: Path):
-    from moe2sim.experiments.outputs import OutputDir
+    from moe2sim.report.outputs import OutputDir
 
     return OutputDir(Path(args.out) if args.out else default, "--out", args.allow_existing)
 
@@ -44,14 +44,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from moe2sim.experiments.run import run_scenario
-    from moe2sim.report.html import SUMMARY_HEADER, summary_rows
+    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows
     from moe2sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
     _check_backend(args)
     summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications,
-                           backend_name=args.backend, jobs=args.jobs, address=args.address)
+                           executor_name=args.backend, jobs=args.jobs, address=args.address)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
     print(f"intervals: 95 % ({summary['interval_method']})")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
@@ -64,9 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _strict_json(obj) -> str:
     """JSON for --json: no NaN or Infinity (they become null), as every JSON moe2sim writes."""
-    from moe2sim.experiments.outputs import strict
+    from moe2sim.data.strict import dumps
 
-    return json.dumps(strict(obj), indent=2, allow_nan=False)
+    return dumps(obj, indent=2)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -128,7 +128,7 @@ def _check_file_out(path: Path, flag: str) -> None:
     """Before any work: a file to write must not be a folder, and its folder must be writable."""
     import os
 
-    from moe2sim.experiments.outputs import usable_name
+    from moe2sim.report.outputs import usable_name
 
     usable_name(path, flag)
     if path.is_dir():
@@ -198,13 +198,14 @@ def _check_backend(args: argparse.Namespace) -> None:
     if args.address is not None and args.backend != "ray":
         raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
     if args.backend == "ray":
-        from moe2sim.experiments.backends import import_ray
+        from moe2sim.experiments.executors import import_ray
 
         import_ray()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from moe2sim.experiments.sweep import comparison, sweep_to, versus_moe2
+    from moe2sim.experiments.sweep import sweep_to
+    from moe2sim.report.sweep_table import comparison, versus_moe2
     from moe2sim.scenario import load_scenario
 
     flags = [(flag, f"{key}={json.dumps(getattr(args, dest))}") for dest, (flag, key) in SWEEP_FLAGS.items()
@@ -215,7 +216,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_backend(args)
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
     df, diffs = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet, replications=args.replications,
-                         backend_name=args.backend, address=args.address)
+                         executor_name=args.backend, address=args.address)
     table = comparison(df)
     if table.empty:
         print("no method found a subset within the budgets at any sweep point (see the report's table)")
@@ -234,7 +235,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from moe2sim.experiments.run import rollout
-    from moe2sim.report.html import SUMMARY_HEADER, summary_rows
+    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows
     from moe2sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built

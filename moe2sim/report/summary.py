@@ -6,13 +6,25 @@ Utilisation of an expert = its busy slot-seconds / (slots * run length).
 Energies are within each expert's profile boundary (module rails, GPU board, wall plug):
 energy_boundaries names each expert's, and mixed_boundaries is true when the totals add
 energies measured within different boundaries (then they are not one physical quantity).
+
+Intervals (`interval_block`): with R ≥ 2 replications every metric's interval is the Student-t interval
+across the R runs (report/intervals.py); with R = 1, batch means within the one run (per-query metrics
+only). The summary says which in `interval_method`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from moe2sim.report.intervals import across, batch_means, flatten
+
+if TYPE_CHECKING:
+    from moe2sim.twin import Twin
+
+BATCHES = 20
+WARMUP = 0.05
 
 
 def _mean_or_none(value: float) -> float | None:
@@ -88,3 +100,43 @@ def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str,
     overall["mixed_boundaries"] = len(set(boundaries.values())) > 1
     overall["energy_boundary_note"] = boundary_note(boundaries)
     return overall
+
+
+def run_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
+    """summary.json's metrics of one run of `twin`, the run length at least the last finish."""
+    return summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
+                     {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
+                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
+
+
+def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
+    """The metrics of summary.json that are averages or quantiles over queries (overall and per category):
+    accuracy, latency_s (mean and percentiles), energy_J_per_query, budget_violations.rate. Counts and totals have no batch values."""
+    def keep(block: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy": block["accuracy"], "latency_s": {k: v for k, v in block["latency_s"].items() if k != "max"},
+                "energy_J_per_query": block["energy_J_per_query"],
+                "budget_violations": {"rate": block["budget_violations"]["rate"]}}
+
+    metrics = query_metrics(queries)
+    return {**keep(metrics), "categories": {c: keep(b) for c, b in metrics["categories"].items()}}
+
+
+def interval_block(runs: list[dict[str, Any]], first_queries: pd.DataFrame) -> dict[str, Any]:
+    """`interval_method` and `intervals` for summary.json: across the runs if there are two or more,
+    else batch means of the one run's queries."""
+    if len(runs) >= 2:
+        return {"interval_method": f"replications ({len(runs)})",
+                "intervals": across([flatten(r) for r in runs])}
+    return {"interval_method": f"batch means ({BATCHES} batches, first {WARMUP:.0%} of queries dropped)",
+            "intervals": batch_means(first_queries, per_query_metrics, BATCHES, WARMUP)}
+
+
+def replicated_summary(scenario_name: str, seeds: list[int], runs: list[dict[str, Any]],
+                       first_queries: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    """summary.json of R replications (replication 0's metrics at the top level, as a single run writes
+    them, plus the interval block and the seeds; `seeds[0]` the scenario's seed) and replications.csv
+    (one row of flattened metrics per replication)."""
+    table = pd.DataFrame([{"replication": i, "seed": s, **flatten(r)} for i, (s, r) in enumerate(zip(seeds, runs))])
+    summary = {"scenario": scenario_name, "seed": seeds[0], **runs[0], **interval_block(runs, first_queries),
+               "replications": {"n": len(runs), "seeds": seeds}}
+    return summary, table
