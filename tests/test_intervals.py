@@ -72,7 +72,7 @@ def test_run_with_replications_keeps_the_single_run_at_the_top(tmp_path):
     assert pooled == three
     for key in ("queries", "accuracy", "latency_s", "energy_J_per_query", "energy_J_total", "budget_violations"):
         assert one[key] == three[key]
-    assert one["interval_method"].startswith("batch means") and three["interval_method"] == "replications (3)"
+    assert one["interval_method"].startswith("sectioning") and three["interval_method"] == "replications (3)"
     assert three["replications"] == {"n": 3, "seeds": [0, 1, 2]}
     table = pd.read_csv(tmp_path / "three" / "replications.csv")
     assert list(table["seed"]) == [0, 1, 2] and table["accuracy"].iloc[0] == one["accuracy"]

@@ -44,7 +44,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from moe2sim.experiments.run import run_scenario
-    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows
+    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows, unreliable_note
     from moe2sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
@@ -53,7 +53,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications,
                            executor_name=args.backend, jobs=args.jobs, address=args.address)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
-    print(f"intervals: 95 % ({summary['interval_method']})")
+    print(f"intervals: 95 % ({summary['interval_method']}){unreliable_note(summary)}")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
           f"(idle {summary['energy_J_idle_total'] / 1e3:.1f} kJ) over {summary['run_s']:.0f} s; wrote {out.path}/")
     print("energy boundary per expert: " + ", ".join(f"{n} {b}" for n, b in summary["energy_boundaries"].items()))

@@ -8,8 +8,11 @@ energy_boundaries names each expert's, and mixed_boundaries is true when the tot
 energies measured within different boundaries (then they are not one physical quantity).
 
 Intervals (`interval_block`): with R ≥ 2 replications every metric's interval is the Student-t interval
-across the R runs (report/intervals.py); with R = 1, batch means within the one run (per-query metrics
-only). The summary says which in `interval_method`.
+across the R runs (report/intervals.py), and every printed figure is the mean over the runs; with R = 1,
+sectioning within the one run (per-query metrics only): the whole run's value, with an interval from
+batches that span the queue's memory, each entry flagged `reliable: false` (and why) where the run is too
+short for one. The summary says which in `interval_method` and lists the flagged metrics in
+`intervals_unreliable`.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from moe2sim.report.intervals import across, batch_means, flatten
+from moe2sim.report.intervals import across, flatten, sectioned
 
 if TYPE_CHECKING:
     from moe2sim.twin import Twin
@@ -122,13 +125,18 @@ def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
 
 
 def interval_block(runs: list[dict[str, Any]], first_queries: pd.DataFrame) -> dict[str, Any]:
-    """`interval_method` and `intervals` for summary.json: across the runs if there are two or more,
-    else batch means of the one run's queries."""
+    """`interval_method`, `intervals` and `intervals_unreliable` for summary.json: across the runs if there are
+    two or more, else sectioning of the one run's queries (the busiest slot's utilisation bounds how long the
+    run remembers a busy spell)."""
     if len(runs) >= 2:
         return {"interval_method": f"replications ({len(runs)})",
-                "intervals": across([flatten(r) for r in runs])}
-    return {"interval_method": f"batch means ({BATCHES} batches, first {WARMUP:.0%} of queries dropped)",
-            "intervals": batch_means(first_queries, per_query_metrics, BATCHES, WARMUP)}
+                "intervals": across([flatten(r) for r in runs]), "intervals_unreliable": []}
+    load = max((e.get("utilisation") or 0.0 for e in runs[0].get("experts", {}).values()), default=0.0)
+    intervals = sectioned(first_queries, per_query_metrics, BATCHES, WARMUP, load=load)
+    return {"interval_method": f"sectioning (whole-run estimate; up to {BATCHES} batches, each spanning 10 "
+                               f"autocorrelation times; first {WARMUP:.0%} of queries dropped)",
+            "intervals": intervals,
+            "intervals_unreliable": sorted(k for k, v in intervals.items() if not v["reliable"])}
 
 
 def replicated_summary(scenario_name: str, seeds: list[int], runs: list[dict[str, Any]],

@@ -82,31 +82,37 @@ def html_table(rows: list[list[Any]], header: list[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _violations(block: dict[str, Any], kind: str) -> str:
-    n, total = block["budget_violations"][kind], block["queries"]
-    return f"{n} ({n / total:.1%})" if total else "0"
-
-
 def _cell(summary: dict[str, Any], metric: str, value: float | None, digits: int) -> str:
     """`value`, or "mean ± half-width" of its 95 % interval when the summary has one."""
     est, half = _estimate(summary, metric, value)
     interval = metric in summary.get("intervals", {}) and est is not None
-    return fmt(est, f".{digits}f") + (f" ± {half:.{digits}f}" if interval else "")
+    doubtful = "?" if metric in summary.get("intervals_unreliable", []) else ""
+    return fmt(est, f".{digits}f") + (f" ± {half:.{digits}f}{doubtful}" if interval else "")
+
+
+def _violations(summary: dict[str, Any], prefix: str, block: dict[str, Any], kind: str) -> str:
+    """Violations of one kind, count and share of the queries, by the table's one estimator: the run's, or
+    with replications the mean over them."""
+    n, _ = _estimate(summary, f"{prefix}budget_violations.{kind}", block["budget_violations"][kind])
+    total, _ = _estimate(summary, f"{prefix}queries", block["queries"])
+    return f"{n:.{0 if float(n).is_integer() else 1}f} ({n / total:.1%})" if total else "0"
 
 
 def summary_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    """One row per category plus 'all': queries, accuracy, latency mean/p95, energy (with replications each
-    the estimate ± the half-width of its 95 % interval), latency and energy budget violations (count and
-    share of the queries)."""
+    """One row per category plus 'all', every figure by one estimator (the run's own, or with replications the
+    mean over them): queries, accuracy, latency mean/p95, energy, each ± the half-width of its 95 % interval
+    where it has one (an interval the run cannot support is marked "?"), latency and energy budget
+    violations (count and share of the queries)."""
     blocks = {**{f"categories.{n}.": b for n, b in summary["categories"].items()}, "": summary}
     rows = []
     for prefix, b in blocks.items():
-        rows.append([prefix.split(".")[1] if prefix else "all", b["queries"],
+        queries, _ = _estimate(summary, f"{prefix}queries", b["queries"])
+        rows.append([prefix.split(".")[1] if prefix else "all", fmt(queries, ".0f" if float(queries).is_integer() else ".1f"),
                      _cell(summary, f"{prefix}accuracy", b["accuracy"], 3),
                      _cell(summary, f"{prefix}latency_s.mean", b["latency_s"]["mean"], 3),
                      _cell(summary, f"{prefix}latency_s.p95", b["latency_s"]["p95"], 3),
                      _cell(summary, f"{prefix}energy_J_per_query", b["energy_J_per_query"], 1),
-                     _violations(b, "latency"), _violations(b, "energy")])
+                     _violations(summary, prefix, b, "latency"), _violations(summary, prefix, b, "energy")])
     return rows
 
 
@@ -135,6 +141,16 @@ def run_figures(summary: dict[str, Any], queries: pd.DataFrame, budgets: dict[st
             (lambda: utilisation(summary), "Busy fraction of each expert's slots")]
 
 
+def unreliable_note(summary: dict[str, Any]) -> str:
+    """'' when every interval can be trusted, else a sentence on the ones marked "?"."""
+    flagged = summary.get("intervals_unreliable", [])
+    if not flagged:
+        return ""
+    why = summary["intervals"][flagged[0]].get("why")
+    return (f" ?: {len(flagged)} interval(s) this single run cannot support (e.g. {flagged[0]}: {why}); "
+            "run longer or with --replications")
+
+
 def boundaries_text(summary: dict[str, Any]) -> str:
     return ", ".join(f"{n} {b}" for n, b in summary.get("energy_boundaries", {}).items())
 
@@ -142,7 +158,8 @@ def boundaries_text(summary: dict[str, Any]) -> str:
 def results_section(summary: dict[str, Any], queries: pd.DataFrame, budgets: dict[str, float]) -> str:
     """The run's results: the summary table, energy totals and boundaries, the figures."""
     method = summary.get("interval_method")
-    note = f"<p>± : half-width of the 95 % interval, {html.escape(method)}.</p>" if method else ""
+    note = f"<p>± : half-width of the 95 % interval, {html.escape(method)}.{html.escape(unreliable_note(summary))}</p>" \
+        if method else ""
     return f"""<h2>Results</h2>{html_table(summary_rows(summary), SUMMARY_HEADER)}{note}
 <p>Energy: {summary['energy_J_total'] / 1e3:.1f} kJ total = {summary['energy_J_active_total'] / 1e3:.1f} kJ active
 + {summary['energy_J_idle_total'] / 1e3:.1f} kJ idle over {summary['run_s']:.0f} s. A latency violation is an answer
