@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe2sim.sim.engine import EdgeSimulation, Plan
+from moe2sim.sim.engine import EdgeSimulation
+from moe2sim.sim.entities import Plan
 from moe2sim.sim.records import finish_times, leg_end
 from moe2sim.sim.site import DailyProfile
 
