@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own package and lower layers only (see docs/ARCHITECTURE.md).
 LAYERS = [{"errors", "bundled"}, {"data"}, {"scenario"}, {"devices", "workload"}, {"routing"}, {"selection"},
-          {"policy"}, {"sim"}, {"twin"}, {"report"}, {"envs"}, {"experiments"}, {"cli"}]
+          {"policy"}, {"sim"}, {"twin"}, {"report"}, {"envs"}, {"agents"}, {"experiments"}, {"cli"}]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 

@@ -55,7 +55,7 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
 def rollout(scenario_path: str, overrides: list[str], agent_name: str, out: OutputDir | Path, seed: int,
             windows: int | None = None) -> dict[str, Any]:
     """One episode of an agent in BudgetEnv; the simulator's records plus a per-window log and plot."""
-    from moe2sim.envs.agents import build_agent, run_episode
+    from moe2sim.agents import build_agent, run_episode
     from moe2sim.envs.budget_env import BudgetEnv
 
     out = OutputDir.of(out)
