@@ -619,7 +619,7 @@ class CompletionServer:
                  graceful_s: float = 3.0, sock: socket.socket | None = None):
         import uvicorn
 
-        self.experts, self.sock = server, sock or bind(host, port, backlog)
+        self.expert_server, self.sock = server, sock or bind(host, port, backlog)
         self.host, self.port = host, self.sock.getsockname()[1]
         config = uvicorn.Config(create_app(server), http="h11", loop="asyncio", lifespan="on", log_level="warning",
                                 access_log=False, backlog=backlog, timeout_graceful_shutdown=graceful_s,
@@ -647,12 +647,12 @@ class CompletionServer:
 
     def shutdown(self, timeout_s: float = 10.0) -> None:
         self.server.should_exit = True
-        self.experts.close()
+        self.expert_server.close()
         self.thread.join(timeout_s)
         self.sock.close()
 
     def served(self) -> int:
-        return self.experts.served
+        return self.expert_server.served
 
 
 def serve(models: Backend | dict[str, Backend], meter: SampledCounter | None, host: str, port: int,
