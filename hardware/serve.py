@@ -258,7 +258,8 @@ class ExpertServer:
 
     # -- who may ask, and what --------------------------------------------------------------------------
     def authorized(self, path: str, headers: Headers) -> bool:
-        """True where no key is set, for /health, or with `Authorization: Bearer <key>` (compared in constant time)."""
+        """True where no key is set, for /health, or with `Authorization: Bearer <key>` (compared in constant
+        time); a refusal is counted as unauthorized."""
         if self.key_digest is None or path in PUBLIC_PATHS:
             return True
         scheme, _, given = (headers.get("authorization") or "").partition(" ")
