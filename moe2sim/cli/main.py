@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from moe2sim import __version__
-from moe2sim.cli.argtypes import at_least, positive_float, positive_floats, whole
+from moe2sim.cli.argtypes import (HelpFormatter, at_least, attach_values, positive_float, positive_floats,
+                                  value_flags, whole)
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
@@ -274,20 +275,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Every flag's help ends with its default, unless the help already states it."""
-
-    EMPTY = {False: "off", None: "none"}
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
-            return text
-        default = action.default if action.default != [] else None
-        shown = self.EMPTY.get(default, "%(default)s") if isinstance(default, (bool, type(None))) else "%(default)s"
-        return f"{text} (default: {shown})"
-
-
 class Parser(argparse.ArgumentParser):
     """Bad flags: one line naming the command and the flag, exit 2 (as for every other input error)."""
 
@@ -412,24 +399,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="training seed of --leave-task-out")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
-
-
-def value_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """The flags of every sub-command that take a value (not switches like --quiet)."""
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.values()
-    return {flag for p in subs for a in p._actions if a.nargs is None and a.option_strings for flag in a.option_strings}
-
-
-def attach_values(argv: list[str], flags: set[str]) -> list[str]:
-    """`--flag -1e3` as `--flag=-1e3`: a value that starts with '-' is the flag's value, not another flag
-    (argparse only takes plain negative integers and decimals that way)."""
-    out: list[str] = []
-    for item in argv:
-        if out and out[-1] in flags and item.startswith("-") and item not in flags and item != "--":
-            out[-1] = f"{out[-1]}={item}"
-        else:
-            out.append(item)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
