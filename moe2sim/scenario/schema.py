@@ -200,6 +200,8 @@ class PolicyConfig(Strict):
 
     name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
     gate: PathText = "gate.pt"
+    task_label: bool = Field(False, description="give the gate each prompt's task label (label-aware); default: "
+                                                "route from the prompt alone")
     k: Annotated[int, Field(ge=1)] = 2
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
     aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"

@@ -112,11 +112,18 @@ def prompt_categories(quality: QualityData, scenario: Scenario) -> np.ndarray:
     return cats
 
 
+def routing_input(scenario: Scenario) -> str:
+    """What the gate routes from: the prompt alone (default) or the prompt and its task label."""
+    return "prompt and task label" if scenario.policy.task_label else "prompt alone"
+
+
 def _gate_router(inputs: Inputs, quality: QualityData) -> Router:
+    """The gate's logits from the prompt's embedding; the task label is read only with `policy.task_label`."""
     gate = inputs.gate
     x = load_embeddings(inputs.scenario.path(inputs.scenario.traces.embeddings), quality.prompt_ids, gate.dim)
     columns = [gate.experts.index(m) for m in quality.experts]
-    return GateRouter(gate.logits(x, quality.tasks)[:, columns])
+    tasks = quality.tasks if inputs.scenario.policy.task_label else None
+    return GateRouter(gate.logits(x, tasks)[:, columns])
 
 
 def _fixed_router(inputs: Inputs, quality: QualityData) -> Router:
