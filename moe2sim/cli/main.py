@@ -13,6 +13,7 @@ from moe2sim.cli.argtypes import at_least, positive_float, positive_floats, whol
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
+FOLDS = at_least(2)  # argparse type: a number of cross-fitting folds
 
 
 def _print_table(rows: list[list[object]], header: list[str]) -> None:
@@ -109,9 +110,15 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     from moe2sim.routing.gate import TrainConfig
 
     data = Path(args.data)
-    out = Path(args.out) if args.out else data / "gate.pt"
+    out = Path(args.out) if args.out else data / ("gate_crossfit.npz" if args.cross_fit else "gate.pt")
     _check_file_out(out, "--out" if args.out else "--data")
     config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
+    if args.cross_fit:
+        from moe2sim.routing.evaluation import cross_fit_on
+
+        cross_fit_on(data, config, args.cross_fit, args.fold_seed).save(out)
+        print(f"cross-fitted logits of every train prompt ({args.cross_fit} folds, fold seed {args.fold_seed}) -> {out}")
+        return 0
     gate = train_on(data, config)
     gate.save(out)
     info = gate.info
@@ -176,7 +183,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(_strict_json(out))
         return 0
     print(f"subset  {', '.join(out['subset'])}   (method {out['method']}, top-{out['k']})")
-    print(f"U(S)    {out['U']:.4f}  validation accuracy of the gate restricted to S")
+    print(f"U(S)    {out['U']:.4f} ± {out['U_se']:.4f}  accuracy of the gate restricted to S on the "
+          f"{out['U_source']} ({out['U_prompts']} prompts), routed from the {out['routing']}")
+    for row in out["compared"][1:]:
+        print(f"        {row['U']:.4f} ± {row['U_se']:.4f}  {', '.join(row['subset'])} ({row['role']}; "
+              f"{row['U_minus_chosen']:+.4f} ± {row['U_minus_chosen_se']:.4f} paired, "
+              f"{row['worst_case_energy_J']:.0f} J)")
     print(f"binding {', '.join(out['binding']) or 'none: every expert is selected'}")
     print(f"solver  {out['sets_evaluated']} sets evaluated in {out['solver_seconds'] * 1e3:.2f} ms "
           f"(of {out['subsets_total']} subsets)")
@@ -394,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
                    help="per-expert correctness or MoE²'s mixture cross-entropy; see moe2sim/routing/gate.py")
     p.add_argument("--epochs", type=POSITIVE_INT, default=60, help="maximum epochs (early stopping on validation)")
+    p.add_argument("--cross-fit", type=FOLDS, metavar="K",
+                   help="instead of one gate: K gates, each scoring the train fold it did not train on; writes "
+                        "the cross-fitted logits U(S) is estimated from (default --out: DATA/gate_crossfit.npz)")
+    p.add_argument("--fold-seed", type=_seed, default=0, help="seed of the --cross-fit fold assignment")
 
     p = command("eval-gate", cmd_eval_gate, "test-split accuracy of the gate and the baselines, pooled and per task")
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")

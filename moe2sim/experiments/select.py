@@ -6,14 +6,15 @@ from typing import Any
 from moe2sim.errors import InputError
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import budgets_of
-from moe2sim.selection.solvers import InfeasibleBudgets, binding_constraints
+from moe2sim.selection.solvers import InfeasibleBudgets, binding_constraints, runners_up
 from moe2sim.twin import Twin
-from moe2sim.twin.factory import selecting
+from moe2sim.twin.factory import routing_input, selecting
 
 
 def select_subset(scenario: Scenario) -> dict[str, Any]:
     """MoE²'s selection (the scenario's method, `exact` when it has none, as in a sweep) at the scenario's
-    budgets: subset, U, binding constraints, worst cases."""
+    budgets: subset, U ± SE and where U was measured, the routing input, binding constraints, worst cases, and
+    the runners-up with their paired differences."""
     scenario = selecting(scenario)
     selector = Twin.build(scenario, solve=False).policy.selector
     budgets, problem = budgets_of(scenario), selector.problem
@@ -22,11 +23,14 @@ def select_subset(scenario: Scenario) -> dict[str, Any]:
     except InfeasibleBudgets as exc:
         raise InputError(scenario.file, "budgets", f"no subset meets them: {exc}") from None
     return {
-        "subset": sel.subset(problem.names), "U": sel.utility, "method": sel.method,
+        "subset": sel.subset(problem.names), "U": sel.utility, "U_se": problem.utility.se(sel.mask),
+        "U_source": problem.utility.source, "U_prompts": problem.utility.prompts, "z": problem.z,
+        "routing": routing_input(scenario), "method": sel.method,
         "binding": binding_constraints(problem, sel.mask, budgets), "sets_evaluated": sel.evaluated,
         "subsets_total": 2 ** bin(problem.allowed & ((1 << problem.n) - 1)).count("1") - 1,
         "solver_seconds": sel.seconds, "k": problem.k,
         "worst_case_energy_J": problem.energy_of(sel.mask), "energy_budget_J": budgets.energy_J,
         "worst_case_delay_s": dict(zip(problem.categories, problem.delay_of(sel.mask).tolist())),
         "latency_budget_s": dict(zip(problem.categories, budgets.latency_s.tolist())),
+        "compared": runners_up(problem, budgets, sel.mask),
     }

@@ -18,6 +18,7 @@ from moe2sim.data.embeddings import ENCODER, load_embeddings
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.errors import InputError
 from moe2sim.routing.aggregation import Outcomes, WeightedVote, expected_correct
+from moe2sim.routing.crossfit import CrossFit, cross_fit
 from moe2sim.routing.gate import Gate, TrainConfig, train_gate
 from moe2sim.routing.routers import topk_in_subset
 
@@ -61,6 +62,13 @@ def train_on(data: Path, config: TrainConfig, experts: list[str] | None = None,
     fit, hold = train.subset(~val), train.subset(val)
     return train_gate(fit.x, fit.tasks, fit.p, hold.x, hold.tasks, hold.p, list(train.quality.experts), ENCODER,
                       config)
+
+
+def cross_fit_on(data: Path, config: TrainConfig, folds: int, fold_seed: int) -> CrossFit:
+    """Cross-fitted logits of the train split of `data` (routing/crossfit.py)."""
+    train = GateData.load(data, "train")
+    return cross_fit(train.x, train.tasks, train.p, train.quality.prompt_ids, list(train.quality.experts), config,
+                     folds, fold_seed)
 
 
 def _by_task(p_correct: np.ndarray, tasks: np.ndarray) -> dict[str, float]:

@@ -172,7 +172,7 @@ class Replay(Strict):
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
 
 
-SelectionMethod = Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
+SelectionMethod = Literal["none", "near_best", "near_best_exhaustive", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
                           "all_fit"]
 # A sweep's methods: MoE² (the gate under the scenario's selection method, `exact` where it has none),
 # the selection baselines, and the uniform vote over MoE²'s subset (no gate).
@@ -191,6 +191,8 @@ class SelectionConfig(Strict):
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
     seed: Seed = Field(0, description="seed of the random baseline")
+    z: NonNegativeFloat = Field(1.96, description="near_best: a subset is as good as the best unless it trails "
+                                                  "it by more than z paired standard errors")
 
 
 class PolicyConfig(Strict):
@@ -200,6 +202,9 @@ class PolicyConfig(Strict):
 
     name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
     gate: PathText = "gate.pt"
+    cross_fit: PathText | None = Field(
+        "gate_crossfit.npz", description="cross-fitted gate logits of the train split (`moe2sim train-gate "
+        "--cross-fit`) that U(S) is estimated from; null: the gate itself on the validation part of the train split")
     task_label: bool = Field(False, description="give the gate each prompt's task label (label-aware); default: "
                                                 "route from the prompt alone")
     k: Annotated[int, Field(ge=1)] = 2

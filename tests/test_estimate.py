@@ -1,0 +1,141 @@
+"""U(S) with its uncertainty (selection/estimate.py), cross-fitting (routing/crossfit.py) and the default
+selection rule near_best (selection/solvers.py)."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from moe2sim.routing.aggregation import HighestWeight, Outcomes
+from moe2sim.routing.crossfit import CrossFit, assign_folds, cross_fit
+from moe2sim.routing.gate import TrainConfig, train_gate
+from moe2sim.data.quality import validation_mask
+from moe2sim.selection import solvers
+from moe2sim.selection.budgets import Budgets
+from moe2sim.selection.estimate import UtilityEstimate, prompt_correctness
+from moe2sim.selection.problem import SelectionProblem, oracle_coverage
+
+# Five held-out prompts, two categories (mix 1/2, 1/2), two experts; top-1 routing.
+P = np.array([[1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], float)       # P(right) per prompt and expert
+LOGITS = np.array([[1, 0], [1, 0], [0, 1], [1, 0], [0, 1]], float)  # the gate prefers e0 on rows 0, 1, 3
+CATEGORY = np.array([0, 0, 0, 1, 1])
+
+
+def small_table() -> UtilityEstimate:
+    correct = prompt_correctness(LOGITS, HighestWeight(), Outcomes(P), np.arange(5), k=1)
+    return UtilityEstimate(correct, CATEGORY, np.array([0.5, 0.5]))
+
+
+def test_u_and_se_by_hand():
+    """a({e0, e1}) = [1, 0, 1, 0, 0]: U = ½·⅔ + ½·0 = ⅓; SE² = ¼·(⅓)/3 + ¼·0/2 = 1/36.
+    a({e0}) = [1, 0, 1, 0, 1]: U = ½·⅔ + ½·½; the paired difference [0, 0, 0, 0, −1] has
+    SE² = ¼·0/3 + ¼·(½)/2 = 1/16, where the unpaired SEs would add to far more."""
+    est = small_table()
+    both, e0 = 0b11, 0b01
+    np.testing.assert_array_equal(est.a(both), [1, 0, 1, 0, 0])
+    assert est(both) == pytest.approx(1 / 3)
+    assert est.se(both) == pytest.approx(1 / 6)
+    assert est(e0) == pytest.approx(0.5 * 2 / 3 + 0.5 * 0.5)
+    assert est.se_difference(both, e0) == pytest.approx(0.25)
+    assert est.se_bound(e0) >= max(est.se_difference(m, e0) for m in (0b01, 0b10, 0b11))
+
+
+def test_cross_fitted_u_by_hand():
+    """U(S) from a cross-fit file: the logits are looked up by prompt id and expert name, whatever their order."""
+    ids = np.array([f"p{i}" for i in range(5)])
+    order = np.array([3, 0, 4, 1, 2])
+    fit = CrossFit(ids[order], np.zeros(5, np.int64), ["e1", "e0"], LOGITS[order][:, ::-1], LOGITS[order], 2, 0)
+    logits = fit.rows(None, ids, ["e0", "e1"], task_label=False)
+    np.testing.assert_array_equal(logits, LOGITS)
+    est = UtilityEstimate(prompt_correctness(logits, HighestWeight(), Outcomes(P), np.arange(5), 1), CATEGORY,
+                          np.array([0.5, 0.5]))
+    assert est(0b11) == pytest.approx(1 / 3) and est.se(0b11) == pytest.approx(1 / 6)
+
+
+def test_cross_fit_scores_each_prompt_with_a_gate_that_did_not_see_it(tmp_path):
+    rng = np.random.default_rng(3)
+    n, dim = 120, 8
+    x = rng.normal(size=(n, dim)).astype(np.float32)
+    tasks = np.array(["a", "b"] * (n // 2))
+    u = (rng.random((n, 3)) < np.array([0.3, 0.5, 0.7])).astype(np.float32)
+    ids = np.array([f"p{i}" for i in range(n)])
+    config = TrainConfig(hidden=8, batch_size=32, max_epochs=3, task_epochs=20)
+    fit = cross_fit(x, tasks, u, ids, ["e0", "e1", "e2"], config, folds=3, fold_seed=1)
+    np.testing.assert_array_equal(fit.fold, assign_folds(tasks, 3, 1))
+    for task in ("a", "b"):  # each task dealt evenly over the folds
+        assert np.bincount(fit.fold[tasks == task]).tolist() == [20, 20, 20]
+    val = validation_mask(ids)
+    for f in range(3):  # fold f's logits: the gate trained without fold f
+        rest, out = fit.fold != f, fit.fold == f
+        gate = train_gate(x[rest & ~val], tasks[rest & ~val], u[rest & ~val], x[rest & val], tasks[rest & val],
+                          u[rest & val], ["e0", "e1", "e2"], "t", config)
+        np.testing.assert_allclose(fit.logits[out], gate.logits(x[out]), rtol=1e-5)
+        np.testing.assert_allclose(fit.logits_task_label[out], gate.logits(x[out], tasks[out]), rtol=1e-5)
+    fit.save(tmp_path / "cf.npz")
+    loaded = CrossFit.load(tmp_path / "cf.npz")
+    np.testing.assert_array_equal(loaded.logits, fit.logits)
+    assert (loaded.folds, loaded.fold_seed, loaded.experts) == (3, 1, ["e0", "e1", "e2"])
+
+
+# --- near_best: exact against its exhaustive reference --------------------------------------------
+
+def random_problem(rng: np.random.Generator, n: int) -> tuple[SelectionProblem, Budgets]:
+    """A real top-k estimate on random prompts (U is not monotone), with binding energy and latency budgets."""
+    prompts, m = 200, 3
+    skill = rng.uniform(0.2, 0.8, n)
+    p = (rng.random((prompts, n)) < skill).astype(float)
+    logits = rng.normal(size=(prompts, n)) + p
+    category = rng.integers(0, m, prompts)
+    k = int(rng.integers(1, 4))
+    mix = rng.dirichlet(np.ones(m))
+    est = UtilityEstimate(prompt_correctness(logits, HighestWeight(), Outcomes(p), np.arange(prompts), k),
+                          category, mix)
+    weights = mix[category] / np.bincount(category, minlength=m)[category]
+    energy = rng.uniform(50, 500, n)
+    delay = rng.uniform(0.5, 3.0, (n, m))
+    problem = SelectionProblem([f"e{j}" for j in range(n)], [f"c{c}" for c in range(m)], delay, energy, k, est,
+                               oracle_coverage(Outcomes(p), np.arange(prompts), weights / weights.sum()),
+                               z=float(rng.choice([0.0, 1.0, 1.96, 3.0])))
+    latency = np.quantile(delay, rng.uniform(0.6, 1.0), axis=0)
+    return problem, Budgets(float(rng.uniform(0.3, 1.0) * np.sort(energy)[-k:].sum()), latency)
+
+
+def test_near_best_matches_its_exhaustive_reference():
+    rng = np.random.default_rng(7)
+    checked = 0
+    for _ in range(60):
+        problem, budgets = random_problem(rng, int(rng.integers(3, 8)))
+        try:
+            fast = solvers.solve_near_best(problem, budgets)
+        except solvers.InfeasibleBudgets:
+            continue
+        reference = solvers.solve_near_best_exhaustive(problem, budgets)
+        assert fast.mask == reference.mask
+        assert problem.feasible(fast.mask, budgets)
+        checked += 1
+    assert checked >= 40
+
+
+def test_near_best_rule_by_hand():
+    """A mixture that does not beat the best single expert by z paired SEs is not taken; with z = 0 the
+    cheapest subset that beats it and is not worse than the optimum is."""
+    est = small_table()
+    problem = SelectionProblem(["e0", "e1"], ["c0", "c1"], np.zeros((2, 2)), np.array([100.0, 50.0]), 1, est,
+                               lambda mask: 1.0)
+    budgets = Budgets(1000.0, np.ones(2))
+    single = max((0b01, 0b10), key=est)
+    assert solvers.solve_near_best(problem, budgets).mask == single
+    for z in (0.0, 1.96):
+        problem.z = z
+        chosen = solvers.solve_near_best(problem, budgets).mask
+        best = solvers.solve_exact(problem, budgets).mask
+        beats = [m for m in (0b01, 0b10, 0b11) if est(m) - est(single) > z * est.se_difference(m, single)
+                 and est(best) - est(m) <= z * est.se_difference(best, m)]
+        assert chosen == (min(beats, key=problem.energy_of) if beats else single)
+
+
+def test_near_best_needs_standard_errors():
+    problem = SelectionProblem(["a"], ["c"], np.zeros((1, 1)), np.ones(1), 1, lambda mask: 0.5, lambda mask: 1.0)
+    with pytest.raises(ValueError, match="UtilityEstimate"):
+        solvers.solve_near_best(problem, Budgets(10.0, np.ones(1)))
