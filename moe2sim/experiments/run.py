@@ -64,6 +64,7 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
     the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
     backend (`local`: jobs processes, default all cores; `ray`)."""
+    from moe2sim.experiments.select import selection_account, selection_rows
     from moe2sim.experiments.sweep import paired, sweep_rows, table
     from moe2sim.twin.factory import moe2_selection
     from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows
@@ -73,10 +74,12 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
         scenario = scenario.model_copy(update={"seed": seed})
     twin = preflight(scenario, out)
     summary, queries, legs, per_replication = replicate(twin, replications, progress, backend_name, jobs, address)
+    account = selection_account(scenario, twin.policy)
+    summary = {**summary, "selection": account}
     extra = ""
     rows = (sweep_rows(scenario, replications, jobs, progress, None, backend_name, address)
             if scenario.sweep is not None else None)
-    setup = [*setup_rows(scenario, twin.policy.subset),
+    setup = [*setup_rows(scenario, twin.policy.subset), *selection_rows(account),
              *(sweep_setup_rows(scenario, moe2_selection(scenario)) if rows is not None else [])]
     with out.staged() as stage:
         if replications >= 2:
