@@ -139,3 +139,54 @@ def test_near_best_needs_standard_errors():
     problem = SelectionProblem(["a"], ["c"], np.zeros((1, 1)), np.ones(1), 1, lambda mask: 0.5, lambda mask: 1.0)
     with pytest.raises(ValueError, match="UtilityEstimate"):
         solvers.solve_near_best(problem, Budgets(10.0, np.ones(1)))
+
+
+# --- declared leaks -------------------------------------------------------------------------------
+
+def write_leaks(path, rows: list[str]):
+    from moe2sim.data.leakage import COLUMNS
+
+    path.write_text(",".join(COLUMNS) + "\n" + "".join(r + "\n" for r in rows))
+    return path
+
+
+def test_leak_scales_the_cell_to_its_non_leaked_mean(tmp_path):
+    from moe2sim.data.leakage import read_leakage, without_leaks
+
+    leaks = read_leakage(write_leaks(tmp_path / "l.csv", ["m1,t,direct,e,s,0.5,pub", "m0,t,indirect,e,s,,none"]))
+    p = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 0.5], [1.0, 1.0]])
+    tasks = np.array(["t", "t", "t", "u"])
+    out = without_leaks(p, tasks, ["m0", "m1"], leaks)
+    np.testing.assert_allclose(out[:3, 1], p[:3, 1] * 0.5 / (2.5 / 3))  # mean 2.5/3 -> 0.5, ranking kept
+    assert out[:3, 1].mean() == pytest.approx(0.5)
+    np.testing.assert_array_equal(out[:, 0], p[:, 0])  # declared without a figure: not corrected
+    np.testing.assert_array_equal(out[3], p[3])        # other tasks untouched
+    up = read_leakage(write_leaks(tmp_path / "u.csv", ["m1,t,direct,e,s,0.99,pub"]))
+    np.testing.assert_array_equal(without_leaks(p, tasks, ["m0", "m1"], up), p)  # never corrected upwards
+
+
+def test_bad_leak_table_names_the_field(tmp_path):
+    from moe2sim.data.leakage import read_leakage
+    from moe2sim.errors import InputError
+
+    with pytest.raises(InputError, match="non_leaked_accuracy"):
+        read_leakage(write_leaks(tmp_path / "l.csv", ["m,t,direct,e,s,high,pub"]))
+    (tmp_path / "c.csv").write_text("model,task\nm,t\n")
+    with pytest.raises(InputError, match="missing column"):
+        read_leakage(tmp_path / "c.csv")
+
+
+def test_shipped_leaks_lower_metamath_on_gsm8k_train_only():
+    """The shipped table corrects MetaMath on GSM8K (published 77.7 %) and touches no other cell."""
+    from conftest import PAPER
+    from moe2sim.scenario import load_scenario
+    from moe2sim.twin.factory import Inputs, outcomes_of, train_outcomes
+
+    inputs = Inputs(load_scenario(PAPER, ["policy.selection.method=none"]))
+    measured, corrected = outcomes_of(inputs.train).p, train_outcomes(inputs).p
+    gsm8k = inputs.train.tasks == "gsm8k"
+    j = list(inputs.train.experts).index("meta-math/MetaMath-Mistral-7B")
+    assert measured[gsm8k, j].mean() > 0.8 and corrected[gsm8k, j].mean() == pytest.approx(0.777)
+    changed = np.zeros_like(measured, bool)
+    changed[gsm8k, j] = True
+    np.testing.assert_array_equal(corrected[~changed], measured[~changed])

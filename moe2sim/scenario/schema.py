@@ -328,6 +328,8 @@ class Traces(Strict):
     prompts: PathText = "prompts.parquet"
     quality: PathText = "quality.parquet"
     embeddings: PathText = "embeddings.npz"
+    leakage: PathText | None = Field("leakage.csv", description="declared overlaps between an expert's training "
+                                     "data and a task's train split (data/leakage.py); null: none declared")
     split: Literal["train", "test"] = "test"
 
 

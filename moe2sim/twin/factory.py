@@ -16,6 +16,7 @@ import numpy as np
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.data.embeddings import load_embeddings
+from moe2sim.data.leakage import read_leakage, without_leaks
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.devices.profiles import DeviceProfile, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
@@ -179,10 +180,11 @@ def build_aggregator(scenario: Scenario, quality: QualityData) -> Aggregator:
 
 
 def subset_utility(scenario: Scenario, quality: QualityData, router: Router, aggregator: Aggregator,
-                   workload: Workload, rows: np.ndarray | None = None, source: str = "test split"
-                   ) -> tuple[UtilityEstimate, Callable[[int], float]]:
+                   workload: Workload, rows: np.ndarray | None = None, source: str = "test split",
+                   outcomes: Outcomes | None = None) -> tuple[UtilityEstimate, Callable[[int], float]]:
     """U(S) with its SE and U's oracle upper bound on the given prompt rows of `quality` (default: all rows of
-    the scenario's categories), averaged over categories with the scenario mix."""
+    the scenario's categories), averaged over categories with the scenario mix; `outcomes` default: the
+    measured ones."""
     cats = prompt_categories(quality, scenario)
     rows = np.flatnonzero(cats >= 0) if rows is None else rows[cats[rows] >= 0]
     if len(rows) == 0:
@@ -191,7 +193,7 @@ def subset_utility(scenario: Scenario, quality: QualityData, router: Router, agg
     batch = QueryBatch(arrival_s=np.zeros(len(rows)), category=cats[rows], prompt=rows,
                        prompt_tokens=ones, output_tokens=ones, prompt_bytes=ones)
     logits = np.asarray(router.logits(batch, np.random.default_rng(scenario.seed)))
-    outcomes = outcomes_of(quality)
+    outcomes = outcomes_of(quality) if outcomes is None else outcomes
     correct = prompt_correctness(logits, aggregator, outcomes, rows, scenario.policy.k)
     estimate = UtilityEstimate(correct, cats[rows], np.asarray(workload.mix, float), source)
     return estimate, oracle_coverage(outcomes, rows, mix_weights(cats[rows], workload.mix))
@@ -210,12 +212,23 @@ def held_out_router(inputs: Inputs, train: QualityData) -> tuple[Router, np.ndar
     return build_router(inputs, train), val, "validation part of the train split"
 
 
+def train_outcomes(inputs: Inputs) -> Outcomes:
+    """P(right) on the train split, each declared leak corrected (data/leakage.py; traces.leakage)."""
+    sc, train = inputs.scenario, inputs.train
+    measured = outcomes_of(train)
+    if sc.traces.leakage is None:
+        return measured
+    return Outcomes(without_leaks(measured.p, train.tasks, list(train.experts), read_leakage(sc.path(sc.traces.leakage))))
+
+
 def build_selector(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> Selector:
-    """The selection problem, U(S) measured on held-out train prompts (held_out_router)."""
+    """The selection problem, U(S) measured on held-out train prompts (held_out_router), leaks corrected."""
     sc = inputs.scenario
     train = inputs.train
     router, rows, source = held_out_router(inputs, train)
-    utility, bound = subset_utility(sc, train, router, build_aggregator(sc, train), workload, rows, source)
+    source += "" if sc.traces.leakage is None else f", declared leaks corrected ({sc.traces.leakage})"
+    utility, bound = subset_utility(sc, train, router, build_aggregator(sc, train), workload, rows, source,
+                                    train_outcomes(inputs))
     problem = selection_problem(sc, profiles, workload, utility, sc.policy.selection.quantile, bound)
     return Selector(problem, sc.policy.selection.method, sc.policy.selection.seed)
 
