@@ -308,8 +308,9 @@ def test_paper_scenario_budgets_solved_exactly(paper):
     optimum = solve_exhaustive(problem, budgets)
     assert selection.solve_exact(problem, budgets).utility == pytest.approx(optimum.utility, abs=TOL)
     assert solve_monotone(problem, budgets).utility <= optimum.utility + TOL
-    assert selection.solve_near_best(problem, budgets).mask == \
-        selection.solve_near_best_exhaustive(problem, budgets).mask
+    for rule in selection.PREFERENCES:
+        assert selection.solve_uncertain(problem, budgets, rule).mask == \
+            selection.solve_uncertain(problem, budgets, rule, exhaustive=True).mask
 
 
 # --- `exact`: the same search with a bound valid for any U (where the library has it) -----------
@@ -559,8 +560,8 @@ def test_cli_select_json_and_exhaustive_agree(capsys, paper):
     assert {"subset", "U", "binding", "sets_evaluated", "solver_seconds", "worst_case_energy_J",
             "worst_case_delay_s"} <= set(result)
     problem, budgets = paper
-    assert result["subset"] == selection.solve_near_best(problem, budgets).subset(problem.names)
-    assert result["method"] == "near_best"  # the scenario's method by default
+    assert result["subset"] == selection.solve_uncertain(problem, budgets, "significant").subset(problem.names)
+    assert result["method"] == "significant"  # the scenario's method by default
     assert result["routing"] == "prompt alone" and result["U_source"].startswith("train split, cross-fitted")
     chosen, *others = result["compared"]
     assert chosen["subset"] == result["subset"] and chosen["U_minus_chosen"] == 0
@@ -573,10 +574,10 @@ def test_cli_select_json_and_exhaustive_agree(capsys, paper):
     assert result["worst_case_energy_J"] <= budgets.energy_J
     assert all(result["worst_case_delay_s"][c] <= t for c, t in zip(problem.categories, budgets.latency_s))
     assert 0 < result["sets_evaluated"] <= 2 ** problem.n - 1 and result["solver_seconds"] >= 0
-    code, out, _ = select(capsys, "--json", "--method", "near_best_exhaustive")
+    code, out, _ = select(capsys, "--json", "--method", "significant_exhaustive")
     assert code == 0
     exhaustive = json.loads(out)
-    assert exhaustive["method"] == "near_best_exhaustive" and exhaustive["subset"] == result["subset"]
+    assert exhaustive["method"] == "significant_exhaustive" and exhaustive["subset"] == result["subset"]
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -40,7 +40,7 @@ def selection_rows(account: dict[str, Any]) -> list[list[str]]:
 
 
 def select_subset(scenario: Scenario) -> dict[str, Any]:
-    """MoE²'s selection (the scenario's method, `near_best` when it has none, as in a sweep) at the scenario's
+    """MoE²'s selection (the scenario's method, `significant` when it has none, as in a sweep) at the scenario's
     budgets: subset, U ± SE and where U was measured, the routing input, binding constraints, worst cases,
     and the runners-up with their paired differences."""
     scenario = selecting(scenario)

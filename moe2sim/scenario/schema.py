@@ -172,8 +172,8 @@ class Replay(Strict):
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
 
 
-SelectionMethod = Literal["none", "near_best", "near_best_exhaustive", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
-                          "all_fit"]
+SelectionMethod = Literal["none", "significant", "significant_exhaustive", "near_best", "near_best_exhaustive",
+                          "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"]
 # A sweep's methods: MoE² (the gate under the scenario's selection method, `exact` where it has none),
 # the selection baselines, and the uniform vote over MoE²'s subset (no gate).
 SweepMethod = Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
@@ -191,8 +191,8 @@ class SelectionConfig(Strict):
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
     seed: Seed = Field(0, description="seed of the random baseline")
-    z: NonNegativeFloat = Field(1.96, description="near_best: a subset is as good as the best unless it trails "
-                                                  "it by more than z paired standard errors")
+    z: NonNegativeFloat = Field(1.96, description="significant, near_best: a difference in U(S) counts only beyond "
+                                                  "z paired standard errors")
 
 
 class PolicyConfig(Strict):

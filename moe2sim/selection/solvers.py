@@ -183,43 +183,44 @@ def subsets_above(problem: SelectionProblem, budgets: Budgets, threshold: float)
     return found
 
 
-def near_best(problem: SelectionProblem, candidates: Iterable[int], best: int, single: int) -> int:
-    """The default rule's choice, given the point-estimate optimum `best` and the best feasible single expert
-    `single`: with d(A, B) = U(A) − U(B) and SE its paired standard error,
-    - a mixture must earn its place: S qualifies only if d(S, single) > z · SE(S − single);
-    - and be as good as the optimum on what the data can tell: d(best, S) ≤ z · SE(best − S);
-    of the qualifying candidates the cheapest in worst-case energy (then the fewest experts, then the
-    highest U); `single` when none qualifies (always, when the optimum itself does not beat it)."""
+# How the uncertainty-aware rules choose among the subsets that qualify (see `choose`).
+PREFERENCES: dict[str, Callable[[SelectionProblem, int], tuple]] = {
+    "significant": lambda p, m: (-p.U(m), m.bit_count()),                      # the highest U, then fewer experts
+    "near_best": lambda p, m: (p.energy_of(m), m.bit_count(), -p.U(m)),       # the cheapest worst-case energy
+}
+
+
+def choose(problem: SelectionProblem, candidates: Iterable[int], best: int, single: int, rule: str) -> int:
+    """The uncertainty-aware choice, given the point-estimate optimum `best` and the best feasible single
+    expert `single`; with d(A, B) = U(A) − U(B) and SE its paired standard error, S qualifies if
+    - it beats the single expert: d(S, single) > z · SE(S − single) (a mixture must earn its place), and
+    - the optimum does not beat it: d(best, S) ≤ z · SE(best − S);
+    of those, the rule's preference (PREFERENCES); `single` when none qualifies."""
     estimate, z = problem.utility, problem.z
 
     def beats(a: int, b: int) -> bool:
         return problem.U(a) - problem.U(b) > z * estimate.se_difference(a, b) + 1e-12
 
     qualified = [m for m in candidates if beats(m, single) and not beats(best, m)]
-    return min(qualified, key=lambda m: (problem.energy_of(m), m.bit_count(), -problem.U(m)), default=single)
+    return min(qualified, key=lambda m: PREFERENCES[rule](problem, m), default=single)
 
 
-def solve_near_best(problem: SelectionProblem, budgets: Budgets) -> Selection:
-    """MoE²'s default coarse level (near_best): the exact optimum Ŝ of the point estimate (solve_exact) and
-    the best single expert, then near_best over the feasible subsets that can be within z standard errors
-    of Ŝ (subsets_above at U(Ŝ) − z · se_bound(Ŝ), a bound on every paired SE, so the pruned search
-    misses none)."""
+def solve_uncertain(problem: SelectionProblem, budgets: Budgets, rule: str, exhaustive: bool = False) -> Selection:
+    """An uncertainty-aware rule (`choose`): the exact optimum Ŝ of the point estimate (solve_exact) and the best
+    single expert, then `choose` over the feasible subsets that can be within z standard errors of Ŝ
+    (subsets_above at U(Ŝ) − z · se_bound(Ŝ), a bound on every paired SE, so the pruned search misses
+    none). `exhaustive`: the reference, the same rule over every feasible subset."""
     if not isinstance(problem.utility, UtilityEstimate):
-        raise ValueError("near_best needs a UtilityEstimate (U with its standard errors)")
+        raise ValueError(f"{rule} needs a UtilityEstimate (U with its standard errors)")
     start = problem.begin()
-    best, single = solve_exact(problem, budgets).mask, _best_single(problem, budgets)
-    threshold = problem.U(best) - problem.z * problem.utility.se_bound(best)
-    mask = near_best(problem, subsets_above(problem, budgets, threshold), best, single)
-    return Selection(mask, problem.U(mask), len(problem.touched), time.perf_counter() - start, "near_best")
-
-
-def solve_near_best_exhaustive(problem: SelectionProblem, budgets: Budgets) -> Selection:
-    """Reference of near_best: the same rule over every feasible subset."""
-    start = problem.begin()
-    best, single = solve_exhaustive(problem, budgets).mask, _best_single(problem, budgets)
-    mask = near_best(problem, list(feasible_subsets(problem, budgets)), best, single)
+    if exhaustive:
+        best, candidates = solve_exhaustive(problem, budgets).mask, list(feasible_subsets(problem, budgets))
+    else:
+        best = solve_exact(problem, budgets).mask
+        candidates = subsets_above(problem, budgets, problem.U(best) - problem.z * problem.utility.se_bound(best))
+    mask = choose(problem, candidates, best, _best_single(problem, budgets), rule)
     return Selection(mask, problem.U(mask), len(problem.touched), time.perf_counter() - start,
-                     "near_best_exhaustive")
+                     rule + ("_exhaustive" if exhaustive else ""))
 
 
 def runners_up(problem: SelectionProblem, budgets: Budgets, chosen: int, count: int = 3) -> list[dict]:
@@ -318,8 +319,8 @@ def solve_all_fit(problem: SelectionProblem, budgets: Budgets, rng: np.random.Ge
 
 
 SOLVERS: dict[str, Callable[[SelectionProblem, Budgets, np.random.Generator], Selection]] = {
-    "near_best": lambda p, b, rng: solve_near_best(p, b),
-    "near_best_exhaustive": lambda p, b, rng: solve_near_best_exhaustive(p, b),
+    **{rule + tail: (lambda p, b, rng, rule=rule, exhaustive=bool(tail): solve_uncertain(p, b, rule, exhaustive))
+       for rule in PREFERENCES for tail in ("", "_exhaustive")},
     "monotone": lambda p, b, rng: solve_monotone(p, b),
     "exact": lambda p, b, rng: solve_exact(p, b),
     "exhaustive": lambda p, b, rng: solve_exhaustive(p, b),

@@ -157,9 +157,9 @@ AGGREGATORS: dict[str, Callable[[Scenario, QualityData], Aggregator]] = {
 
 
 def moe2_selection(scenario: Scenario) -> SelectionMethod:
-    """MoE²'s coarse level: the scenario's selection method, `near_best` where it names none."""
+    """MoE²'s coarse level: the scenario's selection method, `significant` where it names none."""
     method = scenario.policy.selection.method
-    return "near_best" if method == "none" else method
+    return "significant" if method == "none" else method
 
 
 def selecting(scenario: Scenario, method: SweepMethod = "moe2") -> Scenario:
