@@ -182,9 +182,12 @@ SweepMethod = Literal["moe2", "best_single", "greedy_energy", "random", "all_fit
 class SelectionConfig(Strict):
     """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
 
-    monotone: MoE²'s discrete monotonic optimisation (exact when U is monotone); exact: the same search
-    with a bound valid for any U; exhaustive: the reference; the rest are baselines
-    (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
+    significant (MoE²'s default in sweeps and `select`): the optimum of U(S), but a mixture only where it
+    beats the best single expert by z paired standard errors; near_best: the cheapest such subset not
+    significantly worse than the optimum; monotone: MoE²'s discrete monotonic optimisation (exact when U
+    is monotone); exact: the same search with a bound valid for any U (the paper's rule on the point
+    estimate); exhaustive, *_exhaustive: the references; the rest are baselines
+    (moe2sim/selection/solvers.py); none: the whole `subset` (or all experts), budgets ignored.
     """
 
     method: SelectionMethod = "none"

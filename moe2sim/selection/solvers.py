@@ -4,7 +4,18 @@
                          Σ (k largest E[n], n ∈ S) ≤ Ē                      (worst-case energy)
 
 D and E are worst-case per-expert figures (problem.py builds them from a scenario); U is the
-validation quality of the frozen gate restricted to S. Both constraint functions only grow
+held-out quality of the frozen gate restricted to S, an estimate with a standard error
+(estimate.py).
+
+The default rule, `significant`, does not chase that estimate's noise: with Ŝ the exact optimum of
+U, b the best feasible single expert and SE the paired standard error of a difference in U,
+    S qualifies  ⇔  U(S) − U(b) > z·SE(S − b)      (a mixture must beat the single expert)
+                    and U(Ŝ) − U(S) ≤ z·SE(Ŝ − S)   (and be as good as the optimum, as far as U can tell)
+and the choice is the qualifying S with the highest U (`near_best`: the least worst-case energy), or
+b when none qualifies (z = 1.96 by default, `policy.selection.z`). Every qualifying S lies above
+U(Ŝ) − z·se_bound(Ŝ), so a search pruned by the oracle bound at that threshold (subsets_above) is exact;
+`*_exhaustive` apply the same rule to every feasible subset. The paper's rule on the point estimate
+is `exact` (or `monotone`, MoE²'s own search). Both constraint functions only grow
 with S, so feasible sets are closed under taking subsets; when U is non-decreasing too, the
 best-first branch and bound below is exact:
 
