@@ -352,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-query energy budget, J > 0 (default: the scenario's)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S",
                    help="a category's latency budget, s > 0; repeat per category (default: the scenario's)")
-    p.add_argument("--method", help="selection method (default: the scenario's): monotone, exact, exhaustive, "
-                                    "best_single, greedy_energy, random, all_fit")
+    p.add_argument("--method", help="selection method (default: the scenario's, significant if it has none): "
+                                    "significant, near_best, monotone, exact, exhaustive, significant_exhaustive, "
+                                    "near_best_exhaustive, best_single, greedy_energy, random, all_fit")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--set", **overrides)
 
