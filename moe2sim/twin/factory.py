@@ -20,7 +20,7 @@ from moe2sim.data.leakage import read_leakage, without_leaks
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.devices.profiles import DeviceProfile, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
-from moe2sim.devices.sharing import DeviceLaw
+from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.crossfit import CrossFit
@@ -32,7 +32,7 @@ from moe2sim.selection.estimate import UtilityEstimate, prompt_correctness
 from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem
 from moe2sim.selection.selector import Selector
 from moe2sim.selection.solvers import InfeasibleBudgets
-from moe2sim.sim.engine import SimulatedExpert
+from moe2sim.sim.entities import SimulatedExpert
 from moe2sim.workload import QueryBatch, Workload
 
 
