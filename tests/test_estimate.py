@@ -201,3 +201,15 @@ def test_shipped_leaks_lower_metamath_on_gsm8k_train_only():
     changed = np.zeros_like(measured, bool)
     changed[gsm8k, j] = True
     np.testing.assert_array_equal(corrected[~changed], measured[~changed])
+
+
+@pytest.mark.parametrize("override, field", [("policy.cross_fit=missing.npz", "cross-fitted logits not found"),
+                                             ("traces.leakage=missing.csv", "leakage table not found")])
+def test_missing_selection_inputs_are_one_line_errors(capsys, override, field):
+    from conftest import PAPER
+    from moe2sim.cli import main
+
+    code = main(["select", str(PAPER), "--set", override])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert field in err and "missing" in err and len(err.strip().splitlines()) == 1
