@@ -14,6 +14,7 @@ from moe2sim.cli.argtypes import (HelpFormatter, at_least, attach_values, positi
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
+FOLDS = at_least(2)  # argparse type: a number of cross-fitting folds
 MAX_REPLICATIONS = 10_000  # each replication keeps its summary in memory
 
 
@@ -111,9 +112,15 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     from moe2sim.routing.gate import TrainConfig
 
     data = Path(args.data)
-    out = Path(args.out) if args.out else data / "gate.pt"
+    out = Path(args.out) if args.out else data / ("gate_crossfit.npz" if args.cross_fit else "gate.pt")
     _check_file_out(out, "--out" if args.out else "--data")
     config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
+    if args.cross_fit:
+        from moe2sim.routing.evaluation import cross_fit_on
+
+        cross_fit_on(data, config, args.cross_fit, args.fold_seed).save(out)
+        print(f"cross-fitted logits of every train prompt ({args.cross_fit} folds, fold seed {args.fold_seed}) -> {out}")
+        return 0
     gate = train_on(data, config)
     gate.save(out)
     info = gate.info
@@ -178,7 +185,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(_strict_json(out))
         return 0
     print(f"subset  {', '.join(out['subset'])}   (method {out['method']}, top-{out['k']})")
-    print(f"U(S)    {out['U']:.4f}  validation accuracy of the gate restricted to S")
+    print(f"U(S)    {out['U']:.4f} ± {out['U_se']:.4f}  accuracy of the gate restricted to S on the "
+          f"{out['U_source']} ({out['U_prompts']} prompts), routed from the {out['routing']}")
+    for row in out["compared"][1:]:
+        print(f"        {row['U']:.4f} ± {row['U_se']:.4f}  {', '.join(row['subset'])} ({row['role']}; "
+              f"{row['U_minus_chosen']:+.4f} ± {row['U_minus_chosen_se']:.4f} paired, "
+              f"{row['worst_case_energy_J']:.0f} J)")
     print(f"binding {', '.join(out['binding']) or 'none: every expert is selected'}")
     print(f"solver  {out['sets_evaluated']} sets evaluated in {out['solver_seconds'] * 1e3:.2f} ms "
           f"(of {out['subsets_total']} subsets)")
@@ -333,8 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-query energy budget, J > 0 (default: the scenario's)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S",
                    help="a category's latency budget, s > 0; repeat per category (default: the scenario's)")
-    p.add_argument("--method", help="selection method (default: the scenario's): monotone, exact, exhaustive, "
-                                    "best_single, greedy_energy, random, all_fit")
+    p.add_argument("--method", help="selection method (default: the scenario's, significant if it has none): "
+                                    "significant, near_best, monotone, exact, exhaustive, significant_exhaustive, "
+                                    "near_best_exhaustive, best_single, greedy_energy, random, all_fit")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--set", **overrides)
 
@@ -387,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
                    help="per-expert correctness or MoE²'s mixture cross-entropy; see moe2sim/routing/gate.py")
     p.add_argument("--epochs", type=POSITIVE_INT, default=60, help="maximum epochs (early stopping on validation)")
+    p.add_argument("--cross-fit", type=FOLDS, metavar="K",
+                   help="instead of one gate: K gates, each scoring the train fold it did not train on; writes "
+                        "the cross-fitted logits U(S) is estimated from (default --out: DATA/gate_crossfit.npz)")
+    p.add_argument("--fold-seed", type=_seed, default=0, help="seed of the --cross-fit fold assignment")
 
     p = command("eval-gate", cmd_eval_gate, "test-split accuracy of the gate and the baselines, pooled and per task")
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")
