@@ -31,7 +31,8 @@ def blocks(kind: str) -> list[str]:
 
 def records(task: str, split: str) -> list[dict]:
     """A task's prompts and the three models' scores: qa 0/1 with choices A.–D. in each prompt, code the
-    fraction of 5 sampled programs that passed; no model right everywhere, the oracle above every model."""
+    fraction of 5 sampled programs that passed; no model right everywhere (no one answers the first qa
+    prompt), the oracle above every model."""
     rng = np.random.default_rng(len(task) * 10 + len(split))
     out = []
     for i in range(SIZES[(task, split)]):
@@ -39,7 +40,7 @@ def records(task: str, split: str) -> list[dict]:
         if task == "qa":
             question = (f"({split} {i}) Which word names a kind of {thing}?\nA. {thing}-{i}\nB. stone\nC. cloud\n"
                         "D. paper\nAnswer:")
-            scores = {m: float(rng.random() < p) for m, p in zip(MODELS, (0.4, 0.5, 0.7))}
+            scores = {m: float(rng.random() < p and i > 0) for m, p in zip(MODELS, (0.4, 0.5, 0.7))}
         else:
             question = f"({split} {i}) Write a Python function that returns the number of {thing}s in a list."
             scores = {m: float(rng.integers(0, 6)) / 5 for m in MODELS}
