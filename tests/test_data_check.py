@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from moe2sim.cli import main
-from moe2sim.data.check import MIN_VALIDATION, check_data
+from moe2sim.routing.data_check import MIN_VALIDATION, check_data
 
 MODELS = ["a", "b", "c"]
 

@@ -102,7 +102,7 @@ def _task_values(items: list[str], flag: str, parse) -> dict[str, object]:
 
 
 def _print_check(data: Path) -> None:
-    from moe2sim.data.check import check_data
+    from moe2sim.routing.data_check import check_data
 
     print(f"data check of {data}/:")
     print(check_data(data).format())
@@ -135,7 +135,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from moe2sim.data.check import check_data
+    from moe2sim.routing.data_check import check_data
 
     check = check_data(Path(args.data))
     if args.json:

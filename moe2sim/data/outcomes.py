@@ -298,7 +298,7 @@ def mistral_token_counter() -> Callable[[str], int]:
 class OutcomeTables:
     """The prompt and long quality tables (schemas in traces/README.md), the prompts dropped for a missing
     outcome, each task's scoring rule and answer choices (with where they came from) and notes on the
-    data (index columns dropped, constant model columns; data/check.py flags the rest)."""
+    data (index columns dropped, constant model columns; routing/data_check.py flags the rest)."""
 
     prompts: pd.DataFrame
     quality: pd.DataFrame
