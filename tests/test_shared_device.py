@@ -1,4 +1,4 @@
-"""The shared-device service model (moe2sim.sim.shared) against hand calculations and closed forms.
+"""The shared-device service model (moe2sim.sim.batched_device) against hand calculations and closed forms.
 
 - Hand cases: two requests on one device progress at 1/(1 + β(n − 1)) of batch-1 speed each.
 - β = 0, g = P1 − P_idle, max_batch = c: exactly c independent slots (leg by leg equal to the
@@ -19,9 +19,9 @@ import simpy
 import yaml
 
 from conftest import profile_dict, single_expert_raw, sourced
-from moe2sim.devices.sharing import DeviceLaw
+from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.scenario import load_scenario
-from moe2sim.sim.shared import SharedDevice
+from moe2sim.sim.batched_device import BatchedDevice
 from moe2sim.twin import Twin
 from test_queueing import MEAN_TOKENS, RATE, assert_close_to, batch_means
 
@@ -39,7 +39,7 @@ class FakePlan:
 
 def run_device(law: DeviceLaw, plan: FakePlan, reach: list[float], powers=(30.0, 20.0), ttft=None) -> FakePlan:
     env = simpy.Environment()
-    device = SharedDevice(env, law, {0: powers}, {0: ttft})
+    device = BatchedDevice(env, law, {0: powers}, {0: ttft})
     for j, t in enumerate(reach):
         env.timeout(t, (plan, 0, j)).callbacks.append(device.port(0).arrive)
     env.run()
@@ -203,7 +203,7 @@ def test_decode_slows_with_the_other_requests_contexts():
     law = DeviceLaw(8, beta_decode=0.0, beta_prefill=0.0, power_growth_W=0.0, max_power_W=math.inf,
                     idle_power_W=0.0, kappa_decode=0.5)
     env = simpy.Environment()
-    device = SharedDevice(env, law, {0: (30.0, 20.0)}, {0: None})
+    device = BatchedDevice(env, law, {0: (30.0, 20.0)}, {0: None})
     long, short = FakePlan([0.0], [1.0], [1.0], 1000.0), FakePlan([0.0], [1.0], [1.0], 0.0)
     for plan in (long, short):
         env.timeout(0.0, (plan, 0, 0)).callbacks.append(device.port(0).arrive)

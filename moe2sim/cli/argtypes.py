@@ -14,12 +14,14 @@ def whole(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
-def at_least(least: int) -> Callable[[str], int]:
-    """A whole number ≥ least."""
+def at_least(least: int, most: int | None = None) -> Callable[[str], int]:
+    """A whole number ≥ least (and ≤ most, when given)."""
     def parse(text: str) -> int:
         value = whole(text)
         if value < least:
             raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,}, got {value:,}")
         return value
     return parse
 

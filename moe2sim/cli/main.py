@@ -13,6 +13,7 @@ from moe2sim.cli.argtypes import at_least, positive_float, positive_floats, whol
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
+MAX_REPLICATIONS = 10_000  # each replication keeps its summary in memory
 
 
 def _print_table(rows: list[list[object]], header: list[str]) -> None:
@@ -278,7 +279,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     from moe2sim.report.html import SUMMARY_HEADER, summary_rows
     from moe2sim.scenario import load_scenario
 
-    load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built
+    scenario = load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built
+    if scenario.env is None:  # an episode is env.windows × env.window_s long: queries/duration_s would be ignored
+        raise InputError(scenario.file, "env", "the scenario has no env block (window_s, windows, action), so it "
+                         "defines no episode: add one, or simulate it with `moe2sim run`")
     out = _output(args, Path("runs") / f"rollout-{Path(args.agent).stem}")
     summary = rollout(args.scenario, args.set, args.agent, out, args.seed, args.windows)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
@@ -339,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. policy.k=3 or categories.gsm8k.latency_budget_s=5")
-    replications = dict(type=POSITIVE_INT, default=1, metavar="R",
-                        help="independent replications (seeds: the scenario seed + 0..R-1); every metric gets a 95 %% "
-                             "Student-t interval across them (R = 1: batch means within the run)")
+    replications = dict(type=at_least(1, MAX_REPLICATIONS), default=1, metavar="R",
+                        help=f"independent replications, 1 to {MAX_REPLICATIONS:,} (seeds: the scenario seed + 0..R-1); "
+                             "every metric gets a 95 %% Student-t interval across them (R = 1: sectioning within the "
+                             "run, flagged where the run is too short to trust it)")
     backend_flag = dict(choices=["local", "ray"], default="local",
                         help="local: a process pool on this machine; ray: a Ray cluster (extra: pip install "
                              "'moe2sim[ray]')")

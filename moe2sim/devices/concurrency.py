@@ -1,7 +1,7 @@
 """Fitting the shared-device law to a device trace measured at several concurrency levels.
 
 A trace row at concurrency n is one of n equal requests started together and served together
-(n stays n for the whole request), so the law of moe2sim.devices.sharing predicts
+(n stays n for the whole request), so the law of moe2sim.devices.batching_law predicts
     decode(n, o) = o / decode_tokens_per_s · (1 + β_d (n − 1) + κ (n − 1) p / 1000)   (κ: the others' contexts)
     ttft(n, p)   = (ttft_base_s + p / prefill_tokens_per_s) · (1 + β_p (n − 1))     prefill_law "slowdown"
                  =  ttft_base_s + n p / prefill_tokens_per_s                         prefill_law "tokens"

@@ -12,7 +12,7 @@ rails, GPU board or wall plug: energies across boundaries are not comparable); i
 charged separately, to every device for the whole run. Every value carries where it came from.
 
 A profile also says what it is: serving `stack`, `quantisation`, `power_mode`. Optional blocks:
-- `batching`: how the device serves n requests at once (moe2sim.devices.sharing): per-request
+- `batching`: how the device serves n requests at once (moe2sim.devices.batching_law): per-request
   decode step τ_d(n) = τ_d(1)·(1 + β_d(n−1) + κ·P_others/1000) (P_others: the other running requests'
   prompt tokens, whose KV caches every batched step reads; κ optional, 0 without), prefill likewise
   with β_p (`prefill_law: slowdown`) or as one prefill of n times the prompt under the TTFT law above
@@ -41,7 +41,7 @@ Provenance = Literal["measured", "published", "derived", "assumed"]
 Stack = Literal["llama.cpp", "mlc", "vllm", "transformers", "tensorrt-llm"]
 EnergyBoundary = Literal["module", "gpu", "wall", "none"]   # none: no meter (latency-only profile)
 TtftLaw = Literal["additive", "roofline"]
-PrefillLaw = Literal["slowdown", "tokens"]   # how prefill slows with n running (moe2sim.devices.sharing)
+PrefillLaw = Literal["slowdown", "tokens"]   # how prefill slows with n running (moe2sim.devices.batching_law)
 
 # time to first token (s) from (ttft_base_s, prefill_tokens_per_s, prompt tokens): see the module docstring
 TTFT_LAWS: dict[str, Callable[[float, float, np.ndarray], np.ndarray]] = {

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from moe2sim.envs.handler import WindowStats
-from moe2sim.sim.engine import EdgeSimulation, Plan
+from moe2sim.sim.engine import EdgeSimulation
+from moe2sim.sim.entities import Plan
 from moe2sim.sim.records import finish_times, leg_end
 from moe2sim.sim.site import DailyProfile
 

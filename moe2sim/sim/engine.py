@@ -4,7 +4,7 @@ Per query i routed to experts S_i (|S_i| = k), each leg j on expert n:
     request reaches n  at  a_i + up_n(i)            up = prompt bytes / uplink rate + propagation
     service starts     at  the FIFO turn of a free slot of n   (`slots` identical servers, FIFO)
     service time          ttft + decode              (ServiceModel)
-    on a shared device    the device's batching law (moe2sim.sim.shared): n running requests each
+    on a shared device    the device's batching law (moe2sim.sim.batched_device): n running requests each
                           progress at 1/(1 + β(n−1)) of batch-1 speed, P(n) split among them
     answer is back     at  end + down_n(i)           down = output bytes / downlink rate + propagation
     latency_i = max_j (answer back) - a_i + aggregation time
@@ -16,154 +16,22 @@ computes its start by the Kiefer–Wolfowitz recursion, in reach order, once no 
 reach it (instead of a process and simpy.Resource request/release events per leg), which is what
 keeps the model fast. Legs on a shared device are SimPy events (arrival, completion).
 """
+
 from __future__ import annotations
 
-import heapq
 import math
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
-import pandas as pd
 import simpy
 
-from moe2sim.devices.service import ServiceModel
-from moe2sim.devices.sharing import DeviceLaw
 from moe2sim.policy import MixturePolicy
-from moe2sim.scenario import Link
-from moe2sim.selection.budgets import Budgets
-from moe2sim.sim.records import Legs, frames
-from moe2sim.sim.shared import DevicePort, SharedDevice
+from moe2sim.sim.batched_device import BatchedDevice, DevicePort
+from moe2sim.sim.entities import Plan, SimResult, SimulatedExpert
 from moe2sim.sim.site import SiteSchedule
+from moe2sim.sim.slot_server import SlotServer
 from moe2sim.workload import QueryBatch
-
-
-@dataclass(frozen=True)
-class SimulatedExpert:
-    """An expert as the simulator sees it: its name, slots, link, service model and idle power (its share
-    of its device's). With a `law`, it runs on the shared device `device` (experts with the same device
-    share one); `powers` = its batch-1 (prefill, decode) device power, `ttft` its profile's batch-1 TTFT law.
-    Without, its slots are independent."""
-
-    name: str
-    slots: int
-    link: Link
-    service: ServiceModel
-    idle_power_W: float
-    device: str = ""
-    law: DeviceLaw | None = None
-    powers: tuple[float, float] = (0.0, 0.0)
-    ttft: Callable[[np.ndarray], np.ndarray] | None = None  # batch-1 TTFT law (prompt tokens -> s) on the device
-
-
-@dataclass
-class Plan:
-    """A batch of queries with their routing and leg timings; start_s is filled in as legs start."""
-
-    batch: QueryBatch
-    experts: np.ndarray        # (n, k)
-    weights: np.ndarray        # (n, k)
-    score: np.ndarray          # (n,) probability that the combined answer is right, given the experts
-    correct: np.ndarray        # (n,) bool: the combined answer was right (seeded draw)
-    uplink_s: np.ndarray       # (n, k)
-    downlink_s: np.ndarray     # (n, k)
-    ttft_s: np.ndarray         # (n, k)
-    decode_s: np.ndarray       # (n, k)
-    energy_J: np.ndarray       # (n, k) active energy
-    subset: str                # the allowed subset S when the batch was routed
-    worst_delay_s: np.ndarray  # (n,) predicted worst-case delay of S for the query's category (NaN: no selector)
-    worst_energy_J: float      # predicted worst-case energy of S (NaN: no selector)
-    budgets: Budgets | None    # budgets in force when routed (None: the scenario's)
-    first_id: int              # query_id of the batch's first query
-    start_s: np.ndarray = field(init=False)
-    service_s: list[list[float]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.start_s = np.full(self.experts.shape, np.nan)
-        self.service_s = (self.ttft_s + self.decode_s).tolist()
-
-    def legs(self, prompt_ids: np.ndarray, latency_budget_s: np.ndarray, energy_budget_J: float) -> Legs:
-        """The plan as record inputs; budgets are those in force when routed, else the given ones."""
-        b, n = self.batch, len(self.batch)
-        if self.budgets is not None:
-            latency_budget_s, energy_budget_J = self.budgets.latency_s, self.budgets.energy_J
-        return Legs(
-            query_id=np.arange(self.first_id, self.first_id + n), category=b.category, prompt_id=prompt_ids[b.prompt],
-            arrival_s=b.arrival_s, prompt_tokens=b.prompt_tokens, output_tokens=b.output_tokens,
-            experts=self.experts, weights=self.weights, score=self.score, correct=self.correct,
-            energy_J=self.energy_J,
-            uplink_s=self.uplink_s, queue_s=self.start_s - b.arrival_s[:, None] - self.uplink_s, ttft_s=self.ttft_s,
-            decode_s=self.decode_s, downlink_s=self.downlink_s, start_s=self.start_s,
-            latency_budget_s=latency_budget_s[b.category], energy_budget_J=np.full(n, energy_budget_J),
-            subset=np.repeat(self.subset, n), predicted_worst_delay_s=self.worst_delay_s,
-            predicted_worst_energy_J=np.full(n, self.worst_energy_J))
-
-
-@dataclass
-class SimResult:
-    plans: list[Plan]
-    experts: list[SimulatedExpert]
-    run_s: float
-    aggregation_s: float
-
-    def records(self, prompt_ids: np.ndarray, categories: list[str], latency_budget_s: np.ndarray,
-                energy_budget_J: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Per-query and per-leg tables (moe2sim.sim.records) of a finished simulation."""
-        names = [e.name for e in self.experts]
-        blocks = [p.legs(prompt_ids, latency_budget_s, energy_budget_J).tables(names, self.aggregation_s)
-                  for p in self.plans]
-        return frames(blocks, categories, names)
-
-
-class SlotServer:
-    """One expert: a FIFO queue in front of `slots` identical servers (a G/G/c station).
-
-    A leg's service time is known when it reaches the server, so its start follows from the legs that
-    reached the server before it, by the Kiefer–Wolfowitz recursion: in order of reach time, each takes
-    the slot that frees first,
-        slot_at = max(reach, min_k free_k),   start = up_at(slot_at),   free_k ← start + service
-    (the slot is held while the expert is down). Legs wait in an inbox ordered by reach time and are
-    settled up to a time once none can still reach the server before it (the engine settles at each new
-    batch and whenever it stops the clock), so a leg costs no SimPy event. Observable state: `queued`
-    (reached, no slot yet) and `done_at` (when the last leg settled so far finishes).
-    """
-
-    def __init__(self, env: simpy.Environment, slots: int, up_at: Callable[[float], float] | None = None):
-        self.env = env
-        self.up_at = up_at  # when the expert can next work from a time (it may be down: moe2sim/sim/site.py)
-        self.free = [0.0] * slots                           # heap: when each slot frees up
-        self.inbox: list[tuple[float, int, Plan, int, int]] = []  # heap: (reach, arrival order, plan, i, j)
-        self.slot_at: list[float] = []                      # heap: when each queued leg gets its slot
-        self.received = 0
-        self.done_at = 0.0
-
-    def receive(self, reach: float, plan: Plan, i: int, j: int) -> None:
-        heapq.heappush(self.inbox, (reach, self.received, plan, i, j))
-        self.received += 1
-
-    def settle(self, until: float) -> None:
-        """Start, in reach order, every leg that reached the server before `until`."""
-        inbox, free, up_at = self.inbox, self.free, self.up_at
-        while inbox and inbox[0][0] < until:
-            reach, _, plan, i, j = heapq.heappop(inbox)
-            slot_at = max(reach, free[0])
-            start = slot_at if up_at is None else up_at(slot_at)
-            plan.start_s[i, j] = start
-            end = start + plan.service_s[i][j]
-            heapq.heapreplace(free, end)
-            if slot_at > reach:
-                heapq.heappush(self.slot_at, slot_at)
-            if end > self.done_at:
-                self.done_at = end
-
-    @property
-    def queued(self) -> int:
-        now, slot_at = self.env.now, self.slot_at
-        self.settle(now)
-        while slot_at and slot_at[0] <= now:
-            heapq.heappop(slot_at)
-        return len(slot_at)
 
 
 def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
@@ -172,7 +40,7 @@ def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
     """One server per expert: its own SlotServer (down when the site says, `up_at(n)`), or its port on the
     shared device it names (the law of the device's first expert governs it; site outages are not applied
     to shared devices)."""
-    devices: dict[str, SharedDevice] = {}
+    devices: dict[str, BatchedDevice] = {}
     servers: list[SlotServer | DevicePort] = []
     for x, e in enumerate(experts):
         if e.law is None:
@@ -180,7 +48,7 @@ def build_servers(env: simpy.Environment, experts: list[SimulatedExpert],
             continue
         key = e.device or f"expert:{e.name}"
         if key not in devices:
-            devices[key] = SharedDevice(env, e.law, {}, {})
+            devices[key] = BatchedDevice(env, e.law, {}, {})
         devices[key].powers[x] = e.powers
         devices[key].ttft[x] = e.ttft
         servers.append(devices[key].port(x))

@@ -19,7 +19,7 @@ from moe2sim.data.embeddings import load_embeddings
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.devices.profiles import DeviceProfile, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
-from moe2sim.devices.sharing import DeviceLaw
+from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, Outcomes, WeightedVote
@@ -29,7 +29,7 @@ from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem, validation_utility
 from moe2sim.selection.selector import Selector
 from moe2sim.selection.solvers import InfeasibleBudgets
-from moe2sim.sim.engine import SimulatedExpert
+from moe2sim.sim.entities import SimulatedExpert
 from moe2sim.workload import QueryBatch, Workload
 
 

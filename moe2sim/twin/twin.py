@@ -13,7 +13,8 @@ from moe2sim.devices.profiles import DeviceProfile
 from moe2sim.policy import MixturePolicy
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets, budgets_of
-from moe2sim.sim.engine import EdgeSimulation, SimResult, SimulatedExpert
+from moe2sim.sim.engine import EdgeSimulation
+from moe2sim.sim.entities import SimResult, SimulatedExpert
 from moe2sim.sim.site import SiteSchedule
 from moe2sim.twin.factory import Inputs, build_experts, build_policy
 from moe2sim.workload import Workload

@@ -1,4 +1,4 @@
-"""A device shared by the requests running on it: an event-driven fluid model of moe2sim.devices.sharing.
+"""A device shared by the requests running on it: an event-driven fluid model of moe2sim.devices.batching_law.
 
 Each running request carries its remaining work of the current phase in batch-1 seconds (prefill:
 its sampled ttft; decode: its sampled decode time). Between events the number running, n, is fixed,
@@ -16,16 +16,14 @@ ttft = inf until their prefill ended) in their plan; their real values once done
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import simpy
 from simpy.events import Timeout
 
-from moe2sim.devices.sharing import DeviceLaw, Stretch
-
-if TYPE_CHECKING:
-    from moe2sim.sim.engine import Plan
+from moe2sim.devices.batching_law import DeviceLaw, Stretch
+from moe2sim.sim.entities import Plan
 
 EPS_S = 1e-9  # remaining batch-1 work below this is done (float residue of advancing)
 
@@ -34,7 +32,7 @@ class _Running:
     __slots__ = ("plan", "i", "j", "power", "prompt", "stretch", "work", "decode", "phase", "energy", "factor",
                  "start", "ttft")
 
-    def __init__(self, plan: "Plan", i: int, j: int, power: tuple[float, float], prompt: float, stretch: Stretch,
+    def __init__(self, plan: Plan, i: int, j: int, power: tuple[float, float], prompt: float, stretch: Stretch,
                  factor: float, start: float):
         self.plan, self.i, self.j, self.power, self.prompt, self.stretch = plan, i, j, power, prompt, stretch
         self.work = float(plan.ttft_s[i, j])
@@ -46,7 +44,7 @@ class _Running:
         self.ttft = 0.0
 
 
-class SharedDevice:
+class BatchedDevice:
     """One device, the experts placed on it, a FIFO queue and the running set (see the module docstring).
 
     `powers[x]` = (prefill W, decode W) of expert x at batch 1 (whole device, within its boundary);
@@ -59,7 +57,7 @@ class SharedDevice:
         self.powers = powers
         self.ttft = ttft
         self.running: list[_Running] = []
-        self.waiting: deque[tuple["Plan", int, int, int]] = deque()
+        self.waiting: deque[tuple[Plan, int, int, int]] = deque()
         self.t = 0.0
         self.version = 0
 
@@ -70,7 +68,7 @@ class SharedDevice:
     def port(self, expert: int) -> "DevicePort":
         return DevicePort(self, expert)
 
-    def arrive(self, job: tuple["Plan", int, int], expert: int) -> None:
+    def arrive(self, job: tuple[Plan, int, int], expert: int) -> None:
         self.waiting.append((*job, expert))
         if len(self.running) < self.law.max_batch:  # else nothing changes until a completion
             self._advance()
@@ -155,7 +153,7 @@ class SharedDevice:
                     for r in run)
         Timeout(self.env, delay, self.version).callbacks.append(self._timer)
 
-    def _factor(self, plan: "Plan", i: int, j: int, expert: int) -> float:
+    def _factor(self, plan: Plan, i: int, j: int, expert: int) -> float:
         """Sampled batch-1 energy / the profile's batch-1 energy of the same times (1 for the profile service)."""
         p_prefill, p_decode = self.powers[expert]
         idle = self.law.idle_power_W
@@ -174,7 +172,7 @@ class DevicePort:
 
     __slots__ = ("device", "expert")
 
-    def __init__(self, device: SharedDevice, expert: int):
+    def __init__(self, device: BatchedDevice, expert: int):
         self.device, self.expert = device, expert
 
     @property
@@ -186,7 +184,7 @@ class DevicePort:
         """0: a shared device's completions are SimPy events, so the simulation clock already covers them."""
         return 0.0
 
-    def receive(self, reach: float, plan: "Plan", i: int, j: int) -> None:
+    def receive(self, reach: float, plan: Plan, i: int, j: int) -> None:
         """Leg (plan, i, j) reaches the device at `reach` (a SimPy event)."""
         env = self.device.env
         Timeout(env, max(reach - env.now, 0.0), (plan, i, j)).callbacks.append(self.arrive)
