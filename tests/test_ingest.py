@@ -55,6 +55,12 @@ def test_named_column_counting_rows_is_an_index(tmp_path):
     assert "'idx' is a row index (whole numbers rising in order, 0..4)" in read.notes[0]
 
 
+def test_a_file_of_several_tasks_is_noted(tmp_path):
+    read = read_outcomes(wide_csv(tmp_path, eval_name=["mmlu", "mmlu", "gsm8k", "gsm8k", "hellaswag"],
+                                  a=[1, 0, 1, 0, 1]))
+    assert any("column 'eval_name' names 3 tasks" in n for n in read.notes)
+
+
 # --- scores ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, shown", [(3.0, "3.0"), (-0.5, "-0.5"), (float("inf"), "inf")])

@@ -251,6 +251,8 @@ def _wide_table(path: Path, df: pd.DataFrame) -> OutcomeRead:
                   and c not in cost_of.values() and not c.endswith(IGNORED_SUFFIXES)]
     index = {c: why for c in candidates if (why := _index_column(df, c))}
     notes = [f"{path}: column {c!r} is a row index ({why}), not a model: dropped" for c, why in index.items()]
+    notes += [f"{path}: column {c!r} names {df[c].nunique()} tasks; all of this file's prompts are one task (split "
+              "the file per task to see them apart)" for c in ("eval_name", "task") if c in df and df[c].nunique() > 1]
     models = [c for c in candidates if c not in index]
     if not models:
         raise InputError(path, None, "no model score columns (one numeric or true/false column per model)")
