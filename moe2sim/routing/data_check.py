@@ -3,9 +3,9 @@ data on which routing figures would mislead.
 
 Per task and split: prompts, models, the best single model on that split (in hindsight) and its accuracy,
 and the oracle (right if any model is right), both under each prompt's scoring rule (P(one answer right):
-aggregation.Outcomes). Flags (FLAGS): a model right on every prompt of a task, an oracle no better than the best single model, two
-models that agree on nearly every prompt, a validation part too small for U(S) to be trusted, and
-prompts shared between the train and test splits.
+aggregation.Outcomes). Flags (FLAGS): a model right on every prompt of a task, an oracle no better than
+the best single model, two models that agree on nearly every prompt, a validation part too small for U(S)
+to be trusted, and prompts shared between the train and test splits.
 """
 from __future__ import annotations
 
