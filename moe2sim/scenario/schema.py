@@ -156,11 +156,16 @@ class Diurnal(Strict):
 
 
 class Replay(Strict):
-    """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
+    """Arrivals from a file: CSV/Parquet with columns time_s[, category][, prompt_tokens, output_tokens], or a
+    production trace in a known format (workload.generator.REPLAY_FORMATS). A request without a category
+    column gets `category`, else one drawn by the mix; with token columns, its own prompt and output length."""
 
     process: Literal["replay"]
     file: PathText
     time_scale: PositiveFloat = 1.0
+    format: Literal["moe2sim", "azure_llm_2023"] = "moe2sim"
+    category: str | None = Field(None, description="the scenario category of every request of a file without a "
+                                                   "category column (default: drawn by the mix)")
 
     def peak_rate_per_s(self) -> None:
         return None  # the file's length bounds the run
