@@ -12,6 +12,8 @@ import yaml
 
 from conftest import MODEL, TRACES, profile_dict, single_expert_raw, sourced
 from moe2sim.devices.profiles import Spread, load_profile
+from moe2sim.cli import main
+from moe2sim.errors import InputError
 from moe2sim.devices.service import NoisyService, ProfileService, TraceReplayService
 from moe2sim.experiments.run import twin_summary
 from moe2sim.scenario import load_scenario
@@ -166,6 +168,58 @@ def test_summary_flags_mixed_energy_boundaries(write_scenario):
     assert summary["mixed_boundaries"] is True
     assert "not comparable" in summary["energy_boundary_note"]
     assert summary["experts"]["orin"]["energy_boundary"] == "module"
+
+
+def test_a_stated_reason_turns_the_boundary_warning_into_a_note(write_scenario):
+    """A scenario that says why its boundaries differ gets no warning, and its reason in the summary."""
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=50)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    raw["experts"].append({"name": "orin", "model": MODEL, "profile": "jetson-agx-orin-64gb-7b-q4"})
+    raw["mixed_boundaries"] = "a GPU board meter beside a module meter, on purpose"
+    twin = Twin.build(load_scenario(write_scenario(base=raw)))
+    result, queries, legs = twin.simulate()
+    summary = twin_summary(twin, queries, legs, result.run_s)
+    assert summary["mixed_boundaries"] is True and summary["energy_boundary_note"] == ""
+    assert summary["energy_boundary_reason"].endswith("a GPU board meter beside a module meter, on purpose")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_bundled_scenarios_use_one_boundary_or_say_why(path):
+    """A newcomer's first run prints no boundary warning: every bundled scenario mixes none or states why."""
+    scenario = load_scenario(path)
+    profiles = [load_profile(bundled) for bundled in (TRACES / "profiles" / f"{e.profile}.yaml"
+                                                      for e in scenario.experts)]
+    assert len({p.boundary for p in profiles}) == 1 or scenario.mixed_boundaries
+
+
+@pytest.mark.parametrize("other, field", [("rtx4090-8b-q4", "energy_boundary"),
+                                          ("h200-llama-3.2-1b", "batching.power_growth_W")])
+def test_experts_on_one_device_must_share_its_physics(write_scenario, capsys, other, field):
+    """Two experts on one `device:` whose profiles disagree on the device part are refused with one line
+    naming the scenario file and the expert's profile field (exit 2 through the CLI), not silently given
+    the first profile's law."""
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=20)
+    raw["experts"][0].update(profile="h200-llama-3.1-8b", device="box")
+    raw["experts"].append({"name": "other", "model": MODEL, "profile": other, "device": "box"})
+    path = write_scenario(base=raw)
+    with pytest.raises(InputError, match=rf"experts\.1\.profile: .*{field} = "):
+        Twin.build(load_scenario(path))
+    code = main(["run", str(path), "--quiet", "--out", str(path.parent / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err and "experts.1.profile" in err
+    assert not (path.parent / "out").exists()
+
+
+def test_experts_on_one_device_with_one_profile_share_it(write_scenario):
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=20)
+    raw["experts"][0].update(profile="h200-llama-3.1-8b", device="box")
+    raw["experts"].append({"name": "twin", "model": MODEL, "profile": "h200-llama-3.1-8b", "device": "box"})
+    twin = Twin.build(load_scenario(write_scenario(base=raw)))
+    assert twin.experts[0].law is twin.experts[1].law or twin.experts[0].law == twin.experts[1].law
 
 
 def test_budget_env_runs_with_shared_devices():

@@ -37,7 +37,7 @@ def run_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: fl
     """summary.json's metrics of one run (report/summary.py), the run length at least the last finish."""
     return summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
                      {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
-                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
+                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)}, twin.scenario.mixed_boundaries)
 
 
 def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:

@@ -434,7 +434,7 @@ def write_report(path, title: str, summary: dict[str, Any] | None, queries: pd.D
 past its category's latency budget; an energy violation, a query whose active energy exceeds the energy
 budget.</p>
 <p>Energy boundary per expert: {html.escape(boundaries_text(summary))}.
-<b>{html.escape(summary.get('energy_boundary_note', ''))}</b></p>{images(run_figures(summary, queries, budgets))}"""
+<b>{html.escape(summary.get('energy_boundary_note', ''))}</b>{html.escape(summary.get('energy_boundary_reason', ''))}</p>{images(run_figures(summary, queries, budgets))}"""
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;margin:.5em 0}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}img{{display:block;width:100%;max-width:825px;

@@ -332,6 +332,9 @@ class Outputs(Strict):
 class Scenario(Strict):
     name: Name
     description: str = ""
+    mixed_boundaries: str = Field("", description=(
+        "why the experts' energy boundaries differ (module rails, GPU board, wall plug), where they do on purpose: "
+        "runs then state it as a note instead of warning that the energy totals are not comparable"))
     seed: Seed = 0
     service_noise: bool = Field(False, description=(
         "draw every expert's service time and power with its profile's spread (lognormal, mean 1)"))
