@@ -16,7 +16,8 @@ A CPU trace with a `cpu_share` column (CPU seconds / wall seconds of the request
 warm rows, and only those with cpu_share ≥ 0.8 (measured while no other job took the core).
 MAPE, median absolute % error (robust to the load spikes of a shared machine) and bias (mean signed
 % error, + = over-predicts) for latency, TTFT and energy (active, and
-whole-device = active + idle × latency, where the trace has energy).
+whole-device = active + idle × latency, where the trace has energy); the held-out shapes are also scored per
+model, since a bias that flips sign by model cancels in the pooled row.
 
     python benchmarks/bench_fidelity.py [--trace PATH ...]
 """
@@ -158,7 +159,11 @@ def report(path: Path, min_cpu_share: float | None = None) -> None:
           + (f", idle {idle:.1f} W" if np.isfinite(idle) else ", no energy measured"))
     print("\n| held out | latency | TTFT | active energy | whole-device energy |")
     print("|---|---|---|---|---|")
-    print(row("leave-one-shape-out (fitted model)", score(loso(trace, idle), trace)))
+    held_out = loso(trace, idle)
+    print(row("leave-one-shape-out (fitted model)", score(held_out, trace)))
+    if trace["model"].nunique() > 1:  # a bias that flips sign by model cancels in the pooled row
+        for model, rows in trace.groupby("model", sort=False).groups.items():
+            print(row(f"  LOSO, {model}", score(held_out.loc[rows], trace.loc[rows])))
     if len(levels) > 1:
         law, slots = loco(trace, idle)
         print(row("leave-one-concurrency-out (shared-device law)", score(law, trace)))
