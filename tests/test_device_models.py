@@ -258,3 +258,29 @@ def test_h200_requests_batched_on_one_gpu_share_its_power(write_scenario):
     batched = profile.ttft_s(np.array([4 * 512.0]))[0] / profile.ttft_s(np.array([512.0]))[0]
     assert batched > 2  # 2,048 tokens are past the ~20 ms launch floor that hides 512
     np.testing.assert_allclose(shared["ttft_s"] / alone["ttft_s"], batched, rtol=1e-3)
+
+
+def test_a_freshly_measured_idle_power_moves_the_baseline_not_the_active_energy(write_scenario):
+    """`experts.0.idle_power_W` replaces the profile's idle power (the H200's was 121 W one day and 129 W the
+    next): idle energy follows it, the phase powers move by the same drift, so active energies are unchanged."""
+    path = TRACES / "profiles" / "h200-llama-3.1-8b.yaml"
+    raw = single_expert_raw(path, {"dist": "fixed", "mean": 64}, rate=1.0, queries=30)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    base = Twin.build(load_scenario(write_scenario("base.yaml", base=raw)))
+    raw["experts"][0]["idle_power_W"] = 128.8
+    fresh = Twin.build(load_scenario(write_scenario("fresh.yaml", base=raw)))
+    old, new = base.profiles[0], fresh.profiles[0]
+    assert fresh.experts[0].idle_power_W == 128.8 and new.idle_power_W.provenance == "measured"
+    assert new.decode_power_W.value - old.decode_power_W.value == pytest.approx(128.8 - old.idle_power_W.value)
+    _, _, legs_old = base.simulate()
+    _, _, legs_new = fresh.simulate()
+    assert np.allclose(legs_new["energy_J"], legs_old["energy_J"])
+
+
+def test_an_idle_power_above_a_phase_cap_is_refused(write_scenario):
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=5)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    raw["experts"][0]["idle_power_W"] = 690.0  # phase powers would pass the 700 W cap
+    with pytest.raises(InputError, match=r"experts\.0\.idle_power_W"):
+        Twin.build(load_scenario(write_scenario(base=raw)))

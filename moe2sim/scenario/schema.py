@@ -73,6 +73,9 @@ class Expert(Strict):
         "the device it runs on: experts naming the same device share it (its profile's batching law); "
         "unset: a device of its own"))
     service_noise: bool | None = Field(None, description="draw the profile's spread as noise; unset: the scenario's")
+    idle_power_W: Annotated[float, Field(ge=0, le=1e7)] | None = Field(None, description=(
+        "a freshly measured idle power of its device (W), in place of the profile's: idle drifts from day to day "
+        "(the H200's rose from 121 to 129 W), and every active energy is measured above it"))
 
 
 class FixedTokens(Strict):

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.data.embeddings import load_embeddings
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
-from moe2sim.devices.profiles import DeviceProfile, load_profile
+from moe2sim.devices.profiles import DeviceProfile, Sourced, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
 from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.errors import InputError
@@ -85,8 +86,28 @@ class Inputs:
             if not path.is_file():
                 raise InputError(self.scenario.file, f"experts.{i}.profile",
                                  f"unknown device profile '{ex.profile}' (no file {path})")
-            profiles.append(load_profile(path))
+            profiles.append(with_idle(load_profile(path), ex.idle_power_W, self.scenario.file, i))
         return profiles
+
+
+def with_idle(profile: DeviceProfile, idle_W: float | None, file: Path, i: int) -> DeviceProfile:
+    """The profile on a device whose idle power was measured afresh (`experts.i.idle_power_W`): idle drift
+    moves the device's baseline, so the phase powers move by the same amount and the active powers above idle
+    (what the model draws) stay as profiled."""
+    if idle_W is None:
+        return profile
+    shift = idle_W - profile.idle_power_W.value
+    field = f"experts.{i}.idle_power_W"
+    how = f"given by the scenario {file.name} ({field}) in place of the profile's {profile.idle_power_W.value:g} W"
+    update = {"idle_power_W": Sourced(value=idle_W, provenance="measured", source=how).model_dump()}
+    for phase in ("prefill_power_W", "decode_power_W"):
+        old = getattr(profile, phase)
+        update[phase] = {"value": old.value + shift, "provenance": "derived",
+                         "source": f"{old.value:g} W ({old.provenance}: {old.source}) {shift:+g} W of idle drift ({how})"}
+    try:
+        return DeviceProfile.model_validate(profile.model_dump() | update)
+    except ValidationError as exc:
+        raise InputError(file, field, exc.errors()[0]["msg"]) from None
 
 
 def outcomes_of(quality: QualityData) -> Outcomes:
