@@ -108,9 +108,9 @@ def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded
     server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2)
     start = time.perf_counter()
 
-    def joules() -> float:  # 40 W for the first 0.3 s, 50 W after
+    def joules() -> float:  # 40 W for the first second (the 0.2 s idle window, with room for a loaded machine)
         t = time.perf_counter() - start
-        return 40.0 * min(t, 0.3) + 50.0 * max(t - 0.3, 0.0)
+        return 40.0 * min(t, 1.0) + 50.0 * max(t - 1.0, 0.0)
 
     meter = SampledCounter(joules, "step-40-50W", 40.0)
     try:
@@ -120,13 +120,13 @@ def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded
         server.shutdown()
         meter.close()
     assert trace["idle_power_W"].iloc[0] == pytest.approx(40.0, rel=1e-2)
-    assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)
+    assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)  # the runs take seconds
     path = tmp_path / "trace.csv"
     trace.to_csv(path, index=False)
     path.with_suffix(".device.json").write_text(json.dumps({"power_limit_W": 300.0}))
     profile = fit(trace, path, "step", "cpu", None)
     assert profile.batching.max_power_W.value == 300.0 and profile.batching.max_power_W.provenance == "measured"
-    assert profile.idle_power_W.value == pytest.approx(40.0, rel=1e-2) and "after" in profile.idle_power_W.source
+    assert profile.idle_power_W.value == trace["idle_power_W"].iloc[0] and "50." in profile.idle_power_W.source
     path.with_suffix(".device.json").write_text(json.dumps({"meter": {"name": "none"}}))
     assert fit(trace, path, "step", "cpu", None).batching.max_power_W is None  # no limit recorded: none invented
 
