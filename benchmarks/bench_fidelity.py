@@ -16,7 +16,12 @@ A CPU trace with a `cpu_share` column (CPU seconds / wall seconds of the request
 warm rows, and only those with cpu_share ≥ 0.8 (measured while no other job took the core).
 MAPE, median absolute % error (robust to the load spikes of a shared machine) and bias (mean signed
 % error, + = over-predicts) for latency, TTFT and energy (active, and
-whole-device = active + idle × latency, where the trace has energy).
+whole-device = active + idle × latency, where the trace has energy); the held-out shapes are also scored per
+model, since a bias that flips sign by model cancels in the pooled row.
+
+Then the published Orin vLLM table (traces/devices/sources/jetson_ai_lab_orin_vllm_concurrency.csv, a table the
+law did not make): leave-one-model-out (moe2sim.sim.serving_bench.leave_one_model_out), the throughput at
+concurrency 8 of each model predicted with β fitted on the other six, beside independent slots.
 
     python benchmarks/bench_fidelity.py [--trace PATH ...]
 """
@@ -32,8 +37,9 @@ import pandas as pd
 
 from moe2sim.data.tables import DEVICE_TRACE_COLUMNS, read_table
 from moe2sim.devices.concurrency import fit_concurrency
-from moe2sim.devices.profiles import Sourced, fit_profile
+from moe2sim.devices.profiles import Sourced, fit_profile, load_profile
 from moe2sim.devices.service import TraceReplayService
+from moe2sim.sim.serving_bench import leave_one_model_out
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTITIES = ("latency", "ttft", "active_energy", "energy")
@@ -158,7 +164,11 @@ def report(path: Path, min_cpu_share: float | None = None) -> None:
           + (f", idle {idle:.1f} W" if np.isfinite(idle) else ", no energy measured"))
     print("\n| held out | latency | TTFT | active energy | whole-device energy |")
     print("|---|---|---|---|---|")
-    print(row("leave-one-shape-out (fitted model)", score(loso(trace, idle), trace)))
+    held_out = loso(trace, idle)
+    print(row("leave-one-shape-out (fitted model)", score(held_out, trace)))
+    if trace["model"].nunique() > 1:  # a bias that flips sign by model cancels in the pooled row
+        for model, rows in trace.groupby("model", sort=False).groups.items():
+            print(row(f"  LOSO, {model}", score(held_out.loc[rows], trace.loc[rows])))
     if len(levels) > 1:
         law, slots = loco(trace, idle)
         print(row("leave-one-concurrency-out (shared-device law)", score(law, trace)))
@@ -176,6 +186,21 @@ def report(path: Path, min_cpu_share: float | None = None) -> None:
     print("\ncells: MAPE % / median APE % (bias %, + = over-predicts)")
 
 
+def published_table_report() -> None:
+    table = pd.read_csv(ROOT / "traces" / "devices" / "sources" / "jetson_ai_lab_orin_vllm_concurrency.csv")
+    profile = load_profile(ROOT / "traces" / "profiles" / "jetson-agx-orin-64gb-8b-q4-vllm.yaml")
+    held = leave_one_model_out(table, profile, 2048, 128)
+    print("\n### published Orin vLLM table (2,048 in / 128 out): leave-one-model-out at concurrency 8\n")
+    print("| held-out model | published tok/s | β own | β of the others | law tok/s (error %) | "
+          "independent slots tok/s (error %) |")
+    print("|---|---|---|---|---|---|")
+    for r in held.itertuples():
+        print(f"| {r.model} | {r.published:.2f} | {r.beta_own:.3f} | {r.beta_others:.3f} | {r.law:.1f} "
+              f"({r.law_error_pct:+.1f}) | {r.slots:.1f} ({r.slots_error_pct:+.1f}) |")
+    print(f"| mean absolute error % | | | | {held['law_error_pct'].abs().mean():.1f} | "
+          f"{held['slots_error_pct'].abs().mean():.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trace", type=Path, nargs="*",
@@ -184,6 +209,7 @@ def main() -> None:
         report(path)
         if "cpu_share" in pd.read_csv(path, nrows=1).columns:  # a CPU trace on a shared machine
             report(path, CLEAN_CPU_SHARE)
+    published_table_report()
 
 
 if __name__ == "__main__":

@@ -14,16 +14,18 @@ instead of being read as a slowdown of the last one.
 
 Every new (prompt, output) shape at each level is first run `warmup` times, marked warm=false (the
 first run of a shape was 3-6x slower on the H200). Idle power is measured with the meter before the
-runs. Each request's energy is its share of the device's energy (hardware/attribution.py: each
+runs (idle_power_W, which active energies subtract) and after them (idle_power_after_W), so a drift shows. Each request's energy is its share of the device's energy (hardware/attribution.py: each
 interval's energy split equally among the requests running in it), and its active energy is that
 minus idle power × its share of the device's time. Without a meter, energy columns are NaN — never 0.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
@@ -168,6 +170,9 @@ def collect(backend: Backend, requests: list[Request], meter: SampledCounter | N
     finally:
         waves.close()
     trace = pd.DataFrame(rows)
+    # idle again after the runs: a drift between the two (the H200's idle rose 121 -> 129 W between two days)
+    # moves every active energy; active_energy_J keeps the before value, and both are kept
+    trace["idle_power_after_W"] = idle_power(meter, plan.idle_s) if meter else np.nan
     # a shape grid has no prompts to name: no prompt_id column, so replay matches rows by shape
     return trace if any(req.prompt_id for req in requests) else trace.drop(columns="prompt_id")
 
@@ -229,8 +234,10 @@ def fit(trace: pd.DataFrame, path: Path, name: str, device: str, assume_power_W:
                                                   "--assume-power W to fit latency only, with powers labelled assumed")
     how = f"fitted by `hardware fit` to {len(alone)} warm rows of {path.name}"
     if measured:
-        idle = Sourced(value=float(alone["idle_power_W"].iloc[0]), provenance="measured",
-                       source=f"idle power measured by the collector's meter ({alone['meter'].iloc[0]})")
+        after = (f", {float(alone['idle_power_after_W'].iloc[0]):.2f} W after them"
+                 if "idle_power_after_W" in alone.columns and alone["idle_power_after_W"].notna().any() else "")
+        idle = Sourced(value=float(alone["idle_power_W"].iloc[0]), provenance="measured", source=(
+            f"idle power measured by the collector's meter ({alone['meter'].iloc[0]}) before the runs{after}"))
         profile = fit_profile(alone, name=name, device=device, model=str(alone["model"].iloc[0]), idle=idle, how=how)
     else:
         assumed = dict(provenance="assumed", source="no energy meter on the collecting machine; given by --assume-power")
@@ -243,6 +250,22 @@ def fit(trace: pd.DataFrame, path: Path, name: str, device: str, assume_power_W:
     except ValueError:  # one repetition per shape: no spread to state, so the profile states none
         pass
     if concurrent:
-        update["batching"] = batching_block(warm, f"fitted by `hardware fit` to {len(warm)} warm rows of {path.name} "
-                                                  f"at concurrency {sorted(int(n) for n in warm['concurrency'].unique())}")
+        batching = batching_block(warm, f"fitted by `hardware fit` to {len(warm)} warm rows of {path.name} "
+                                        f"at concurrency {sorted(int(n) for n in warm['concurrency'].unique())}")
+        cap = power_limit(path)
+        update["batching"] = batching if cap is None else batching.model_copy(update={"max_power_W": cap})
     return DeviceProfile.model_validate(profile.model_dump() | update)
+
+
+def power_limit(trace_path: Path) -> Sourced | None:
+    """P_max: the device's enforced power limit that `hardware collect` recorded beside the trace
+    (`<trace>.device.json`, `power_limit_W` from NVML); None where it recorded none."""
+    described = trace_path.with_suffix(".device.json")
+    try:
+        limit = json.loads(described.read_text(encoding="utf-8")).get("power_limit_W")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(limit, (int, float)) or not limit > 0:
+        return None
+    return Sourced(value=float(limit), provenance="measured",
+                   source=f"enforced power limit recorded by `hardware collect` (NVML) in {described.name}")

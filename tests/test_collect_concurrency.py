@@ -17,7 +17,7 @@ import yaml
 
 from conftest import assert_same_data
 from moe2sim.hardware.backends import HFBackend, OpenAIBackend
-from moe2sim.hardware.collect import MeasurementPlan, collect, queued_note, shape_grid
+from moe2sim.hardware.collect import MeasurementPlan, collect, fit, queued_note, shape_grid
 from moe2sim.hardware.meters import SampledCounter
 from moe2sim.hardware.serve import serve
 
@@ -99,6 +99,36 @@ def test_concurrent_requests_share_the_metered_energy():
         assert wave["energy_J"].sum() <= 40.0 * (wave["latency_s"].max() + 0.05)
         assert wave["energy_J"].sum() >= 40.0 * wave["latency_s"].min()
     assert queued_note(trace) is None
+
+
+def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded_limit(tmp_path):
+    """A device whose idle draw rises from 40 to 50 W while the runs go on: collect keeps both idle powers
+    (active energy subtracts the one before); `fit` writes the power limit that collect recorded beside the
+    trace (`<trace>.device.json` power_limit_W) as the measured P_max of the batching block."""
+    server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2)
+    start = time.perf_counter()
+
+    def joules() -> float:  # 40 W for the first second (the 0.2 s idle window, with room for a loaded machine)
+        t = time.perf_counter() - start
+        return 40.0 * min(t, 1.0) + 50.0 * max(t - 1.0, 0.0)
+
+    meter = SampledCounter(joules, "step-40-50W", 40.0)
+    try:
+        trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
+                        "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
+    finally:
+        server.shutdown()
+        meter.close()
+    assert trace["idle_power_W"].iloc[0] == pytest.approx(40.0, rel=1e-2)
+    assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)  # the runs take seconds
+    path = tmp_path / "trace.csv"
+    trace.to_csv(path, index=False)
+    path.with_suffix(".device.json").write_text(json.dumps({"power_limit_W": 300.0}))
+    profile = fit(trace, path, "step", "cpu", None)
+    assert profile.batching.max_power_W.value == 300.0 and profile.batching.max_power_W.provenance == "measured"
+    assert profile.idle_power_W.value == trace["idle_power_W"].iloc[0] and "50." in profile.idle_power_W.source
+    path.with_suffix(".device.json").write_text(json.dumps({"meter": {"name": "none"}}))
+    assert fit(trace, path, "step", "cpu", None).batching.max_power_W is None  # no limit recorded: none invented
 
 
 def test_a_server_with_fewer_slots_than_the_level_is_reported():

@@ -12,6 +12,8 @@ import yaml
 
 from conftest import MODEL, TRACES, profile_dict, single_expert_raw, sourced
 from moe2sim.devices.profiles import Spread, load_profile
+from moe2sim.cli import main
+from moe2sim.errors import InputError
 from moe2sim.devices.service import NoisyService, ProfileService, TraceReplayService
 from moe2sim.report.summary import run_summary
 from moe2sim.scenario import load_scenario
@@ -168,6 +170,58 @@ def test_summary_flags_mixed_energy_boundaries(write_scenario):
     assert summary["experts"]["orin"]["energy_boundary"] == "module"
 
 
+def test_a_stated_reason_turns_the_boundary_warning_into_a_note(write_scenario):
+    """A scenario that says why its boundaries differ gets no warning, and its reason in the summary."""
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=50)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    raw["experts"].append({"name": "orin", "model": MODEL, "profile": "jetson-agx-orin-64gb-7b-q4"})
+    raw["mixed_boundaries"] = "a GPU board meter beside a module meter, on purpose"
+    twin = Twin.build(load_scenario(write_scenario(base=raw)))
+    result, queries, legs = twin.simulate()
+    summary = twin_summary(twin, queries, legs, result.run_s)
+    assert summary["mixed_boundaries"] is True and summary["energy_boundary_note"] == ""
+    assert summary["energy_boundary_reason"].endswith("a GPU board meter beside a module meter, on purpose")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "scenarios").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_bundled_scenarios_use_one_boundary_or_say_why(path):
+    """A newcomer's first run prints no boundary warning: every bundled scenario mixes none or states why."""
+    scenario = load_scenario(path)
+    profiles = [load_profile(bundled) for bundled in (TRACES / "profiles" / f"{e.profile}.yaml"
+                                                      for e in scenario.experts)]
+    assert len({p.boundary for p in profiles}) == 1 or scenario.mixed_boundaries
+
+
+@pytest.mark.parametrize("other, field", [("rtx4090-8b-q4", "energy_boundary"),
+                                          ("h200-llama-3.2-1b", "batching.power_growth_W")])
+def test_experts_on_one_device_must_share_its_physics(write_scenario, capsys, other, field):
+    """Two experts on one `device:` whose profiles disagree on the device part are refused with one line
+    naming the scenario file and the expert's profile field (exit 2 through the CLI), not silently given
+    the first profile's law."""
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=20)
+    raw["experts"][0].update(profile="h200-llama-3.1-8b", device="box")
+    raw["experts"].append({"name": "other", "model": MODEL, "profile": other, "device": "box"})
+    path = write_scenario(base=raw)
+    with pytest.raises(InputError, match=rf"experts\.1\.profile: .*{field} = "):
+        Twin.build(load_scenario(path))
+    code = main(["run", str(path), "--quiet", "--out", str(path.parent / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(path) in err and "experts.1.profile" in err
+    assert not (path.parent / "out").exists()
+
+
+def test_experts_on_one_device_with_one_profile_share_it(write_scenario):
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=20)
+    raw["experts"][0].update(profile="h200-llama-3.1-8b", device="box")
+    raw["experts"].append({"name": "twin", "model": MODEL, "profile": "h200-llama-3.1-8b", "device": "box"})
+    twin = Twin.build(load_scenario(write_scenario(base=raw)))
+    assert twin.experts[0].law is twin.experts[1].law or twin.experts[0].law == twin.experts[1].law
+
+
 def test_budget_env_runs_with_shared_devices():
     """Legs in flight on a shared device (decode = inf until done) are neither counted as finished
     nor lost by the window meter."""
@@ -204,3 +258,29 @@ def test_h200_requests_batched_on_one_gpu_share_its_power(write_scenario):
     batched = profile.ttft_s(np.array([4 * 512.0]))[0] / profile.ttft_s(np.array([512.0]))[0]
     assert batched > 2  # 2,048 tokens are past the ~20 ms launch floor that hides 512
     np.testing.assert_allclose(shared["ttft_s"] / alone["ttft_s"], batched, rtol=1e-3)
+
+
+def test_a_freshly_measured_idle_power_moves_the_baseline_not_the_active_energy(write_scenario):
+    """`experts.0.idle_power_W` replaces the profile's idle power (the H200's was 121 W one day and 129 W the
+    next): idle energy follows it, the phase powers move by the same drift, so active energies are unchanged."""
+    path = TRACES / "profiles" / "h200-llama-3.1-8b.yaml"
+    raw = single_expert_raw(path, {"dist": "fixed", "mean": 64}, rate=1.0, queries=30)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    base = Twin.build(load_scenario(write_scenario("base.yaml", base=raw)))
+    raw["experts"][0]["idle_power_W"] = 128.8
+    fresh = Twin.build(load_scenario(write_scenario("fresh.yaml", base=raw)))
+    old, new = base.profiles[0], fresh.profiles[0]
+    assert fresh.experts[0].idle_power_W == 128.8 and new.idle_power_W.provenance == "measured"
+    assert new.decode_power_W.value - old.decode_power_W.value == pytest.approx(128.8 - old.idle_power_W.value)
+    _, _, legs_old = base.simulate()
+    _, _, legs_new = fresh.simulate()
+    assert np.allclose(legs_new["energy_J"], legs_old["energy_J"])
+
+
+def test_an_idle_power_above_a_phase_cap_is_refused(write_scenario):
+    raw = single_expert_raw(TRACES / "profiles" / "h200-llama-3.1-8b.yaml", {"dist": "fixed", "mean": 64},
+                            rate=1.0, queries=5)
+    raw["experts"][0]["profile"] = "h200-llama-3.1-8b"
+    raw["experts"][0]["idle_power_W"] = 690.0  # phase powers would pass the 700 W cap
+    with pytest.raises(InputError, match=r"experts\.0\.idle_power_W"):
+        Twin.build(load_scenario(write_scenario(base=raw)))

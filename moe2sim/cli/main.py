@@ -61,6 +61,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("energy boundary per expert: " + ", ".join(f"{n} {b}" for n, b in summary["energy_boundaries"].items()))
     if summary["energy_boundary_note"]:
         print(f"warning: {summary['energy_boundary_note']}")
+    if summary["energy_boundary_reason"]:
+        print(f"note: {summary['energy_boundary_reason']}")
     return 0
 
 

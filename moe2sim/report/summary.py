@@ -65,19 +65,24 @@ def query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
     """The metrics of the queries alone (no run length, no legs): overall and per category. Batch means
     (report/intervals.py) compute these on consecutive batches of one run."""
     return {**_block(queries), "categories": {str(c): _block(g) for c, g in queries.groupby("category", observed=True)}}
-def boundary_note(boundaries: dict[str, str]) -> str:
-    """One line for reports: '' when every expert shares one stated boundary, else a warning."""
+def boundary_note(boundaries: dict[str, str], reason: str = "") -> tuple[str, str]:
+    """(warning, note), one line each for reports: both '' when every expert shares one stated boundary; else
+    the scenario's `reason` for mixing them as the note, or, without one, a warning."""
     kinds = sorted(set(boundaries.values()))
     if len(kinds) <= 1 and "unstated" not in kinds:
-        return ""
+        return "", ""
     per = "; ".join(f"{k}: {', '.join(n for n, b in boundaries.items() if b == k)}" for k in kinds)
+    if reason:
+        return "", f"energy boundaries differ ({per}) on purpose: {' '.join(reason.split())}"
     return (f"energy totals add energies within different (or unstated) boundaries ({per}): "
-            "not comparable across devices")
+            "not comparable across devices"), ""
 
 
 def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str, float],
-              slots: dict[str, int], run_s: float, energy_boundary: dict[str, str] | None = None) -> dict[str, Any]:
-    """The summary.json contract: overall block, per category, per expert."""
+              slots: dict[str, int], run_s: float, energy_boundary: dict[str, str] | None = None,
+              mixed_boundaries: str = "") -> dict[str, Any]:
+    """The summary.json contract: overall block, per category, per expert. `mixed_boundaries`: the scenario's
+    reason for mixing energy boundaries (see boundary_note)."""
     boundaries = {name: (energy_boundary or {}).get(name, "unstated") for name in idle_power_W}
     overall = _block(queries)
     idle = {name: p * run_s for name, p in idle_power_W.items()}
@@ -101,7 +106,7 @@ def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str,
     }
     overall["energy_boundaries"] = boundaries
     overall["mixed_boundaries"] = len(set(boundaries.values())) > 1
-    overall["energy_boundary_note"] = boundary_note(boundaries)
+    overall["energy_boundary_note"], overall["energy_boundary_reason"] = boundary_note(boundaries, mixed_boundaries)
     return overall
 
 
@@ -109,7 +114,7 @@ def run_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: fl
     """summary.json's metrics of one run of `twin`, the run length at least the last finish."""
     return summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
                      {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
-                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)})
+                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)}, twin.scenario.mixed_boundaries)
 
 
 def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:

@@ -73,6 +73,9 @@ class Expert(Strict):
         "the device it runs on: experts naming the same device share it (its profile's batching law); "
         "unset: a device of its own"))
     service_noise: bool | None = Field(None, description="draw the profile's spread as noise; unset: the scenario's")
+    idle_power_W: Annotated[float, Field(ge=0, le=1e7)] | None = Field(None, description=(
+        "a freshly measured idle power of its device (W), in place of the profile's: idle drifts from day to day "
+        "(the H200's rose from 121 to 129 W), and every active energy is measured above it"))
 
 
 class FixedTokens(Strict):
@@ -355,6 +358,9 @@ class Outputs(Strict):
 class Scenario(Strict):
     name: Name
     description: str = ""
+    mixed_boundaries: str = Field("", description=(
+        "why the experts' energy boundaries differ (module rails, GPU board, wall plug), where they do on purpose: "
+        "runs then state it as a note instead of warning that the energy totals are not comparable"))
     seed: Seed = 0
     service_noise: bool = Field(False, description=(
         "draw every expert's service time and power with its profile's spread (lognormal, mean 1)"))

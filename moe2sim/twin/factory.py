@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from pydantic import ValidationError
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.data.embeddings import load_embeddings
 from moe2sim.data.leakage import read_leakage, without_leaks
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
-from moe2sim.devices.profiles import DeviceProfile, load_profile
+from moe2sim.devices.profiles import DeviceProfile, Sourced, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
 from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.errors import InputError
@@ -88,8 +89,28 @@ class Inputs:
             if not path.is_file():
                 raise InputError(self.scenario.file, f"experts.{i}.profile",
                                  f"unknown device profile '{ex.profile}' (no file {path})")
-            profiles.append(load_profile(path))
+            profiles.append(with_idle(load_profile(path), ex.idle_power_W, self.scenario.file, i))
         return profiles
+
+
+def with_idle(profile: DeviceProfile, idle_W: float | None, file: Path, i: int) -> DeviceProfile:
+    """The profile on a device whose idle power was measured afresh (`experts.i.idle_power_W`): idle drift
+    moves the device's baseline, so the phase powers move by the same amount and the active powers above idle
+    (what the model draws) stay as profiled."""
+    if idle_W is None:
+        return profile
+    shift = idle_W - profile.idle_power_W.value
+    field = f"experts.{i}.idle_power_W"
+    how = f"given by the scenario {file.name} ({field}) in place of the profile's {profile.idle_power_W.value:g} W"
+    update = {"idle_power_W": Sourced(value=idle_W, provenance="measured", source=how).model_dump()}
+    for phase in ("prefill_power_W", "decode_power_W"):
+        old = getattr(profile, phase)
+        update[phase] = {"value": old.value + shift, "provenance": "derived",
+                         "source": f"{old.value:g} W ({old.provenance}: {old.source}) {shift:+g} W of idle drift ({how})"}
+    try:
+        return DeviceProfile.model_validate(profile.model_dump() | update)
+    except ValidationError as exc:
+        raise InputError(file, field, exc.errors()[0]["msg"]) from None
 
 
 def outcomes_of(quality: QualityData) -> Outcomes:
@@ -265,24 +286,41 @@ def build_service(scenario: Scenario, i: int, profile: DeviceProfile) -> Service
     return NoisyService(service, profile.spread)
 
 
+def device_part(profile: DeviceProfile) -> dict[str, object]:
+    """What a profile says about its device rather than its model: the energy boundary, idle power and the
+    batching law (slowdowns, power growth, P_max, max_batch). Experts on one device must agree on it."""
+    law = DeviceLaw.of(profile)
+    return {"energy_boundary": profile.boundary, "idle_power_W": profile.idle_power_W.value,
+            **({"batching": None} if law is None else
+               {f"batching.{k}": v for k, v in vars(law).items() if k != "idle_power_W"})}
+
+
 def device_laws(scenario: Scenario, profiles: list[DeviceProfile]) -> list[DeviceLaw | None]:
-    """Each expert's device law, for experts that name a `device`: the device's first batching profile;
-    time sharing for a device that several experts name without one. None (independent slots, as
-    without devices) for an expert that names no device, or is alone on one without a batching block."""
+    """Each expert's device law, for experts that name a `device`: the device's batching law; time sharing
+    for a device that several experts name without one. None (independent slots, as without devices) for an
+    expert that names no device, or is alone on one without a batching block. Experts on one device whose
+    profiles disagree on its device part (device_part) are refused: one device, one physics."""
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(scenario.experts):
         if ex.device:
             groups.setdefault(ex.device, []).append(i)
     laws: list[DeviceLaw | None] = [None] * len(profiles)
-    for members in groups.values():
-        own = [law for law in (DeviceLaw.of(profiles[i]) for i in members) if law is not None]
-        if own:
-            law = own[0]
-        elif len(members) > 1:
+    for device, members in groups.items():
+        first = device_part(profiles[members[0]])
+        for i in members[1:]:
+            part = device_part(profiles[i])
+            differ = [k for k in [*first, *(k for k in part if k not in first)] if first.get(k) != part.get(k)]
+            if differ:
+                k, j = differ[0], members[0]
+                raise InputError(scenario.file, f"experts.{i}.profile", (
+                    f"expert '{scenario.experts[i].name}' shares device '{device}' with '{scenario.experts[j].name}' "
+                    f"but its profile '{profiles[i].name}' gives {k} = {part.get(k, 'none')} where "
+                    f"'{profiles[j].name}' gives {first.get(k, 'none')}: experts on one device must share its idle "
+                    "power, energy boundary and batching law (give them profiles of the same device, or separate devices)"))
+        law = DeviceLaw.of(profiles[members[0]])
+        if law is None and len(members) > 1:
             law = DeviceLaw.time_sharing(sum(scenario.experts[i].slots for i in members),
                                          profiles[members[0]].idle_power_W.value)
-        else:
-            continue
         for i in members:
             laws[i] = law
     return laws
@@ -297,7 +335,7 @@ def build_experts(scenario: Scenario, profiles: list[DeviceProfile]) -> list[Sim
             sharing[ex.device] = sharing.get(ex.device, 0) + 1
     experts = []
     for i, (ex, profile, law) in enumerate(zip(scenario.experts, profiles, laws)):
-        idle = (law.idle_power_W if law else profile.idle_power_W.value) / sharing.get(ex.device, 1)
+        idle = profile.idle_power_W.value / sharing.get(ex.device, 1)
         experts.append(SimulatedExpert(ex.name, ex.slots, ex.link, build_service(scenario, i, profile), idle,
                                        ex.device or "", law,
                                        (profile.prefill_power_W.value, profile.decode_power_W.value), profile.ttft_s))

@@ -179,4 +179,4 @@ def results_section(summary: dict[str, Any], queries: pd.DataFrame, budgets: dic
 past its category's latency budget; an energy violation, a query whose active energy exceeds the energy
 budget.</p>
 <p>Energy boundary per expert: {html.escape(boundaries_text(summary))}.
-<b>{html.escape(summary.get('energy_boundary_note', ''))}</b></p>{images(run_figures(summary, queries, budgets))}"""
+<b>{html.escape(summary.get('energy_boundary_note', ''))}</b>{html.escape(summary.get('energy_boundary_reason', ''))}</p>{images(run_figures(summary, queries, budgets))}"""
