@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path the user gave that the OS refuses
         print(f"hardware: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
               file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (loading a scenario or a model)
+        print("hardware: interrupted", file=sys.stderr)
+        return 130
     return 2
 
 

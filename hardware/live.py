@@ -27,15 +27,15 @@ the server's own timings (no network, no HTTP).
 The journal (DIR/live.partial.jsonl, data/journal.py) is write-ahead: before a query's legs are sent,
 one record of kind "send" per leg is appended and fsync'ed; when a query ends, its "query", "leg" and
 "attempt" records. So after any crash (SIGKILL included) every query sent is in the journal: answered
-(it has a "query" record) or incomplete (only its "send" records). A query is journaled as done only
-if no leg of it was cut short by a stop.
+(a "query" record without error), failed, or incomplete (only its "send" records). A query is
+journaled as ended only if no leg of it was cut short by a stop.
 
 Ctrl-C (`interrupt()`): no further query is sent, legs mid-stream or in backoff stop, the others get
 `grace_s` to end; the queries still in flight are recorded as failed ("interrupted") in the results,
 each leg that had already answered kept as the success it was, and they stay incomplete in the journal.
 
 `resume`: a run into the same folder with the same scenario, seed and speed (the journal's fingerprint)
-keeps the journal's answered queries and sends the others (incomplete or never sent) whole, on the
+keeps the journal's answered queries and sends the others (failed, incomplete or never sent) whole, on the
 scenario's schedule from the earliest of them (its clock starts at that query's arrival), so the
 results hold every query once, in the schema of a fresh run. Without `resume` a folder that holds a
 journal is refused: an earlier journal is never overwritten.
@@ -195,6 +195,7 @@ def attempt_rows(twin: Twin, qid: int, decision: Decision, results: list[LegResu
 
 def journal_fingerprint(twin: Twin, seed: int | None, speed: float) -> str:
     """What a live journal's records depend on: the scenario, the seed of its streams and the speed."""
+    seed = twin.scenario.seed if seed is None else seed  # --seed 3 and no --seed on a seed-3 scenario: one run
     return fingerprint(json.dumps({"scenario": twin.scenario.model_dump_json(), "seed": seed, "speed": speed}))
 
 
@@ -204,7 +205,7 @@ def check_journal(folder: Path, mark: str, resume: bool) -> None:
     path = Path(folder) / JOURNAL
     header, entries = read(path)
     if not resume and path.exists():
-        answered = sum(kind == "query" for kind, _ in entries)
+        answered = sum(kind == "query" and not r.get("error") for kind, r in entries)
         sent = len({r.get("query_id") for kind, r in entries if kind == "send"})
         raise InputError("--out", str(folder), f"holds {JOURNAL}, the journal of a run that did not finish ({sent} "
                          f"queries sent, {answered} answered); it is kept: pass --resume to complete that run, or "
@@ -264,14 +265,15 @@ class LiveRun:
         self.stop.set()
 
     def _open_journal(self) -> None:
-        """Open the journal; when resuming, take its answered queries as done and its sends as sent."""
+        """Open the journal; when resuming, take its answered queries (no failed leg) as done, with their
+        records, and its sends as sent."""
         if self.folder is None:
             return
         self.journal = Journal(self.folder / JOURNAL, TITLE, self.mark, resume=self.resume, durable=True)
-        self.queries = [_restored(r) for r in self.journal.records("query")]
-        self.legs = [_restored(r) for r in self.journal.records("leg")]
-        self.attempts = [_restored(r) for r in self.journal.records("attempt")]
-        self.recorded = {int(r["query_id"]) for r in self.queries}
+        self.recorded = {int(r["query_id"]) for r in self.journal.records("query") if not r["error"]}
+        self.queries, self.legs, self.attempts = ([_restored(r) for r in self.journal.records(kind)
+                                                   if r["query_id"] in self.recorded]
+                                                  for kind in ("query", "leg", "attempt"))
         self.sent_ids = {int(r["query_id"]) for r in self.journal.records("send")}
 
     def record(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray,

@@ -422,6 +422,27 @@ def test_a_second_ctrl_c_exits_at_once_and_resume_completes_the_run(tmp_path):
     assert json.loads((out / "summary.json").read_text())["queries_sent"] == 10
 
 
+def test_resume_sends_failed_queries_again_and_keeps_answered_ones(tmp_path):
+    """A run whose expert a was unreachable (every query failed) resumed against a healthy a: each failed
+    query is sent again, whole, and the results hold each query once, answered."""
+    b = RawServer(answer_after(0.05))
+    twin = Twin.build(load_scenario(scenario_file(tmp_path, 5, 20.0)))
+    try:
+        first = LiveRun(twin, {"a": f"http://127.0.0.1:{free_port()}", "b": b.url}, connect_timeout_s=0.4,
+                        retry_horizon_s=0.3, journal=tmp_path)
+        queries, _ = first.run()
+        assert (queries["error"] != "").all() and b.connections == 5
+        a = RawServer(answer_after(0.05))
+        try:
+            queries, legs = LiveRun(twin, {"a": a.url, "b": b.url}, journal=tmp_path, resume=True).run()
+        finally:
+            a.close()
+    finally:
+        b.close()
+    assert a.connections == 5 and b.connections == 10  # each failed query sent again, to both experts
+    assert queries["query_id"].tolist() == list(range(5)) and (queries["error"] == "").all() and len(legs) == 10
+
+
 def test_resume_refuses_another_run_and_a_folder_without_a_journal(tmp_path):
     """--resume with another seed than the journal's, or into a folder with no journal: one line, exit 2,
     the journal untouched."""
