@@ -179,6 +179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
+    import os
     import signal
 
     from moe2sim.hardware.live import JOURNAL, LiveRun
@@ -199,15 +200,24 @@ def cmd_live(args: argparse.Namespace) -> int:
     twin = Twin.build(scenario)
     out = Path(args.out)
     output = OutputDir(out, "--out")
-    announce(output, scenario, [JOURNAL])  # nothing of an older run may look current
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run as Ctrl-C does
-        signal.signal(sig, signal.default_int_handler)
+    output.check()
     run = LiveRun(twin, endpoints, args.speed, args.retries, args.seed, args.timeout_s, args.connect_timeout,
-                  args.read_timeout, args.retry_horizon_s, journal=out)
+                  args.read_timeout, args.retry_horizon_s, journal=out, resume=args.resume)  # refuses a kept journal
+    announce(output, scenario, [JOURNAL])  # nothing of an older run may look current; its journal stays
+
+    def on_signal(_signum, _frame) -> None:  # SIGTERM stops the run as Ctrl-C does; a second one at once
+        if run.stop.is_set():
+            os.write(2, f"hardware live: stopped at once; the journal keeps every query sent ({out / JOURNAL}): "
+                        "--resume completes the run\n".encode())
+            os._exit(130)
+        run.interrupt()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     queries, legs = run.run()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # writing the results: not to be cut short
     summary = live_summary(twin, run, queries, legs, args.max_failed_fraction)
-    publish(output, live_results(scenario, summary, queries, legs, run.attempt_table()))
+    publish(output, live_results(scenario, summary, queries, legs, run.attempt_table()),
+            keep=[JOURNAL] if run.interrupted else [])  # an interrupted run's journal stays for --resume
     fq, fl = summary["failed_queries"], summary["failed_legs"]
     per_expert = ", ".join(f"{n} {v}" for n, v in fl["per_expert"].items() if v)
     stats = (f"accuracy {summary['accuracy']:.3f}, latency mean {summary['latency_s']['mean']:.3f} s over the "
@@ -216,7 +226,8 @@ def cmd_live(args: argparse.Namespace) -> int:
             f"({fl['total']} of {fl['legs']} legs{': ' + per_expert if per_expert else ''}); "
             f"{stats} -> {out}/")
     if run.interrupted:
-        print(f"hardware live: interrupted: {line} (summary.json interrupted: true)", file=sys.stderr)
+        print(f"hardware live: interrupted: {line} (summary.json interrupted: true; --resume completes the run)",
+              file=sys.stderr)
     elif summary["exit_code"] == 3:
         print(f"hardware live: failed legs {100 * fl['fraction']:.1f} % > --max-failed-fraction "
               f"{100 * args.max_failed_fraction:g} %: {line}", file=sys.stderr)
@@ -357,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_in(0, 2**63 - 1), help="override the scenario seed (default: the scenario's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario field")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="complete the interrupted or killed run in --out (same scenario, --set, --seed and --speed): "
+                        "its answered queries are kept, the others sent")
     p.set_defaults(func=cmd_live)
 
     p = sub.add_parser("compare", help="simulated vs measured records -> error table and plots")
@@ -379,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path the user gave that the OS refuses
         print(f"hardware: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
               file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (loading a scenario or a model)
+        print("hardware: interrupted", file=sys.stderr)
+        return 130
     return 2
 
 

@@ -24,14 +24,27 @@ and is taken out of ttft_s, and start_s is when service began; an upstream serve
 report it leaves queue_s NaN and its queueing inside ttft_s. server_ttft_s and server_decode_s are
 the server's own timings (no network, no HTTP).
 
-Records are appended to a journal (DIR/live.partial.jsonl, data/journal.py: records of kinds "query",
-"leg" and "attempt") as queries complete, so a crash or Ctrl-C keeps what was done; after Ctrl-C the queries still in flight are recorded as failed ("interrupted").
+The journal (DIR/live.partial.jsonl, data/journal.py) is write-ahead: before a query's legs are sent,
+one record of kind "send" per leg is appended and fsync'ed; when a query ends, its "query", "leg" and
+"attempt" records. So after any crash (SIGKILL included) every query sent is in the journal: answered
+(a "query" record without error), failed, or incomplete (only its "send" records). A query is
+journaled as ended only if no leg of it was cut short by a stop.
+
+Ctrl-C (`interrupt()`): no further query is sent, legs mid-stream or in backoff stop, the others get
+`grace_s` to end; the queries still in flight are recorded as failed ("interrupted") in the results,
+each leg that had already answered kept as the success it was, and they stay incomplete in the journal.
+
+`resume`: a run into the same folder with the same scenario, seed and speed (the journal's fingerprint)
+keeps the journal's answered queries and sends the others (failed, incomplete or never sent) whole, on the
+scenario's schedule from the earliest of them (its clock starts at that query's arrival), so the
+results hold every query once, in the schema of a fresh run. Without `resume` a folder that holds a
+journal is refused: an earlier journal is never overwritten.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from moe2sim.hardware.backends import BackendError, Generation, OpenAIBackend
-from moe2sim.data.journal import Journal, fingerprint
+from moe2sim.data.journal import Journal, fingerprint, read
+from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.routers import Decision
 from moe2sim.selection.budgets import budgets_of
@@ -49,8 +63,9 @@ from moe2sim.twin import Twin
 from moe2sim.workload import QueryBatch
 
 BACKOFF_S, BACKOFF_MAX_S = 0.25, 4.0
-JOURNAL = "live.partial.jsonl"  # records of kinds "query", "leg", "attempt" (data/journal.py)
+JOURNAL = "live.partial.jsonl"  # records of kinds "send" (write-ahead), "query", "leg", "attempt" (data/journal.py)
 TITLE = "moe2sim live"
+INTERRUPTED = "interrupted (in flight when the run was stopped)"
 
 
 @dataclass
@@ -69,6 +84,12 @@ class LegResult:
     attempts: int
     error: str
     log: list[Attempt] = field(default_factory=list)
+    interrupted: bool = False  # cut short by the run's stop: not an outcome, so --resume sends it again
+
+    @classmethod
+    def stopped(cls, sent_s: float, now: float) -> "LegResult":
+        """A leg still in flight when the run was stopped."""
+        return cls(None, sent_s, now, 1, INTERRUPTED, [Attempt(1, sent_s, now, INTERRUPTED)], interrupted=True)
 
 
 def call_with_retries(backend: OpenAIBackend, prompt: str, prompt_tokens: int, max_tokens: int,
@@ -111,7 +132,7 @@ def call_with_retries(backend: OpenAIBackend, prompt: str, prompt_tokens: int, m
         why += " (then interrupted)"
     if len(log) > 1:
         why = f"{len(log)} attempts over {end - start:.2f} s failed; last: {why}"
-    return LegResult(None, start, end, len(log), why, log)
+    return LegResult(None, start, end, len(log), why, log, interrupted=stop.is_set())
 
 
 def _finite(value: Any) -> float:
@@ -172,37 +193,93 @@ def attempt_rows(twin: Twin, qid: int, decision: Decision, results: list[LegResu
             for j, (n, r) in enumerate(zip(decision.experts[0], results)) for a in r.log]
 
 
+def journal_fingerprint(twin: Twin, seed: int | None, speed: float) -> str:
+    """What a live journal's records depend on: the scenario, the seed of its streams and the speed."""
+    seed = twin.scenario.seed if seed is None else seed  # --seed 3 and no --seed on a seed-3 scenario: one run
+    return fingerprint(json.dumps({"scenario": twin.scenario.model_dump_json(), "seed": seed, "speed": speed}))
+
+
+def check_journal(folder: Path, mark: str, resume: bool) -> None:
+    """Refuse, touching nothing, a fresh run into a folder holding a journal (an earlier run's: it is never
+    overwritten) and a resume without a journal of this fingerprint (`mark`) to complete."""
+    path = Path(folder) / JOURNAL
+    header, entries = read(path)
+    if not resume and path.exists():
+        answered = sum(kind == "query" and not r.get("error") for kind, r in entries)
+        sent = len({r.get("query_id") for kind, r in entries if kind == "send"})
+        raise InputError("--out", str(folder), f"holds {JOURNAL}, the journal of a run that did not finish ({sent} "
+                         f"queries sent, {answered} answered); it is kept: pass --resume to complete that run, or "
+                         "choose another --out")
+    if resume and header != {"journal": TITLE, "fingerprint": mark}:
+        why = ("holds no live journal to resume" if header is None else
+               "holds the journal of another run (scenario, --set, --seed or --speed differ)")
+        raise InputError("--resume", str(path), f"{why}; resume with the run's own settings, or drop --resume")
+
+
+def _restored(record: dict[str, Any]) -> dict[str, Any]:
+    """A journaled record as the records builder made it (the journal writes NaN as null)."""
+    return {k: np.nan if v is None else v for k, v in record.items()}
+
+
 class LiveRun:
-    """One live run; `run()` returns (queries, legs); `attempts`, `interrupted`, `planned`, `sent` after."""
+    """One live run; `run()` returns (queries, legs); `attempts`, `interrupted`, `planned`, `sent` after.
+    `interrupt()` (a signal handler may call it) stops it as Ctrl-C does."""
 
     def __init__(self, twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries: int | None = None,
                  seed: int | None = None, timeout_s: float = 120.0, connect_timeout_s: float | None = None,
                  read_timeout_s: float | None = None, retry_horizon_s: float = 30.0, journal: Path | None = None,
-                 grace_s: float = 2.0):
+                 grace_s: float = 2.0, resume: bool = False):
         self.twin, self.speed, self.retries, self.seed = twin, speed, retries, seed
         self.policy = twin.policy  # the very policy object the simulator uses
-        self.retry_horizon_s, self.grace_s = retry_horizon_s, grace_s
+        self.retry_horizon_s, self.grace_s, self.resume = retry_horizon_s, grace_s, resume
         names = [e.name for e in twin.experts]
         self.clients = [OpenAIBackend(endpoints[n], n, timeout_s, connect_timeout_s, read_timeout_s) for n in names]
-        self.journal = (Journal(journal / JOURNAL, TITLE, fingerprint(twin.scenario.model_dump_json()), resume=False)
-                        if journal is not None else None)
+        self.mark = journal_fingerprint(twin, seed, speed)
+        self.folder = Path(journal) if journal is not None else None
+        if self.folder is not None:
+            check_journal(self.folder, self.mark, resume)
+        self.journal: Journal | None = None  # opened by run()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.queries: list[dict] = []
         self.legs: list[dict] = []
         self.attempts: list[dict] = []
         self.recorded: set[int] = set()
+        self.sent_ids: set[int] = set()
         self.in_flight: dict[int, tuple] = {}
         self.interrupted = False
-        self.planned = self.sent = 0
+        self.planned = 0
         self.t_zero = time.perf_counter()
+
+    @property
+    def sent(self) -> int:
+        """Queries sent, over every session of a resumed run."""
+        return len(self.sent_ids)
 
     def clock(self) -> float:
         return time.perf_counter() - self.t_zero
 
+    def interrupt(self) -> None:
+        """Stop the run: no further query is sent, legs mid-stream or in backoff end (see `run`)."""
+        self.interrupted = True
+        self.stop.set()
+
+    def _open_journal(self) -> None:
+        """Open the journal; when resuming, take its answered queries (no failed leg) as done, with their
+        records, and its sends as sent."""
+        if self.folder is None:
+            return
+        self.journal = Journal(self.folder / JOURNAL, TITLE, self.mark, resume=self.resume, durable=True)
+        self.recorded = {int(r["query_id"]) for r in self.journal.records("query") if not r["error"]}
+        self.queries, self.legs, self.attempts = ([_restored(r) for r in self.journal.records(kind)
+                                                   if r["query_id"] in self.recorded]
+                                                  for kind in ("query", "leg", "attempt"))
+        self.sent_ids = {int(r["query_id"]) for r in self.journal.records("send")}
+
     def record(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray,
                results: list[LegResult]) -> None:
-        """Build the query's rows and journal them; the first to record a query wins."""
+        """Build the query's rows and keep them; journal them unless a leg was cut short by the stop (the
+        query stays incomplete there). The first to record a query wins."""
         row, legs = records_of(self.twin, self.policy, qid, batch, decision, right, results, self.speed)
         attempts = attempt_rows(self.twin, qid, decision, results)
         with self.lock:
@@ -213,80 +290,108 @@ class LiveRun:
             self.queries.append(row)
             self.legs.extend(legs)
             self.attempts.extend(attempts)
-            if self.journal is not None:
+            if self.journal is not None and not any(r.interrupted for r in results):
                 self.journal.append("query", [row])
                 self.journal.append("leg", legs)
                 self.journal.append("attempt", attempts)
 
-    def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray) -> None:
-        twin = self.twin
-        i_prompt = int(batch.prompt[0])
-        question = str(twin.quality.prompts["question"].iloc[i_prompt])
-        experts = decision.experts[0]
+    def send(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray) -> threading.Thread:
+        """Journal the query's legs as sent (write-ahead, fsync'ed), then serve it on its own thread."""
+        names = [e.name for e in self.twin.experts]
+        results: list[LegResult | None] = [None] * decision.experts.shape[1]
+        sent_s = self.clock()
+        with self.lock:
+            self.in_flight[qid] = (batch, decision, right, sent_s, results)
+            self.sent_ids.add(qid)
+        if self.journal is not None:
+            self.journal.append("send", [{"query_id": qid, "rank": j, "expert": names[n], "sent_s": sent_s}
+                                         for j, n in enumerate(decision.experts[0])])
+        thread = threading.Thread(target=self.serve_query, args=(qid, batch, decision, right, results), daemon=True)
+        thread.start()
+        return thread
+
+    def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray,
+                    results: list[LegResult | None]) -> None:
+        """The query's legs at once, one daemon thread each (nothing waits for a hanging one at exit)."""
+        question = str(self.twin.quality.prompts["question"].iloc[int(batch.prompt[0])])
+
+        def leg(j: int, n: int) -> None:
+            results[j] = call_with_retries(self.clients[n], question, int(batch.prompt_tokens[0]),
+                                           int(batch.output_tokens[0]), self.clock, self.retry_horizon_s,
+                                           self.retries, self.stop)
+
+        threads = [threading.Thread(target=leg, args=(j, int(n)), daemon=True)
+                   for j, n in enumerate(decision.experts[0])]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        now = self.clock()
+        done = [r or LegResult(None, now, now, 0, "unexpected: the leg ended without a result") for r in results]
         try:
-            with ThreadPoolExecutor(max_workers=len(experts)) as pool:
-                results = list(pool.map(lambda n: call_with_retries(
-                    self.clients[n], question, int(batch.prompt_tokens[0]), int(batch.output_tokens[0]),
-                    self.clock, self.retry_horizon_s, self.retries, self.stop), experts))
+            self.record(qid, batch, decision, right, done)
         except Exception as exc:  # noqa: BLE001  never lose a query, whatever broke
-            now = self.clock()
-            results = [LegResult(None, now, now, 0, f"unexpected {type(exc).__name__}: {exc}") for _ in experts]
-        try:
-            self.record(qid, batch, decision, right, results)
-        except Exception as exc:  # noqa: BLE001
-            now = self.clock()
             self.record(qid, batch, decision, right, [LegResult(None, now, now, r.attempts,
                                                                f"unexpected {type(exc).__name__}: {exc}")
-                                                     for r in results])
+                                                     for r in done])
 
-    def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def plan(self) -> list[tuple[QueryBatch, Decision, np.ndarray]]:
+        """Every query of the scenario with its routing decision and drawn outcomes, in arrival order (the
+        same for a fresh run and a resumed one: the streams are drawn in full)."""
         twin, policy = self.twin, self.policy
         arrivals, _, routing, outcomes = twin.streams(self.seed)
-        batches = list(twin.workload.batches(arrivals))
-        self.planned = sum(len(b) for b in batches)
+        plan = []
+        for batch in twin.workload.batches(arrivals):
+            for i in range(len(batch)):
+                one = batch.take(slice(i, i + 1))
+                decision = policy.decide(one, routing)
+                plan.append((one, decision, policy.outcomes.draw(one.prompt, decision.experts, outcomes)))
+        return plan
+
+    def run(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Send the queries not yet answered at their arrival times (scaled by speed), wait for them all or
+        for a stop (`interrupt()` or Ctrl-C); after a stop, wind down (`wind_down`)."""
+        plan = self.plan()
+        self.planned = len(plan)
         threads = []
-        qid = 0
-        self.t_zero = time.perf_counter()
         try:
-            for batch in batches:
-                for i in range(len(batch)):
-                    one = batch.take(slice(i, i + 1))
-                    wait = float(one.arrival_s[0]) / self.speed - self.clock()
-                    if wait > 0:
-                        time.sleep(wait)
-                    decision = policy.decide(one, routing)
-                    right = policy.outcomes.draw(one.prompt, decision.experts, outcomes)
-                    with self.lock:
-                        self.in_flight[qid] = (one, decision, right, self.clock())
-                    th = threading.Thread(target=self.serve_query, args=(qid, one, decision, right), daemon=True)
-                    th.start()
-                    self.sent += 1
-                    threads.append(th)
-                    qid += 1
+            self._open_journal()
+            todo = [q for q in range(len(plan)) if q not in self.recorded]
+            start_s = float(plan[todo[0]][0].arrival_s[0]) / self.speed if self.resume and todo else 0.0
+            self.t_zero = time.perf_counter() - start_s
+            for qid in todo:
+                one, decision, right = plan[qid]
+                if self.stop.wait(max(0.0, float(one.arrival_s[0]) / self.speed - self.clock())):
+                    break
+                threads.append(self.send(qid, one, decision, right))
             for th in threads:
-                th.join()
+                while th.is_alive() and not self.stop.wait(0.1):
+                    th.join(0.1)
         except KeyboardInterrupt:
-            self.interrupted = True
-            self.stop.set()
-            deadline = time.monotonic() + self.grace_s
-            try:
-                for th in threads:
-                    th.join(max(0.0, deadline - time.monotonic()))
-            except KeyboardInterrupt:
-                pass
-            with self.lock:
-                stuck = dict(self.in_flight)
-            now = self.clock()
-            why = "interrupted (in flight when the run was stopped)"
-            for q, (one, decision, right, sent_at) in stuck.items():
-                self.record(q, one, decision, right, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
-                                                      for _ in decision.experts[0]])
+            self.interrupt()
+        try:
+            if self.stop.is_set():
+                self.wind_down(threads)
         finally:
-            if self.journal is not None:
-                self.journal.close()
-            for c in self.clients:
+            with self.lock:
+                if self.journal is not None:
+                    self.journal.close()
+                self.journal = None
+            for c in self.clients:  # never blocks: a leg still waiting on a hanging endpoint is a daemon thread
                 c.close()
         return self.tables()
+
+    def wind_down(self, threads: list[threading.Thread]) -> None:
+        """After a stop: `grace_s` for the legs to end, then the queries still in flight are recorded as
+        failed, each leg that had answered kept as it was, the others "interrupted"."""
+        deadline = time.monotonic() + self.grace_s
+        for th in threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+        with self.lock:
+            stuck = dict(self.in_flight)
+        now = self.clock()
+        for q, (one, decision, right, sent_s, results) in stuck.items():
+            self.record(q, one, decision, right, [r or LegResult.stopped(sent_s, now) for r in results])
 
     def tables(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         names = [e.name for e in self.twin.experts]

@@ -1,6 +1,7 @@
 """Fault injection on loopback: `hardware live` against endpoints that refuse, hang (beyond the read
 timeout), answer something that is not HTTP, cut the stream before its [DONE], are killed, killed
-and restarted, or never restarted; and Ctrl-C of the live runner. Real servers only: the tiny Llama
+and restarted, or never restarted; Ctrl-C (once and twice) and SIGKILL of the live runner, and
+`--resume` after them. Real servers only: the tiny Llama
 behind `hardware serve` (in-process or a subprocess) and raw TCP sockets for the misbehaving ones.
 
 In every case: no query sent is unrecorded, each failure is visible in the records (error,
@@ -100,6 +101,19 @@ def cut_stream(conn: socket.socket, _: threading.Event) -> None:
     event = 'data: {"choices": [{"text": "<7>", "index": 0, "finish_reason": null}]}\n\n'
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
                  + (event * 2).encode())
+
+
+def answer_after(delay_s: float):
+    """A handler that answers as an OpenAI-compatible server streams (three tokens, then [DONE]) after
+    `delay_s`: a slow but healthy endpoint whose connections (one per leg sent) the RawServer counts."""
+    event = 'data: {"choices": [{"text": "<7>", "index": 0, "finish_reason": null}]}\n\n'
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+              + (event * 3 + "data: [DONE]\n\n").encode())
+
+    def handler(conn: socket.socket, stop: threading.Event) -> None:
+        if not stop.wait(delay_s):
+            conn.sendall(answer)
+    return handler
 
 
 def http_500(conn: socket.socket, _: threading.Event) -> None:
@@ -271,3 +285,177 @@ def test_a_crash_leaves_the_journal_and_a_running_summary(tmp_path, tiny_server)
     rows = journaled_queries(out)
     assert len(rows) >= 2 and {"query_id", "latency_s", "error"} <= set(rows[0])
     assert not (out / "queries.parquet").exists()
+
+
+def journal_entries(folder: Path) -> list[tuple[str, dict]]:
+    return journal.read(folder / JOURNAL)[1]
+
+
+def live_cmd(scenario: Path, out: Path, a: str, b: str, *flags: str) -> list[str]:
+    return [*HW, "live", str(scenario), "--endpoint", f"a={a}", "--endpoint", f"b={b}", "--out", str(out), *flags]
+
+
+def wait_for(condition, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.05)
+    assert condition()
+
+
+def read_records(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    return (pd.read_parquet(out / "queries.parquet"), pd.read_parquet(out / "legs.parquet"),
+            pd.read_csv(out / "attempts.csv"))
+
+
+def test_sigkill_leaves_every_sent_query_in_the_journal_and_resume_completes_it(tmp_path):
+    """SIGKILL of `hardware live` mid-run: every leg an endpoint received was journaled before it was sent
+    (0 sent queries without a row), those in flight are visible as sent and unanswered; a plain re-run into
+    the folder is refused and the journal kept; `--resume` sends only the queries not answered, and the
+    results hold every query once, answered, in the schema of a fresh run."""
+    a, b = RawServer(answer_after(1.0)), RawServer(answer_after(1.0))
+    scenario, out = scenario_file(tmp_path, 12, 4.0), tmp_path / "out"
+    try:
+        live = subprocess.Popen(live_cmd(scenario, out, a.url, b.url), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, cwd=ROOT)
+        wait_for(lambda: len(journaled_queries(out)) >= 2)
+        live.kill()
+        live.wait(10)
+        entries = journal_entries(out)
+        sends = [r for kind, r in entries if kind == "send"]
+        answered = {r["query_id"] for kind, r in entries if kind == "query"}
+        for server, name in ((a, "a"), (b, "b")):
+            assert 0 < server.connections <= sum(r["expert"] == name for r in sends)  # journaled, then sent
+        assert {r["query_id"] for r in sends} - answered  # in flight at the kill: visible as incomplete
+        before = (out / JOURNAL).read_bytes()
+        again = subprocess.run(live_cmd(scenario, out, a.url, b.url), capture_output=True, text=True, cwd=ROOT)
+        assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1 and "--resume" in again.stderr
+        assert (out / JOURNAL).read_bytes() == before  # an earlier journal is never deleted nor rewritten
+        sent_before = a.connections, b.connections
+        resumed = subprocess.run(live_cmd(scenario, out, a.url, b.url, "--resume"), capture_output=True, text=True,
+                                 cwd=ROOT, timeout=180)
+        assert resumed.returncode == 0, resumed.stderr
+        # only the queries not answered were sent again (each of them to both experts, k = 2)
+        assert (a.connections - sent_before[0], b.connections - sent_before[1]) == (12 - len(answered),) * 2
+        fresh = subprocess.run(live_cmd(scenario, tmp_path / "fresh", a.url, b.url), capture_output=True,
+                               text=True, cwd=ROOT, timeout=180)
+        assert fresh.returncode == 0, fresh.stderr
+    finally:
+        a.close()
+        b.close()
+    queries, legs, attempts = read_records(out)
+    assert queries["query_id"].tolist() == list(range(12)) and (queries["error"] == "").all()
+    assert sorted(legs["query_id"]) == sorted(list(range(12)) * 2) and len(attempts) == 24
+    assert not (out / JOURNAL).exists()  # complete: every record is in the results
+    journal_rows = {r["query_id"]: r["finish_s"] for kind, r in entries if kind == "query"}
+    assert queries.set_index("query_id").loc[sorted(journal_rows), "finish_s"].tolist() == [
+        journal_rows[q] for q in sorted(journal_rows)]  # answered queries kept as they were, not re-sent
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["queries_sent"] == summary["queries_succeeded"] == 12
+    for resumed_table, fresh_table in zip((queries, legs, attempts), read_records(tmp_path / "fresh")):
+        assert resumed_table.dtypes.to_dict() == fresh_table.dtypes.to_dict()
+    assert (queries["latency_s"] > 0.9).all()  # each query's own latency (the endpoints answer after 1 s)
+
+
+def test_ctrl_c_with_a_hanging_endpoint_exits_at_once_and_keeps_answered_legs(tmp_path):
+    """SIGINT while expert a's endpoint hangs (read timeout 600 s): the run exits 130 without waiting for
+    it; b's legs that had answered stay successes, a's are failed "interrupted"; the journal is kept (its
+    queries incomplete) for --resume."""
+    a, b = RawServer(hang), RawServer(answer_after(0.1))
+    out = tmp_path / "out"
+    live = subprocess.Popen(live_cmd(scenario_file(tmp_path, 40, 4.0), out, a.url, b.url, "--read-timeout", "600",
+                                     "--retry-horizon-s", "600"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: len({r["query_id"] for k, r in journal_entries(out) if k == "send"}) >= 3)
+        time.sleep(0.5)  # b answers within 0.1 s
+        live.send_signal(signal.SIGINT)
+        stdout, stderr = live.communicate(timeout=60)  # far within the 600 s read timeout
+    finally:
+        live.kill()
+        a.close()
+        b.close()
+    assert live.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1 and "--resume" in stderr
+    queries, legs, _ = read_records(out)
+    legs_a, legs_b = legs[legs["expert"] == "a"], legs[legs["expert"] == "b"]
+    assert legs_a["error"].str.contains("interrupted").all()
+    assert (legs_b["error"] == "").sum() >= 2 and (legs_b.loc[legs_b["error"] == "", "ttft_s"] > 0).all()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_legs"]["per_expert"] == {"a": len(legs_a), "b": int((legs_b["error"] != "").sum())}
+    assert summary["queries_sent"] == len(queries) >= 3 and (out / JOURNAL).exists()
+    assert not journaled_queries(out)  # none answered: all stay incomplete in the journal, for --resume
+
+
+def test_a_second_ctrl_c_exits_at_once_and_resume_completes_the_run(tmp_path):
+    """Two SIGINTs: the second exits 130 at once, before the results are written (summary.json still says
+    running); the journal holds every query sent; `--resume` against a healthy endpoint then ends with every
+    query answered once."""
+    a, b = RawServer(hang), RawServer(answer_after(0.1))
+    scenario, out = scenario_file(tmp_path, 10, 4.0), tmp_path / "out"
+    live = subprocess.Popen(live_cmd(scenario, out, a.url, b.url, "--read-timeout", "600"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_for(lambda: any(k == "send" for k, _ in journal_entries(out)))
+        live.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        live.send_signal(signal.SIGINT)
+        stdout, stderr = live.communicate(timeout=60)
+        assert live.returncode == 130, (stdout, stderr)
+        assert "stopped at once" in stderr and "Traceback" not in stderr
+        assert json.loads((out / "summary.json").read_text())["status"] == "running"
+        assert not (out / "queries.parquet").exists()
+        sent = {r["query_id"] for k, r in journal_entries(out) if k == "send"}
+        assert sent and a.connections <= len(sent)
+        healthy = RawServer(answer_after(0.1))
+        try:
+            resumed = subprocess.run(live_cmd(scenario, out, healthy.url, b.url, "--resume"), capture_output=True,
+                                     text=True, cwd=ROOT, timeout=180)
+        finally:
+            healthy.close()
+    finally:
+        live.kill()
+        a.close()
+        b.close()
+    assert resumed.returncode == 0, resumed.stderr
+    queries, legs, _ = read_records(out)
+    assert queries["query_id"].tolist() == list(range(10)) and (queries["error"] == "").all() and len(legs) == 20
+    assert json.loads((out / "summary.json").read_text())["queries_sent"] == 10
+
+
+def test_resume_sends_failed_queries_again_and_keeps_answered_ones(tmp_path):
+    """A run whose expert a was unreachable (every query failed) resumed against a healthy a: each failed
+    query is sent again, whole, and the results hold each query once, answered."""
+    b = RawServer(answer_after(0.05))
+    twin = Twin.build(load_scenario(scenario_file(tmp_path, 5, 20.0)))
+    try:
+        first = LiveRun(twin, {"a": f"http://127.0.0.1:{free_port()}", "b": b.url}, connect_timeout_s=0.4,
+                        retry_horizon_s=0.3, journal=tmp_path)
+        queries, _ = first.run()
+        assert (queries["error"] != "").all() and b.connections == 5
+        a = RawServer(answer_after(0.05))
+        try:
+            queries, legs = LiveRun(twin, {"a": a.url, "b": b.url}, journal=tmp_path, resume=True).run()
+        finally:
+            a.close()
+    finally:
+        b.close()
+    assert a.connections == 5 and b.connections == 10  # each failed query sent again, to both experts
+    assert queries["query_id"].tolist() == list(range(5)) and (queries["error"] == "").all() and len(legs) == 10
+
+
+def test_resume_refuses_another_run_and_a_folder_without_a_journal(tmp_path):
+    """--resume with another seed than the journal's, or into a folder with no journal: one line, exit 2,
+    the journal untouched."""
+    scenario, out = scenario_file(tmp_path, 4, 4.0), tmp_path / "out"
+    url = f"http://127.0.0.1:{free_port()}"
+    missing = subprocess.run(live_cmd(scenario, out, url, url, "--resume"), capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode == 2 and "no live journal" in missing.stderr and not out.exists()
+    out.mkdir()
+    with journal.Journal(out / JOURNAL, "moe2sim live", "another run") as kept:
+        kept.append("send", [{"query_id": 0, "rank": 0, "expert": "a", "sent_s": 0.0}])
+    (out / ".moe2sim-manifest.json").write_text(json.dumps({"writer": "moe2sim", "files": [JOURNAL]}))
+    before = (out / JOURNAL).read_bytes()
+    other = subprocess.run(live_cmd(scenario, out, url, url, "--resume", "--seed", "9"), capture_output=True,
+                           text=True, cwd=ROOT)
+    assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1 and "another run" in other.stderr
+    assert (out / JOURNAL).read_bytes() == before

@@ -78,16 +78,16 @@ class OutputDir:
         """An OutputDir as is, or a plain path (a library caller's folder; nothing foreign in it is touched)."""
         return out if isinstance(out, OutputDir) else cls(Path(out))
 
-    def adopt(self, names: Iterable[str], fresh: bool = False) -> None:
+    def adopt(self, names: Iterable[str], fresh: bool = False, keep: Iterable[str] = ()) -> None:
         """Before writing `names` into DIR as a run goes (a live run's or a sweep's journal): list them as ours
-        beside the files the manifest lists; `fresh` first removes those files (a previous run's, ours), so
-        nothing old looks current."""
+        beside the files the manifest lists; `fresh` first removes those files (a previous run's, ours) but
+        those in `keep` (a journal), so nothing old looks current."""
         names = set(names)
         self.check(names)
         self.path.mkdir(parents=True, exist_ok=True)
         previous = self.ours()
         if fresh:
-            for name in previous:
+            for name in previous - set(keep):
                 (self.path / name).unlink(missing_ok=True)
         listed = names if fresh else previous | names
         write_text_atomic(self.path / MANIFEST, json.dumps({"writer": "moe2sim", "files": sorted(listed)}, indent=1))

@@ -52,9 +52,10 @@ def publish(out: OutputDir, results: Results, keep: Iterable[str] = ()) -> None:
 
 
 def announce(out: OutputDir, scenario: Scenario, journals: list[str]) -> None:
-    """Before a live run: an older run's results go (only files moe2sim wrote), the journals and results are
-    listed as ours, and summary.json says the run is running."""
-    out.adopt([*LIVE_FILES, *journals], fresh=True)
+    """Before a live run: an older run's results go (only files moe2sim wrote; never a journal, which a
+    resumed run appends to), the journals and results are listed as ours, and summary.json says the run is
+    running."""
+    out.adopt([*LIVE_FILES, *journals], fresh=True, keep=journals)
     write_json(out.path / "summary.json", {"status": "running", "interrupted": None, "scenario": scenario.name,
                                            "journal": journals})
 
