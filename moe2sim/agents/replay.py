@@ -67,6 +67,11 @@ class ReplayModel:
         return np.concatenate([own[key] if key in own else self.fields[key][day, w]
                                for key in REPLAY_KEYS], axis=1).astype(np.float32)
 
+    def overshoot_charge(self, spent_J: np.ndarray, energy_J: np.ndarray) -> np.ndarray:
+        """The energy-allowance term of a window that uses energy_J after spent_J (both broadcast)."""
+        over = np.maximum(0.0, spent_J + energy_J - self.allowance_J) - np.maximum(0.0, spent_J - self.allowance_J)
+        return self.overshoot_per_kJ * over / 1e3
+
     def rollout(self, act, day: np.ndarray) -> "ReplayRollout":
         """Play `act` ((B, F) observations, w -> (B,) subset actions ≥ 1; holding is not modelled) once on
         each of the days `day` (B,)."""
@@ -78,9 +83,7 @@ class ReplayModel:
             if (a < 1).any():
                 raise ValueError("a replayed policy chooses a subset action (>= 1) every window")
             e = self.energy_J[day, :, w]
-            before = spent[:, None]
-            over = np.maximum(0.0, before + e - self.allowance_J) - np.maximum(0.0, before - self.allowance_J)
-            every.append(self.reward[day, :, w] - self.overshoot_per_kJ * over / 1e3)
+            every.append(self.reward[day, :, w] - self.overshoot_charge(spent[:, None], e))
             spent = spent + e[np.arange(len(day)), a - 1]
             xs.append(x)
             acts.append(a)
@@ -113,8 +116,9 @@ class LoggedDay:
 
 def log_day(env: BudgetEnv, action: int, seed: int) -> LoggedDay:
     """Run a constant subset action for a day and log it (see the module docstring)."""
-    cfg, site = env.cfg, env.site
+    cfg = env.cfg
     obs, _ = env.reset(seed=seed)
+    site = env.site  # the episode's (a randomized site is drawn at reset)
     seen, total, done = [obs], 0.0, False
     while not done:
         obs, r, terminated, truncated, _ = env.step(action)

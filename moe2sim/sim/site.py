@@ -8,14 +8,18 @@ Model:
         time and uses slowdown x power_factor x its active energy;
     latency target at time t: latency_budget_s x the value of the daily period holding t (1 outside);
     energy price at time t: the value of the daily period holding t per kJ of active energy (0 outside).
+
+A randomized site (scenario `site.random`, a SiteDistribution) draws each episode's outages, energy
+price period and demand level (draw_site, episode_scenario); the fixed schedule is then one draw.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 
-from moe2sim.scenario import Scenario, Site
+from moe2sim.scenario import DailyValue, Outage, Scenario, Site, SiteDistribution
 
 DAY_S = 86_400.0
 
@@ -102,3 +106,50 @@ class SiteSchedule:
                 inside = (t >= start) & (t < end)
                 time_x[inside, n], energy_x[inside, n] = slowdown, slowdown * power
         return time_x, energy_x
+
+
+def draw_site(site: Site, duration_s: float, rng: np.random.Generator) -> tuple[Site, float]:
+    """One episode's site drawn from site.random (see SiteDistribution): the fixed site with the drawn
+    outages and energy price period, and the demand scale. Every draw comes from `rng`, in a fixed order."""
+    dist = site.random
+    outages = []
+    for spec in dist.outages:
+        for expert in spec.experts:
+            fails, start_h, hours, down, slowdown = (rng.random(), rng.uniform(*spec.start_h),
+                                                     rng.uniform(*spec.duration_h), rng.random(),
+                                                     rng.uniform(*spec.slowdown))
+            start, end = start_h * 3600, min((start_h + hours) * 3600, duration_s)
+            kind = {"down": True} if down < spec.down_share else {"slowdown": slowdown, "power_factor": spec.power_factor}
+            if fails >= spec.probability or not start < end or kind == {"slowdown": 1.0, "power_factor": 1.0}:
+                continue
+            outages.append(Outage(expert=expert, start_s=start, end_s=end, **kind))
+    price = []
+    if dist.energy_price is not None:
+        p = dist.energy_price
+        on, start_h, hours, value = rng.random(), rng.uniform(*p.start_h), rng.uniform(*p.duration_h), rng.uniform(*p.value)
+        end_h = min(start_h + hours, 24.0)
+        if on < p.probability and start_h < end_h:
+            price.append(DailyValue(start_h=start_h, end_h=end_h, value=value))
+    scale = float(rng.uniform(*dist.demand_scale))
+    return site.model_copy(update={"outages": outages, "energy_price": price, "random": None}), scale
+
+
+def possible_exclusions(dist: SiteDistribution, names: tuple[str, ...]) -> list[int]:
+    """Bitmasks of every set of experts a draw can take out at once (for the action table: the same for
+    every episode)."""
+    index = {n: i for i, n in enumerate(names)}
+    candidates = sorted({index[n] for spec in dist.outages for n in spec.experts})
+    return [sum(1 << i for i in group) for k in range(1, len(candidates) + 1) for group in combinations(candidates, k)]
+
+
+def episode_scenario(scenario: Scenario, rng: np.random.Generator) -> Scenario:
+    """The scenario of one episode of a randomized site: its site drawn (draw_site), the arrival rate scaled
+    by the drawn demand level. A scenario without site.random is returned as is, with no draw."""
+    if scenario.site is None or scenario.site.random is None:
+        return scenario
+    site, scale = draw_site(scenario.site, scenario.duration_s or DAY_S, rng)
+    arrivals = scenario.arrivals
+    field = {"poisson": "rate_per_s", "diurnal": "mean_rate_per_s"}.get(getattr(arrivals, "process", ""))
+    if field is not None and scale != 1.0:
+        arrivals = arrivals.model_copy(update={field: getattr(arrivals, field) * scale})
+    return scenario.model_copy(update={"site": site, "arrivals": arrivals})
