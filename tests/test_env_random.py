@@ -105,3 +105,35 @@ def test_randomized_action_table_avoids_every_drawable_outage(env_id):
 def test_bad_random_site_is_a_clear_error(override, field):
     with pytest.raises(InputError, match=field):
         load_scenario(SCENARIOS / "suite_outage_random.yaml", [override])
+
+
+PUBLISHING = ("site={outages: [{expert: llama3-8b, start_s: 7200, end_s: 9000, down: true, announced: true}, "
+              "{expert: dolphin-llama3-8b, start_s: 3600, end_s: 5400, down: true}], "
+              "energy_price: [{start_h: 2, end_h: 3, value: 2}], publish: [energy_price, maintenance]}")
+
+
+def test_what_the_site_publishes_ahead_is_observed_and_nothing_else():
+    from moe2sim.envs import BudgetEnv
+
+    env = BudgetEnv(scenario=SCENARIOS / "suite_outage.yaml", overrides=[PUBLISHING], windows=4, window_s=1800.0)
+    assert {"price_ahead", "maintenance_in_h"} <= set(env.observation_space.spaces)
+    names = list(env.site.names)
+    llama, dolphin = names.index("llama3-8b"), names.index("dolphin-llama3-8b")
+    obs, _ = env.reset(seed=0)
+    seen = [env.step(1)[0] for _ in range(4)]  # at 0.5, 1, 1.5, 2 h
+    assert [o["maintenance_in_h"][llama] for o in seen] == [1.5, 1.0, 0.5, 0.0]  # announced: counts down
+    assert all((o["maintenance_in_h"][[n for n in range(len(names)) if n != llama]] == 6).all() for o in seen)
+    assert seen[1]["expert_speed"][dolphin] == 0  # the unannounced outage: seen when it happens, never ahead
+    np.testing.assert_array_equal(seen[0]["price_ahead"], [0, 2, 0, 0, 0, 0])  # 1.5 h, 2.5 h, ... ahead
+    assert all(env.observation_space.contains(o) for o in seen)
+    plain = BudgetEnv(scenario=SCENARIOS / "suite_outage.yaml", windows=2)
+    assert not {"price_ahead", "maintenance_in_h"} & set(plain.observation_space.spaces)
+
+
+def test_announced_share_draws_maintenance_windows():
+    sc = load_scenario(SCENARIOS / "suite_outage_random.yaml", ["site.random.outages.0.announced_share=0.5"])
+    flags = [o.announced for seed in range(100) for o in draw_site(sc.site, 86_400.0, np.random.default_rng(seed))[0].outages]
+    assert 0.35 < np.mean(flags) < 0.65
+    plain = load_scenario(SCENARIOS / "suite_outage_random.yaml", [])
+    assert not any(o.announced for seed in range(50) for o in draw_site(plain.site, 86_400.0,
+                                                                        np.random.default_rng(seed))[0].outages)

@@ -239,6 +239,7 @@ class Outage(Strict):
     down: bool = False
     slowdown: Annotated[float, Field(ge=1, le=1000)] = 1.0
     power_factor: Annotated[float, Field(gt=0, le=10)] = 1.0
+    announced: bool = Field(False, description="a maintenance window the site publishes ahead (site.publish)")
 
     @model_validator(mode="after")
     def _span(self) -> "Outage":
@@ -290,6 +291,8 @@ class RandomOutage(Strict):
     down_share: Annotated[float, Field(ge=0, le=1)] = 0.5
     slowdown: tuple[Annotated[float, Field(ge=1, le=1000)], Annotated[float, Field(ge=1, le=1000)]] = (2.0, 4.0)
     power_factor: Annotated[float, Field(gt=0, le=10)] = 1.0
+    announced_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="share of the failures that are announced maintenance windows")
 
     @model_validator(mode="after")
     def _spans(self) -> "RandomOutage":
@@ -336,12 +339,16 @@ class Site(Strict):
     the latency targets the service is judged against (x each category's latency_budget_s; 1 outside the
     listed hours), and the energy price per kJ of active energy (0 outside the listed hours).
     `random`: every episode of the env draws its outages, energy price and demand level from this
-    distribution instead (then `outages` and `energy_price` stay empty)."""
+    distribution instead (then `outages` and `energy_price` stay empty). `publish`: what the site
+    announces ahead, which the env then observes (moe2sim/envs/handler.py): the energy price over the
+    coming hours, and the announced outages (maintenance windows); unannounced outages stay unknown
+    until they happen."""
 
     outages: list[Outage] = Field(default_factory=list)
     latency_targets: list[DailyValue] = Field(default_factory=list, description="value: x latency_budget_s")
     energy_price: list[DailyValue] = Field(default_factory=list, description="value: reward lost per kJ")
     random: SiteDistribution | None = None
+    publish: list[Literal["energy_price", "maintenance"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":

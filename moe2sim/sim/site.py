@@ -7,7 +7,9 @@ Model:
     degraded expert n over [start_s, end_s): a leg routed in that period takes slowdown x its service
         time and uses slowdown x power_factor x its active energy;
     latency target at time t: latency_budget_s x the value of the daily period holding t (1 outside);
-    energy price at time t: the value of the daily period holding t per kJ of active energy (0 outside).
+    energy price at time t: the value of the daily period holding t per kJ of active energy (0 outside);
+    published ahead (site.publish): the price at t + 1 h, ..., t + AHEAD_H h, and per expert the hours
+    until its next announced outage (0 inside one, AHEAD_H if none within AHEAD_H hours).
 
 A randomized site (scenario `site.random`, a SiteDistribution) draws each episode's outages, energy
 price period and demand level (draw_site, episode_scenario); the fixed schedule is then one draw.
@@ -22,6 +24,7 @@ import numpy as np
 from moe2sim.scenario import DailyValue, Outage, Scenario, Site, SiteDistribution
 
 DAY_S = 86_400.0
+AHEAD_H = 6  # how far ahead what the site publishes is observed, hours
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class SiteSchedule:
     degraded: tuple[tuple[tuple[float, float, float, float], ...], ...]  # per expert: start, end, slowdown, power
     latency_target: DailyProfile
     energy_price: DailyProfile
+    announced: tuple[tuple[tuple[float, float], ...], ...] = ()  # per expert: announced outages (start, end)
+    publish: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, scenario: Scenario) -> "SiteSchedule":
@@ -62,8 +67,23 @@ class SiteSchedule:
         down = tuple(tuple((o.start_s, o.end_s) for o in site.outages if o.expert == n and o.down) for n in names)
         degraded = tuple(tuple((o.start_s, o.end_s, o.slowdown, o.power_factor) for o in site.outages
                                if o.expert == n and not o.down) for n in names)
+        announced = tuple(tuple((o.start_s, o.end_s) for o in site.outages if o.expert == n and o.announced)
+                          for n in names)
         return cls(names, down, degraded, DailyProfile.of(site.latency_targets, 1.0),
-                   DailyProfile.of(site.energy_price, 0.0))
+                   DailyProfile.of(site.energy_price, 0.0), announced, tuple(site.publish))
+
+    def price_ahead(self, t: float) -> np.ndarray:
+        """(AHEAD_H,) the published energy price 1, 2, ... AHEAD_H hours after t."""
+        return self.energy_price.at(t + 3600.0 * np.arange(1, AHEAD_H + 1))
+
+    def maintenance_in_h(self, t: float) -> np.ndarray:
+        """(N,) hours from t until each expert's next announced outage (0 inside one), at most AHEAD_H."""
+        out = np.full(len(self.names), float(AHEAD_H))
+        for n, periods in enumerate(self.announced):
+            for start, end in periods:
+                if end > t:
+                    out[n] = min(out[n], max(0.0, start - t) / 3600.0)
+        return out
 
     @property
     def static(self) -> bool:
@@ -118,11 +138,13 @@ def draw_site(site: Site, duration_s: float, rng: np.random.Generator) -> tuple[
             fails, start_h, hours, down, slowdown = (rng.random(), rng.uniform(*spec.start_h),
                                                      rng.uniform(*spec.duration_h), rng.random(),
                                                      rng.uniform(*spec.slowdown))
+            announced = rng.random() if spec.announced_share > 0 else 1.0  # no draw where none is announced
             start, end = start_h * 3600, min((start_h + hours) * 3600, duration_s)
             kind = {"down": True} if down < spec.down_share else {"slowdown": slowdown, "power_factor": spec.power_factor}
             if fails >= spec.probability or not start < end or kind == {"slowdown": 1.0, "power_factor": 1.0}:
                 continue
-            outages.append(Outage(expert=expert, start_s=start, end_s=end, **kind))
+            outages.append(Outage(expert=expert, start_s=start, end_s=end, announced=announced < spec.announced_share,
+                                  **kind))
     price = []
     if dist.energy_price is not None:
         p = dist.energy_price
