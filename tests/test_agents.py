@@ -178,3 +178,57 @@ def test_rollout_help_names_every_agent(monkeypatch, capsys):
         build_parser().parse_args(["rollout", "--help"])
     agent_help = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("--agent"))
     assert set(AGENTS) <= set(re.findall(r"[\w-]+", agent_help))
+
+
+# --- baselines: best constant, searched threshold rules (issue 24) ---------------------------------
+
+def planted_model(seed: int = 0):
+    """Replayed days where 'action 2 while expert 1 runs at full speed, else action 3' is optimal: action 2
+    earns 1 while expert 1 is at speed 1 and -1 when it is slowed or down, action 3 earns 0.3, the others
+    less; the arrivals and price carry no information."""
+    from moe2sim.agents.replay import ReplayModel
+
+    rng = np.random.default_rng(seed)
+    days, windows, actions = 6, 40, 4
+    speed = np.ones((days, windows, 3), np.float32)
+    speed[:, :, 1] = rng.choice([0.0, 0.5, 1.0], size=(days, windows))
+    reward = np.zeros((days, actions, windows))
+    reward[:, 0] = 0.1
+    reward[:, 1] = np.where(speed[:, :, 1] >= 1, 1.0, -1.0)
+    reward[:, 2] = 0.3
+    reward[:, 3] = rng.normal(0, 0.05, (days, windows))
+    price = rng.choice([0.1, 0.3, 0.6, 0.9], size=(days, windows, 1)).astype(np.float32)
+    fields = {"expert_speed": speed, "energy_price": price,
+              "arrival_rate": rng.uniform(0, 1, (days, windows, 2)).astype(np.float32)}
+    return ReplayModel(reward.sum(2), reward, np.ones((days, actions, windows)), fields,
+                       np.eye(actions, 3, dtype=np.float32), 1e9, 1.0), reward
+
+
+def test_rule_search_finds_a_planted_optimal_rule():
+    from moe2sim.agents.baselines import best_constant, score_rules, search_rules
+    from moe2sim.agents.rules import Condition, Feature, ThresholdRule
+
+    model, reward = planted_model()
+    rule, score = search_rules(model)
+    oracle = reward.max(1).sum(1).mean()  # the best action every window, known in hindsight
+    assert score == pytest.approx(oracle)
+    assert (rule.then, rule.otherwise) == (2, 3) and rule.conditions[0].feature == Feature("expert_speed", 1)
+    assert 0.5 < rule.conditions[0].threshold <= 1.0 and not rule.conditions[0].below
+    # the rule acts the same on one observation in the env as in the batched search
+    assert rule.act({"expert_speed": np.array([1, 1, 1.0])}) == 2 and rule.act({"expert_speed": np.array([1, .5, 1])}) == 3
+    assert best_constant(model) == 3 and score > model.totals[:, 2].mean()
+    wrong = ThresholdRule((Condition(Feature("expert_speed", 1), 0.25),), 2, 3)  # also takes 2 at speed 0.5
+    assert score_rules(model, [wrong])[0] < score
+
+
+def test_rule_search_uses_a_second_condition_when_it_pays():
+    """Planted: action 2 is best while expert 1 is at full speed or the price is below 0.2."""
+    from moe2sim.agents.baselines import search_rules
+
+    model, reward = planted_model(1)
+    cheap = model.fields["energy_price"][:, :, 0] < 0.2
+    reward[:, 1] = np.where((model.fields["expert_speed"][:, :, 1] >= 1) | cheap, 1.0, -1.0)
+    model = type(model)(reward.sum(2), reward, model.energy_J, model.fields, model.members, 1e9, 1.0)
+    rule, score = search_rules(model)
+    assert score == pytest.approx(reward.max(1).sum(1).mean())
+    assert {str(c.feature) for c in rule.conditions} == {"expert_speed[1]", "energy_price[0]"}

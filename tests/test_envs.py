@@ -94,7 +94,8 @@ def test_check_env(action):
 def test_env_ids_are_registered():
     assert set(ENV_IDS) == {"moe2sim/Budget-v0", "moe2sim/BudgetDiscrete-v0", "moe2sim/Paper-v0",
                             "moe2sim/Quickstart-v0", "moe2sim/Suite-Paper-v0", "moe2sim/Suite-Rationing-v0",
-                            "moe2sim/Suite-Outage-v0", "moe2sim/Suite-Peak-v0"}
+                            "moe2sim/Suite-Outage-v0", "moe2sim/Suite-Peak-v0", "moe2sim/Suite-Outage-Random-v0",
+                            "moe2sim/Suite-Rationing-Random-v0"}
     assert {k for k in gym.registry if k.startswith("moe2sim/")} == set(ENV_IDS)
     register_envs()  # idempotent: no "overriding environment" error or duplicate
     assert {k for k in gym.registry if k.startswith("moe2sim/")} == set(ENV_IDS)

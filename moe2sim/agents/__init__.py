@@ -1,6 +1,7 @@
 """Agents that set MoE²'s budgets in the Gymnasium environment (moe2sim.envs), and their trainers.
 
-- rules: fixed budgets, a queue rule, a constant action, site rules (`rules`); the named ones in AGENTS
+- rules: fixed budgets, a queue rule, a constant action, site rules, threshold rules (`rules`); the
+  baselines chosen on training days: best constant, searched threshold rule, hindsight bound (`baselines`); the named ones in AGENTS
   (`registry`, with build_agent, which also loads a saved agent); one episode of any agent (`episode`);
 - the policy network every trained agent uses, its saved form and TorchAgent that runs it (`network`);
 - trainers, each returning a saved agent: PPO on the env (`ppo`), policy gradient in a replay model of
@@ -9,7 +10,8 @@
 from moe2sim.agents.episode import run_episode
 from moe2sim.agents.network import AGENT_FORMAT, AGENT_VERSION, TorchAgent
 from moe2sim.agents.registry import AGENTS, build_agent
-from moe2sim.agents.rules import Agent, Constant, FixedBudgets, QueueRule, SiteRule
+from moe2sim.agents.rules import (Agent, Condition, Constant, Feature, FixedBudgets, QueueRule, SiteRule,
+                                  ThresholdRule)
 
-__all__ = ["AGENTS", "AGENT_FORMAT", "AGENT_VERSION", "Agent", "Constant", "FixedBudgets", "QueueRule", "SiteRule",
-           "TorchAgent", "build_agent", "run_episode"]
+__all__ = ["AGENTS", "AGENT_FORMAT", "AGENT_VERSION", "Agent", "Condition", "Constant", "Feature", "FixedBudgets",
+           "QueueRule", "SiteRule", "ThresholdRule", "TorchAgent", "build_agent", "run_episode"]

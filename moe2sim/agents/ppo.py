@@ -25,9 +25,11 @@ from torch import nn
 
 import moe2sim.envs  # noqa: F401  (registers the ids in this process: the workers' too)
 from moe2sim.agents.network import agent_payload, flat_observation, policy_network
+from moe2sim.envs.handler import PUBLISHED
 
 OBS_KEYS = ["arrival_rate", "queue", "utilisation", "latency_p50", "latency_p95", "accuracy", "energy_spent",
-            "time_of_day", "budgets", "subset", "expert_speed", "latency_target", "energy_price", "progress"]
+            "time_of_day", "budgets", "subset", "expert_speed", "latency_target", "energy_price", "progress",
+            *PUBLISHED]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ day. `collect_replay` runs each subset action as a constant for a whole day, for
 action and window, what the queries that *arrived* in that window earned (quality·correct −
 latency_violation·late − energy price · kJ; answers finished after the day count, as in the env)
 and the active energy they used, plus the observation fields that do not depend on the actions
-(REPLAY_KEYS but energy_spent). `ReplayModel.rollout` plays policies on those days: the action chosen
+(REPLAY_KEYS but energy_spent, and what the site publishes ahead where the env observes it). `ReplayModel.rollout` plays policies on those days: the action chosen
 for window w earns what its queries earned in w in the constant run of that action; the energy
 allowance term is charged on the cumulative energy of the actions chosen, as the env charges it; the
 observation is rebuilt from the logged fields, the energy spent so far and the subset chosen last. The
@@ -25,11 +25,14 @@ from typing import Callable
 import numpy as np
 
 from moe2sim.envs.budget_env import BudgetEnv
+from moe2sim.envs.handler import PUBLISHED
 
 # the observation fields a policy trained on a replay sees (TorchAgent keys, in this order): all but
 # energy_spent and subset are the same whatever the actions; those two follow the actions chosen
 REPLAY_KEYS = ["arrival_rate", "energy_spent", "time_of_day", "subset", "expert_speed", "latency_target",
                "energy_price", "progress"]
+# and, after them, what the site publishes ahead where the env observes it (action-independent too)
+PUBLISHED_KEYS = list(PUBLISHED)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,11 @@ class ReplayModel:
     members: np.ndarray          # (A, N) the subset of each action, as the observation's `subset`
     allowance_J: float
     overshoot_per_kJ: float
+
+    @property
+    def keys(self) -> list[str]:
+        """The observation keys a replayed policy sees, in order: REPLAY_KEYS, then the published ones logged."""
+        return REPLAY_KEYS + [k for k in PUBLISHED_KEYS if k in self.fields]
 
     @property
     def days(self) -> int:
@@ -65,7 +73,12 @@ class ReplayModel:
         own = {"energy_spent": (spent_J / self.allowance_J)[:, None],
                "subset": self.fields["subset"][day, w] if chosen is None else self.members[chosen - 1]}
         return np.concatenate([own[key] if key in own else self.fields[key][day, w]
-                               for key in REPLAY_KEYS], axis=1).astype(np.float32)
+                               for key in self.keys], axis=1).astype(np.float32)
+
+    def overshoot_charge(self, spent_J: np.ndarray, energy_J: np.ndarray) -> np.ndarray:
+        """The energy-allowance term of a window that uses energy_J after spent_J (both broadcast)."""
+        over = np.maximum(0.0, spent_J + energy_J - self.allowance_J) - np.maximum(0.0, spent_J - self.allowance_J)
+        return self.overshoot_per_kJ * over / 1e3
 
     def rollout(self, act, day: np.ndarray) -> "ReplayRollout":
         """Play `act` ((B, F) observations, w -> (B,) subset actions ≥ 1; holding is not modelled) once on
@@ -78,9 +91,7 @@ class ReplayModel:
             if (a < 1).any():
                 raise ValueError("a replayed policy chooses a subset action (>= 1) every window")
             e = self.energy_J[day, :, w]
-            before = spent[:, None]
-            over = np.maximum(0.0, before + e - self.allowance_J) - np.maximum(0.0, before - self.allowance_J)
-            every.append(self.reward[day, :, w] - self.overshoot_per_kJ * over / 1e3)
+            every.append(self.reward[day, :, w] - self.overshoot_charge(spent[:, None], e))
             spent = spent + e[np.arange(len(day)), a - 1]
             xs.append(x)
             acts.append(a)
@@ -94,7 +105,7 @@ class ReplayModel:
 class ReplayRollout:
     """Policies played on replayed days: B rollouts of W windows."""
 
-    obs: np.ndarray       # (B, W, F) the observations (REPLAY_KEYS, flattened)
+    obs: np.ndarray       # (B, W, F) the observations (ReplayModel.keys, flattened)
     actions: np.ndarray   # (B, W)
     rewards: np.ndarray   # (B, W) what the actions earned
     every: np.ndarray     # (B, W, A) what each action (row a: action a + 1) would have earned in that window,
@@ -113,8 +124,9 @@ class LoggedDay:
 
 def log_day(env: BudgetEnv, action: int, seed: int) -> LoggedDay:
     """Run a constant subset action for a day and log it (see the module docstring)."""
-    cfg, site = env.cfg, env.site
+    cfg = env.cfg
     obs, _ = env.reset(seed=seed)
+    site = env.site  # the episode's (a randomized site is drawn at reset)
     seen, total, done = [obs], 0.0, False
     while not done:
         obs, r, terminated, truncated, _ = env.step(action)
@@ -130,7 +142,8 @@ def log_day(env: BudgetEnv, action: int, seed: int) -> LoggedDay:
     w = cfg.reward
     per_query = (w.quality * q["correct"].to_numpy(float) - w.latency_violation * late
                  - site.energy_price.at(arrival) * energy / 1e3)
-    fields = {k: np.array([o[k] for o in seen[:-1]], np.float32) for k in REPLAY_KEYS if k != "energy_spent"}
+    fields = {k: np.array([o[k] for o in seen[:-1]], np.float32) for k in REPLAY_KEYS + PUBLISHED_KEYS
+              if k != "energy_spent" and k in obs}
     return LoggedDay(total, np.bincount(window, per_query, cfg.windows), np.bincount(window, energy, cfg.windows),
                      fields)
 

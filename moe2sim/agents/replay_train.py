@@ -12,7 +12,7 @@ spent), so its expectation under the policy is differentiated exactly (the advan
 is its reward minus the policy's mean); the rest of the day enters through the action taken (score
 function), as its reward-to-go minus the mean over the other rollouts of the same day at the same
 window (a valid baseline: the load is the day's, not the policy's). An entropy bonus decays to zero
-over the updates. The policy is moe2sim.agents.network's policy_network over the REPLAY_KEYS fields of
+over the updates. The policy is moe2sim.agents.network's policy_network over the ReplayModel.keys fields of
 the observation, normalised; it never holds (re-choosing the action in force is the same decision).
 The last `validation` training days are kept out of the fitting; the weights kept are those of the
 update whose greedy policy earns most on them in the model (all of this on training days: the held-out
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from moe2sim.agents.network import agent_payload, policy_network
-from moe2sim.agents.replay import REPLAY_KEYS, ReplayModel
+from moe2sim.agents.replay import ReplayModel
 
 
 @dataclass(frozen=True)
@@ -105,4 +105,4 @@ def train_replay(model: ReplayModel, seed: int = 0, cfg: ReplayPGConfig = Replay
                 f"(fitting days), {v:8.0f} (validation days, in the model), entropy {entropy.item():.2f}, "
                 f"{time.time() - start:.0f} s")
     log(f"kept the weights of update {best[2]} (greedy {best[0]:.0f} on the validation days, in the model)")
-    return agent_payload(best[1], REPLAY_KEYS, mean, std, "subset", cfg.hidden, n_actions, list(range(1, n_actions)))
+    return agent_payload(best[1], model.keys, mean, std, "subset", cfg.hidden, n_actions, list(range(1, n_actions)))

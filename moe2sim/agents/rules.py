@@ -1,11 +1,13 @@
 """Rule agents that set the budgets in BudgetEnv: fixed (the paper's setting), a queue rule, a constant
 action, and for subset actions a site rule (avoid experts that are down or slow), the same with energy
-pacing or a switch to the fastest subset under load. All act on the env's observation dict and return an
+pacing or a switch to the fastest subset under load, and threshold rules on observation features
+(ThresholdRule; searched by moe2sim.agents.baselines). All act on the env's observation dict and return an
 action of the env's action space. They take the env as gymnasium.make returns it (wrapped) or bare;
 wrappers that change the observation (e.g. FlattenObservation) do not fit.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 import gymnasium as gym
@@ -138,3 +140,50 @@ class SiteRule:
         if self.pace and obs["energy_spent"][0] > self.seen / self.expected:
             return min(up, key=self.energy.__getitem__)
         return up[0]
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One number of the observation: obs[key][index], or the sum over obs[key] when index is None (the
+    total arrival rate). Works on a batch too (arrays with leading dimensions)."""
+
+    key: str
+    index: int | None = None
+
+    def value(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        x = np.asarray(obs[self.key])
+        return x.sum(-1) if self.index is None else x[..., self.index]
+
+    def __str__(self) -> str:
+        return self.key if self.index is None else f"{self.key}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """feature < threshold (below) or feature >= threshold."""
+
+    feature: Feature
+    threshold: float
+    below: bool = False
+
+    def holds(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        v = self.feature.value(obs)
+        return v < self.threshold if self.below else v >= self.threshold
+
+    def __str__(self) -> str:
+        return f"{self.feature} {'<' if self.below else '>='} {self.threshold:.3g}"
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """Subset actions: `then` while any of the conditions holds on the observation, else `otherwise`."""
+
+    conditions: tuple[Condition, ...]
+    then: int
+    otherwise: int
+
+    def act(self, obs: dict[str, np.ndarray]) -> int:
+        return self.then if any(bool(c.holds(obs)) for c in self.conditions) else self.otherwise
+
+    def __str__(self) -> str:
+        return f"{self.then} if {' or '.join(map(str, self.conditions))} else {self.otherwise}"

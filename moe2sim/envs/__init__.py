@@ -8,7 +8,9 @@ the module named before the colon (Gymnasium 1.x loads no plugin entry points).
   (scenarios/budget_env.yaml), Box / Discrete(25) budget actions;
 - moe2sim/Paper-v0, moe2sim/Quickstart-v0: the bundled scenarios;
 - the benchmark suite (SUITE; subset actions, benchmarks/bench_env_suite.py): moe2sim/Suite-Paper-v0,
-  Suite-Rationing-v0, Suite-Outage-v0, Suite-Peak-v0.
+  Suite-Rationing-v0, Suite-Outage-v0, Suite-Peak-v0 (fixed days: the tables of benchmarks/RESULTS.md), and
+  SUITE_RANDOM: moe2sim/Suite-Outage-Random-v0, Suite-Rationing-Random-v0, whose site (outages, energy
+  price, demand level) is drawn every episode from the reset's seed.
 
 Keyword arguments of gymnasium.make: scenario, overrides, window_s, windows, action
 ("box" | "discrete" | "subset"); anything else is a TypeError naming it.
@@ -31,12 +33,18 @@ SUITE = {
     "moe2sim/Suite-Outage-v0": dict(scenario="suite_outage.yaml"),
     "moe2sim/Suite-Peak-v0": dict(scenario="suite_peak.yaml"),
 }
+# the same sites drawn anew every episode (scenario site.random), for training agents that read the site
+SUITE_RANDOM = {
+    "moe2sim/Suite-Outage-Random-v0": dict(scenario="suite_outage_random.yaml"),
+    "moe2sim/Suite-Rationing-Random-v0": dict(scenario="suite_rationing_random.yaml"),
+}
 ENV_IDS = {
     "moe2sim/Budget-v0": dict(scenario="budget_env.yaml"),
     "moe2sim/BudgetDiscrete-v0": dict(scenario="budget_env.yaml", action="discrete"),
     "moe2sim/Paper-v0": dict(scenario="paper.yaml"),
     "moe2sim/Quickstart-v0": dict(scenario="quickstart.yaml"),
     **SUITE,
+    **SUITE_RANDOM,
 }
 
 
@@ -49,5 +57,5 @@ def register_envs() -> None:
 
 register_envs()
 
-__all__ = ["ActionTable", "BudgetEnv", "BudgetHandler", "WindowMeter", "WindowStats", "ENV_IDS", "SUITE",
+__all__ = ["ActionTable", "BudgetEnv", "BudgetHandler", "WindowMeter", "WindowStats", "ENV_IDS", "SUITE", "SUITE_RANDOM",
            "register_envs"]

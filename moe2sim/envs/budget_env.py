@@ -5,7 +5,8 @@ energy budget and the per-category latency budgets for the next window; the poli
 level re-solves the expert subset for them (box/discrete actions: if no subset meets them, the previous
 subset stays and info["infeasible"] is True; subset actions are all feasible, 0 holds); the gate and
 aggregation do the rest. The scenario's `site:` (outages, latency targets, energy price by time of
-day) applies; the selector plans with the experts' nominal profiles, so reacting to the site is the
+day) applies; a randomized site (`site.random`) is drawn anew at every reset, from the reset's seed
+(moe2sim.sim.site.episode_scenario; env.site is the episode's schedule); the selector plans with the experts' nominal profiles, so reacting to the site is the
 agent's job (the observation shows it). The episode is
 env.windows windows long (truncation; it never terminates early); the answers still in flight at its
 end are finished and counted in the last reward (and in that step's info["after_end"]). Load changes within an episode
@@ -14,6 +15,7 @@ reward: moe2sim/envs/handler.py.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +34,10 @@ from moe2sim.scenario import EnvConfig, Scenario, load_scenario
 from moe2sim.selection.budgets import budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.sim.engine import EdgeSimulation
-from moe2sim.sim.site import SiteSchedule
+from moe2sim.sim.site import SiteSchedule, episode_scenario, possible_exclusions
 from moe2sim.twin import Twin
 from moe2sim.twin.factory import selecting
+from moe2sim.workload import Workload
 
 
 ENV_KWARGS = ("scenario", "overrides", "window_s", "windows", "action", "render_mode")
@@ -103,12 +106,14 @@ class BudgetEnv(gym.Env):
         sc = _episode_scenario(selecting(sc), cfg)
         self.scenario, self.cfg = sc, cfg
         self.twin = Twin.build(sc)
-        self.site = SiteSchedule.of(sc)
+        self.site = SiteSchedule.of(sc)  # a randomized site: the nominal one until reset draws the episode's
         m = len(sc.categories)
         scratch = BudgetHandler(sc, cfg.model_copy(update={"action": "box"}), np.zeros(0), self.site)
+        drawn = sc.site.random if sc.site is not None else None
+        exclusions = self.site.exclusions() + (possible_exclusions(drawn, self.site.names) if drawn else [])
         self.action_table: ActionTable | None = (
             action_table(self.twin.policy.selector, scratch.budgets, m, cfg.subset_grid, list(self.site.names),
-                         self.site.exclusions())
+                         exclusions)
             if cfg.action == "subset" else None)
         self.handler = BudgetHandler(sc, cfg, np.array([e.slots for e in self.twin.experts], float), self.site,
                                      self.action_table)
@@ -128,7 +133,12 @@ class BudgetEnv(gym.Env):
         super().reset(seed=seed)
         # independent streams: the load must not depend on the service draws the agent's subsets cause
         self.box = self.handler.action_for(self.initial_budgets)
-        self.sim, arrivals = self.twin.simulation(int(self.np_random.integers(2**63)))
+        sim_seed = int(self.np_random.integers(2**63))
+        episode = episode_scenario(self.scenario, self.np_random)  # a randomized site: this episode's draw
+        twin = self.twin if episode is self.scenario else replace(
+            self.twin, scenario=episode, workload=Workload(episode, self.twin.quality))
+        self.site = self.handler.site = SiteSchedule.of(episode)
+        self.sim, arrivals = twin.simulation(sim_seed)
         self.meter = WindowMeter(self.sim, self.handler.base_latency, self.twin.policy.aggregation_s,
                                  self.site.latency_target)
         self.sim.start(self.twin.workload.batches(arrivals, self.cfg.window_s), self.meter.on_batch)

@@ -20,6 +20,13 @@ Observation (Dict; what a controller sees at the end of a window):
     energy_spent   (1,)  cumulative active energy / episode allowance
     time_of_day    (2,)  sin, cos of 2π·t/86400
     budgets        (1+M,) the budgets in force, as the action that set them (in [-1, 1])
+    subset, expert_speed, latency_target, energy_price, progress: the subset in force, the site now
+What the site publishes ahead, only where the scenario declares it (site.publish; moe2sim/sim/site.py),
+apart from the measurements above: it is announced, not observed, and what is not announced (an
+unplanned outage, a price change off the schedule) never appears in it:
+    price_ahead       (AHEAD_H,) the energy price 1 ... AHEAD_H hours ahead   (publish: energy_price)
+    maintenance_in_h  (N,) hours until each expert's next announced outage, capped at AHEAD_H
+                                                                              (publish: maintenance)
 
 Reward per window: see RewardWeights — correct answers, minus answers past their category's latency
 budget in the scenario (not the budget the agent set), minus kJ of active energy spent beyond the
@@ -36,9 +43,12 @@ from moe2sim.envs.actions import HOLD, ActionTable
 from moe2sim.envs.window import WindowStats
 from moe2sim.scenario import EnvConfig, Scenario
 from moe2sim.selection.budgets import Budgets
-from moe2sim.sim.site import SiteSchedule
+from moe2sim.sim.site import AHEAD_H, SiteSchedule
 
 DAY_S = 86_400.0
+# the observation keys of what the site publishes ahead: the site.publish entry each needs, and its value
+PUBLISHED = {"price_ahead": ("energy_price", SiteSchedule.price_ahead),
+             "maintenance_in_h": ("maintenance", SiteSchedule.maintenance_in_h)}
 
 
 def _lerp_log(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -85,6 +95,10 @@ class BudgetHandler:
             "latency_target": spaces.Box(shape=(1,), **unbounded),
             "energy_price": spaces.Box(shape=(1,), **unbounded),
             "progress": spaces.Box(0.0, 1.0, shape=(1,), dtype=np.float32),
+            **{key: space for key, space in {
+                "price_ahead": spaces.Box(shape=(AHEAD_H,), **unbounded),
+                "maintenance_in_h": spaces.Box(0.0, float(AHEAD_H), shape=(n,), dtype=np.float32),
+            }.items() if PUBLISHED[key][0] in site.publish},
         })
 
     def box_action(self, action) -> np.ndarray | None:
@@ -129,6 +143,8 @@ class BudgetHandler:
             "latency_target": np.array([self.site.latency_target.at(w.end_s)], f32),
             "energy_price": np.array([self.site.energy_price.at(w.end_s)], f32),
             "progress": np.array([min(progress, 1.0)], f32),
+            **{key: ahead(self.site, w.end_s).astype(f32) for key, (entry, ahead) in PUBLISHED.items()
+               if entry in self.site.publish},
         }
 
     def reward(self, w: WindowStats) -> float:

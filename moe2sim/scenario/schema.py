@@ -263,6 +263,7 @@ class Outage(Strict):
     down: bool = False
     slowdown: Annotated[float, Field(ge=1, le=1000)] = 1.0
     power_factor: Annotated[float, Field(gt=0, le=10)] = 1.0
+    announced: bool = Field(False, description="a maintenance window the site publishes ahead (site.publish)")
 
     @model_validator(mode="after")
     def _span(self) -> "Outage":
@@ -294,14 +295,84 @@ def _disjoint(name: str, spans: list[tuple[float, float]]) -> None:
             raise ValueError(f"{name}: periods [{a0}, {a1}) and [{b0}, {b1}) overlap")
 
 
+Span = tuple[NonNegativeFloat, NonNegativeFloat]
+
+
+def _ordered(span: Span, name: str) -> None:
+    if span[0] > span[1]:
+        raise ValueError(f"{name}: the lower end must not exceed the upper end")
+
+
+class RandomOutage(Strict):
+    """Each episode, each of `experts` fails with `probability`, independently: from a start uniform in
+    start_h, for a duration uniform in duration_h (hours; cut at the episode's end); down with probability
+    down_share, else degraded by a slowdown uniform in `slowdown` (x power_factor of its power)."""
+
+    experts: list[str] = Field(min_length=1)
+    probability: Annotated[float, Field(ge=0, le=1)] = 0.5
+    start_h: Span = (0.0, 24.0)
+    duration_h: Span = (1.0, 8.0)
+    down_share: Annotated[float, Field(ge=0, le=1)] = 0.5
+    slowdown: tuple[Annotated[float, Field(ge=1, le=1000)], Annotated[float, Field(ge=1, le=1000)]] = (2.0, 4.0)
+    power_factor: Annotated[float, Field(gt=0, le=10)] = 1.0
+    announced_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="share of the failures that are announced maintenance windows")
+
+    @model_validator(mode="after")
+    def _spans(self) -> "RandomOutage":
+        for name in ("start_h", "duration_h", "slowdown"):
+            _ordered(getattr(self, name), f"site.random.outages.{name}")
+        if self.duration_h[0] <= 0 and self.duration_h[1] <= 0:
+            raise ValueError("site.random.outages.duration_h: durations must reach above 0")
+        return self
+
+
+class RandomPrice(Strict):
+    """Each episode, with `probability`, one period of energy price: a start uniform in start_h, a duration
+    uniform in duration_h (hours, cut at midnight), a price per kJ uniform in `value`."""
+
+    probability: Annotated[float, Field(ge=0, le=1)] = 1.0
+    start_h: Span = (0.0, 24.0)
+    duration_h: Span = (2.0, 8.0)
+    value: Span = (0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _spans(self) -> "RandomPrice":
+        for name in ("start_h", "duration_h", "value"):
+            _ordered(getattr(self, name), f"site.random.energy_price.{name}")
+        return self
+
+
+class SiteDistribution(Strict):
+    """The distribution a randomized env draws each episode's site from (moe2sim/sim/site.py draw_site):
+    outages, an energy price period, and a demand level (x the arrival process's rate, uniform in
+    demand_scale)."""
+
+    outages: list[RandomOutage] = Field(default_factory=list)
+    energy_price: RandomPrice | None = None
+    demand_scale: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _spans(self) -> "SiteDistribution":
+        _ordered(self.demand_scale, "site.random.demand_scale")
+        return self
+
+
 class Site(Strict):
     """What changes over the day at the site (moe2sim/sim/site.py): expert outages and degradations,
     the latency targets the service is judged against (x each category's latency_budget_s; 1 outside the
-    listed hours), and the energy price per kJ of active energy (0 outside the listed hours)."""
+    listed hours), and the energy price per kJ of active energy (0 outside the listed hours).
+    `random`: every episode of the env draws its outages, energy price and demand level from this
+    distribution instead (then `outages` and `energy_price` stay empty). `publish`: what the site
+    announces ahead, which the env then observes (moe2sim/envs/handler.py): the energy price over the
+    coming hours, and the announced outages (maintenance windows); unannounced outages stay unknown
+    until they happen."""
 
     outages: list[Outage] = Field(default_factory=list)
     latency_targets: list[DailyValue] = Field(default_factory=list, description="value: x latency_budget_s")
     energy_price: list[DailyValue] = Field(default_factory=list, description="value: reward lost per kJ")
+    random: SiteDistribution | None = None
+    publish: list[Literal["energy_price", "maintenance"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Site":
@@ -311,6 +382,9 @@ class Site(Strict):
             _disjoint(f"site.{name}", [(x.start_h, x.end_h) for x in getattr(self, name)])
         if any(x.value <= 0 for x in self.latency_targets):
             raise ValueError("site.latency_targets: a value must be > 0")
+        if self.random is not None and (self.outages or self.energy_price):
+            raise ValueError("site.random draws the outages and energy price of each episode: leave site.outages "
+                             "and site.energy_price empty")
         return self
 
 
@@ -402,6 +476,12 @@ class Scenario(Strict):
             unknown = sorted({o.expert for o in self.site.outages} - known)
             if unknown:
                 raise ValueError(f"site.outages name unknown expert(s) {unknown}; experts are {sorted(known)}")
+            drawn = self.site.random
+            unknown = sorted({n for o in drawn.outages for n in o.experts} - known) if drawn else []
+            if unknown:
+                raise ValueError(f"site.random.outages name unknown expert(s) {unknown}; experts are {sorted(known)}")
+            if drawn and drawn.demand_scale != (1.0, 1.0) and self.arrivals.expected_rate_per_s() is None:
+                raise ValueError("site.random.demand_scale scales a Poisson or diurnal arrival rate, not a replayed file")
         peak = self.arrivals.peak_rate_per_s()
         if self.duration_s is not None and peak is not None and self.duration_s * peak > MAX_QUERIES:
             raise ValueError(f"duration_s × peak arrival rate = {self.duration_s * peak:.3g} queries, over the limit of "
