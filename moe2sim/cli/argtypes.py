@@ -37,12 +37,16 @@ def whole_in(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def number(text: str) -> float:
-    """A finite number."""
+def _float(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    """A finite number."""
+    value = _float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
@@ -61,8 +65,8 @@ def number_in(low: float, high: float = math.inf) -> Callable[[str], float]:
 
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    value = number(text)
-    if not value > 0:
+    value = _float(text)
+    if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
