@@ -8,9 +8,9 @@
 
 Per env (moe2sim/Suite-<name>-v0, subset actions):
 - training days (seeds 0, 1, ...): every action is run as a constant on each and logged
-  (moe2sim.envs.replay.log_day); held-out days (seeds 1000, 1001, ...) are used only for the table;
+  (moe2sim.agents.replay.log_day); held-out days (seeds 1000, 1001, ...) are used only for the table;
 - best constant: the action with the best mean reward on the training days, scored on the held-out days;
-- rules (moe2sim.envs.agents): `fixed` (the scenario's budgets), `site` (the best-ranked constant whose
+- rules (moe2sim.agents): `fixed` (the scenario's budgets), `site` (the best-ranked constant whose
   experts all run at full speed now; ranking = the training scores, counted over the windows when the
   whole site is up if it has outages), `site-queue` (the same, switching
   to the fastest such subset while the longest queue is ≥ 3) and `site-pace` (the same as `site`, with
@@ -22,8 +22,8 @@ Per env (moe2sim/Suite-<name>-v0, subset actions):
   estimate of what perfect foresight of the load earns, not a strict upper bound;
 - trained agents (`--agents`), greedy on the held-out days:
   `replay-pg` (default): policy gradient in the replay model of the training days
-  (moe2sim.envs.replay_train.train_replay; a quarter of the training days pick the weights);
-  `ppo`: PPO on the env (moe2sim.envs.ppo.train_ppo, days seed·100000 + k, `--minutes` of training),
+  (moe2sim.agents.replay_train.train_replay; a quarter of the training days pick the weights);
+  `ppo`: PPO on the env (moe2sim.agents.ppo.train_ppo, days seed·100000 + k, `--minutes` of training),
   started as a clone of the best rule on the training days.
 Means over the held-out days with 95 % t-intervals; gains are paired (same days) against the best constant.
 Writes <out>/suite.json, <out>/<env>-<agent>.pt and prints the markdown table of benchmarks/RESULTS.md.
@@ -59,7 +59,7 @@ def episode(job) -> dict:
 
     import gymnasium as gym
 
-    from moe2sim.envs.agents import Constant, SiteRule, TorchAgent, build_agent
+    from moe2sim.agents import Constant, SiteRule, TorchAgent, build_agent
 
     name, spec, seed = job
     env = ENVS.get(name) or ENVS.setdefault(name, gym.make(env_id(name)).unwrapped)
@@ -88,7 +88,7 @@ ENVS: dict = {}  # per worker process: the envs it built (a benchmark script, no
 
 def make_teacher(kind: str, env, ranking: list[int]):
     """The rule PPO starts from (the best rule on the training days)."""
-    from moe2sim.envs.agents import SiteRule
+    from moe2sim.agents import SiteRule
 
     return SiteRule(env, ranking, pace=kind == "site-pace", busy_queue=3.0 if kind == "site-queue" else None)
 
@@ -112,10 +112,10 @@ def ci(x: np.ndarray) -> tuple[float, float]:
 
 
 def log_job(job):
-    """One training day of a constant action, logged for the replay model (moe2sim.envs.replay.log_day)."""
+    """One training day of a constant action, logged for the replay model (moe2sim.agents.replay.log_day)."""
     import gymnasium as gym
 
-    from moe2sim.envs.replay import log_day
+    from moe2sim.agents.replay import log_day
 
     name, action, seed = job
     env = ENVS.get(name) or ENVS.setdefault(name, gym.make(env_id(name)).unwrapped)
@@ -123,14 +123,14 @@ def log_job(job):
 
 
 def train_replay_agent(name: str, env, model, rule_teacher, args) -> dict:
-    from moe2sim.envs.replay_train import ReplayPGConfig, train_replay
+    from moe2sim.agents.replay_train import ReplayPGConfig, train_replay
 
     return train_replay(model, seed=0, cfg=ReplayPGConfig(updates=args.replay_updates,
                                                           validation=max(1, model.days // 4)))
 
 
 def train_ppo_agent(name: str, env, model, rule_teacher, args) -> dict:
-    from moe2sim.envs.ppo import PPOConfig, train_ppo
+    from moe2sim.agents.ppo import PPOConfig, train_ppo
 
     return train_ppo(env_id(name), minutes=args.minutes, episodes=args.episodes, seed=0, workers=args.workers,
                      teacher=rule_teacher, cfg=PPOConfig(lr=5e-4))
@@ -145,13 +145,13 @@ def bench_env(name: str, pool, args, out: Path) -> dict:
     import gymnasium as gym
 
     from moe2sim.data.checkpoint import save_checkpoint
-    from moe2sim.envs.replay import collect
+    from moe2sim.agents.replay import collect_replay
 
     t0 = time.time()
     env = gym.make(env_id(name)).unwrapped
     n = env.action_space.n
     train, held = list(range(args.train_seeds)), list(range(args.eval_start, args.eval_start + args.eval_seeds))
-    model = collect(env, train, lambda jobs: pool.map(log_job, [(name, a, s) for a, s in jobs]))
+    model = collect_replay(env, train, lambda jobs: pool.map(log_job, [(name, a, s) for a, s in jobs]))
     score = {a: float(model.totals[:, a - 1].mean()) for a in range(1, n)}
     ranking = sorted(score, key=lambda a: -score[a])
     top = ranking[:args.bound_actions]

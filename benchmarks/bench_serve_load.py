@@ -6,7 +6,8 @@ requests, and the whole run has a deadline.
 Counted: every request's outcome (an HTTP status, or the exception that replaced it), connection
 resets (a connection refused, reset or broken before an answer), lost requests (no answer at all:
 an exception or still pending at the deadline), and from the answers the server's queue wait
-(x_moe2sim.queue_s) and the client's latency, p50/p99. A sound server has 0 resets, 0 lost, and
+(x_moe2sim.queue_s), the client's latency (p50/p99/max) and what the 429s' Retry-After said (median,
+max: of the order of the answered requests' latency, not more). A sound server has 0 resets, 0 lost, and
 answers every request with 200 or a clear 4xx (400/413/422 for the oversized ones, 429 with
 Retry-After when an expert's queue is full).
 
@@ -59,6 +60,7 @@ async def load(url: str, clients: int = 200, requests: int = 1, oversized: int =
     outcomes: collections.Counter[str] = collections.Counter()
     queue_s: list[float] = []
     latency_s: list[float] = []
+    retry_after_s: list[float] = []  # what the 429s said, against the 200s' latency: is it of the right size?
     errors: list[str] = []
     start_gate = asyncio.Event()
 
@@ -88,6 +90,8 @@ async def load(url: str, clients: int = 200, requests: int = 1, oversized: int =
                 elif status == 429 and "retry-after" not in r.headers:
                     outcomes["429 without Retry-After"] += 1
                     return
+                elif status == 429:
+                    retry_after_s.append(float(r.headers["retry-after"]))
                 elif "error" not in body:
                     outcomes[f"{status} without an error object"] += 1
                     return
@@ -135,7 +139,8 @@ async def load(url: str, clients: int = 200, requests: int = 1, oversized: int =
             "unfinished_at_deadline": len(pending), "outcomes": dict(sorted(outcomes.items())),
             "queue_s_p50": float(np.percentile(q, 50)), "queue_s_p99": float(np.percentile(q, 99)),
             "latency_s_p50": float(np.percentile(lat, 50)), "latency_s_p99": float(np.percentile(lat, 99)),
-            "errors": errors[:5]}
+            "latency_s_max": float(lat.max()), "retry_after_s_median": float(np.median(retry_after_s or [np.nan])),
+            "retry_after_s_max": float(max(retry_after_s or [np.nan])), "errors": errors[:5]}
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ Sweep: scenarios {quickstart, paper} (each with queries=QUERIES, simulate on) ×
 
 1. serial: every run in this process, timed one by one (a method's twin built once per scenario): the
    work itself, per-run times and per-method build times.
-2. local: `sweep_rows(..., backend_name="local", jobs=J)` (spawn process pool; a twin per task).
-3. ray: a local Ray instance (ray.init(num_cpus=J)), `sweep_rows(..., backend_name="ray")` (ActorPool
+2. local: `sweep_rows(..., executor_name="local", jobs=J)` (spawn process pool; a twin per task).
+3. ray: a local Ray instance (ray.init(num_cpus=J)), `sweep_rows(..., executor_name="ray")` (ActorPool
    of J actors; the scenario ray.put once; a twin per actor and method); then again with 1 actor, the
    check of the schedule model below.
 The three tables must be equal. Overhead per run = (wall × J − serial work) / runs: whatever the
@@ -35,7 +35,8 @@ from collections import defaultdict
 
 import pandas as pd
 
-from moe2sim.experiments.sweep import _work, method_twin, sweep_rows, table, tasks_of, units
+from moe2sim.experiments.sweep import _work, method_twin, sweep_rows, tasks_of, units
+from moe2sim.report.sweep_table import table
 from moe2sim.scenario import Scenario, load_scenario
 
 DISPATCH_S = 0.002  # Ray's own cost per actor call (order of ms; negligible beside a run)
@@ -136,18 +137,18 @@ def main() -> None:
           f"{result['build_s_mean']:.2f} s per twin build)")
 
     t0 = time.perf_counter()
-    local = [table(sweep_rows(s, args.seeds, args.jobs, False, backend_name="local")) for s in scs]
+    local = [table(sweep_rows(s, args.seeds, args.jobs, False, executor_name="local")) for s in scs]
     result["local_wall_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ray.init(num_cpus=args.jobs, include_dashboard=False, log_to_driver=False)
     result["ray_init_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    remote = [table(sweep_rows(s, args.seeds, args.jobs, False, backend_name="ray")) for s in scs]
+    remote = [table(sweep_rows(s, args.seeds, args.jobs, False, executor_name="ray")) for s in scs]
     result["ray_wall_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for s in scs:
-        sweep_rows(s, args.seeds, 1, False, backend_name="ray")
+        sweep_rows(s, args.seeds, 1, False, executor_name="ray")
     result["ray_1_actor_wall_s"] = time.perf_counter() - t0
     ray.shutdown()
 

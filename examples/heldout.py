@@ -13,7 +13,7 @@ import numpy as np
 
 from moe2sim.cli.argtypes import at_least
 from moe2sim.envs import SUITE
-from moe2sim.envs.agents import Agent, Constant, run_episode
+from moe2sim.agents import Agent, Constant, run_episode
 from moe2sim.report.intervals import t_interval
 
 HELD_OUT = 1000  # the first held-out day (seed); training days are seeds below it

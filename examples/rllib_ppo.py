@@ -2,7 +2,7 @@
 
     python examples/rllib_ppo.py [--env moe2sim/Suite-Outage-v0] [--iterations 50] [--env-runners 2] [--days 5]
 
-Needs the `ray` extra (pip install -e '.[ray]'). The config is moe2sim.envs.rllib.ppo_config: each env runner
+Needs the `ray` extra (pip install -e '.[ray]'). The config is moe2sim.agents.rllib.ppo_config: each env runner
 makes the env itself by its module-prefixed id "moe2sim.envs:<id>" (from an env creator registered with
 ray.tune's register_env) and RLlib's FlattenObservations connector flattens the Dict observation. After
 training, the greedy policy and the best constant action (every action scored on the training days) are
@@ -43,7 +43,7 @@ def main() -> None:
     try:
         import ray
 
-        from moe2sim.envs.rllib import GreedyModule, ppo_config
+        from moe2sim.agents.rllib import GreedyModule, ppo_config
     except ImportError as exc:
         print(f"rllib_ppo.py: error: needs Ray's RLlib: pip install 'moe2sim[ray]' ({exc})", file=sys.stderr)
         raise SystemExit(2) from None

@@ -22,7 +22,7 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 from heldout import add_common_flags, check_days, held_out_table
 from moe2sim.cli.argtypes import at_least
-from moe2sim.envs.ppo import make_env
+from moe2sim.agents.ppo import make_env
 
 
 class Greedy:

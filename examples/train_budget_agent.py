@@ -3,7 +3,7 @@ fixed budgets, the queue rule and the best constant action on held-out days.
 
     python examples/train_budget_agent.py [--episodes 600] [--seed 0] [--out examples/budget_agent.pt]
 
-PPO with the clipped objective and a learned value baseline (moe2sim.envs.ppo.train_ppo, which documents
+PPO with the clipped objective and a learned value baseline (moe2sim.agents.ppo.train_ppo, which documents
 the two variance reductions that matter here: same-day rollout groups and an input-driven value
 baseline). Rollouts run in 2 worker processes (one torch thread each), the updates on 2 threads. The
 result is deterministic for a seed. For the suite envs (subset actions) see
@@ -22,19 +22,14 @@ import numpy as np
 import torch
 
 import moe2sim.envs  # noqa: F401  (registers the envs)
+from moe2sim.agents import Constant, build_agent, run_episode
+from moe2sim.agents.ppo import train_ppo
 from moe2sim.data.checkpoint import save_checkpoint
-from moe2sim.envs.agents import build_agent, run_episode
-from moe2sim.envs.ppo import train_ppo
 
 ENV_ID = "moe2sim/BudgetDiscrete-v0"
 EVAL_SEEDS = range(1000, 1010)
 GROUP = 4
 BEST_CONSTANT = 12  # one RTX 4090 expert (dolphin-mistral-7b), the best constant action on this scenario
-
-
-class Constant:
-    def act(self, obs):
-        return BEST_CONSTANT
 
 
 @functools.cache
@@ -46,7 +41,7 @@ def evaluate(job):
     """One held-out day of a named agent (greedy); its reward and totals of the window log."""
     name, seed = job
     env = worker_env()
-    agent = Constant() if name == "constant" else build_agent(name, env)
+    agent = Constant(env, BEST_CONSTANT) if name == "constant" else build_agent(name, env)
     total, log = run_episode(env, agent, seed)
     return total, {k: sum(w[k] for w in log) for k in ("correct", "late", "energy_J")}, log
 

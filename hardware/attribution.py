@@ -43,7 +43,7 @@ class Span:
         return (other.end is None or other.end > self.start) and (self.end is None or self.end > other.start)
 
 
-class SharedDevice:
+class EnergyShares:
     """Begin/stop the requests a device serves, then read each one's share of the device's energy."""
 
     def __init__(self, meter: SampledCounter):

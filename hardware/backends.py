@@ -165,10 +165,16 @@ class OpenAIBackend:
     `read_timeout_s` for each wait for data (the first token included), `timeout_s` for the whole
     attempt (a server trickling bytes is cut off there). Transport errors, 5xx, 408 and 429 are
     retryable (429/503's Retry-After is kept in BackendError.retry_after_s).
+
+    `api_key`: sent as `Authorization: Bearer <key>` with every request, for a server that requires one
+    (`hardware serve --api-key`, vLLM, a paid API); 401/403 are not retryable. The key is held by the HTTP
+    client only: it is in no name, message or record this class makes. A caller holding one key per
+    endpoint (e.g. read from an environment variable a scenario names) passes it here.
     """
 
     def __init__(self, base_url: str, model: str = "default", timeout_s: float = 120.0,
-                 connect_timeout_s: float | None = None, read_timeout_s: float | None = None):
+                 connect_timeout_s: float | None = None, read_timeout_s: float | None = None,
+                 api_key: str | None = None):
         import httpx
 
         self.httpx = httpx
@@ -179,7 +185,8 @@ class OpenAIBackend:
         self.client = httpx.Client(
             timeout=httpx.Timeout(connect=self.connect_timeout_s, read=self.read_timeout_s,
                                   write=self.read_timeout_s, pool=self.timeout_s),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64))
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else None)
 
     def close(self) -> None:
         self.client.close()

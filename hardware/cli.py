@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from moe2sim.cli.argtypes import HelpFormatter, at_least, attach_values, number_in, value_flags, whole_in
 from moe2sim.hardware.backends import BackendError, HFBackend, OpenAIBackend
 from moe2sim.hardware.meters import MeterUnavailable, open_meter
 from moe2sim.errors import InputError
@@ -37,10 +38,10 @@ def make_meter(kind: str):
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from moe2sim.hardware.collect import Plan, Request, collect, concurrency_levels, queued_note, shape_grid
+    from moe2sim.hardware.collect import MeasurementPlan, Request, collect, concurrency_levels, queued_note, shape_grid
     from moe2sim.hardware.provenance import describe
 
-    plan = Plan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency), args.in_flight)
+    plan = MeasurementPlan(args.reps, args.warmup, args.idle_s, concurrency_levels(args.concurrency), args.in_flight)
     shapes = None if args.scenario else shape_grid(args.shapes)  # bad flags fail before a model loads
     backend = make_backend(args.backend, args.device, args.threads)
     meter = make_meter(args.meter)
@@ -98,25 +99,56 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+API_KEY_ENV = "MOE2SIM_API_KEY"
+
+
+def api_key(args: argparse.Namespace) -> tuple[str | None, str]:
+    """The key `serve` requires, and where it came from: --api-key, else --api-key-file (the two exclude each
+    other), else the environment variable MOE2SIM_API_KEY; none of them: no key, the server is open."""
+    import os
+
+    if args.api_key is not None:
+        key, source = args.api_key, "--api-key"
+    elif args.api_key_file is not None:
+        source = "--api-key-file"
+        try:
+            key = Path(args.api_key_file).read_text()  # OSError: main() names the file, exit 2
+        except UnicodeDecodeError:
+            raise InputError(source, args.api_key_file, "not a text file") from None
+    elif os.environ.get(API_KEY_ENV):
+        key, source = os.environ[API_KEY_ENV], API_KEY_ENV
+    else:
+        return None, "none"
+    key = key.strip()
+    if not key or any(c.isspace() or not (c.isascii() and c.isprintable()) for c in key):  # never echoed
+        raise InputError(source, args.api_key_file if source == "--api-key-file" else None,
+                         "an API key must be one word of printable ASCII characters")
+    return key, source
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from moe2sim.hardware.serve import CompletionServer, Limits, bind, create_app
+    from moe2sim.hardware.serve import CompletionServer, ExpertServer, Limits, bind
 
+    key, key_source = api_key(args)  # before binding or loading a model: bad input fails at once
     try:  # before loading any model: a taken port fails at once
         sock = bind(args.host, args.port)
     except OSError as exc:
         raise InputError("--port", f"{args.host}:{args.port}", f"cannot listen there ({exc.strerror or exc})") from None
     models = {}
     for item in args.backend:
-        name, _, spec = item.partition("=") if "=" in item.split(":", 1)[0] else ("default", "", item)
-        if not name or name in models:
+        name, _, spec = item.partition("=") if "=" in item.split(":", 1)[0] else ("", "", item)
+        backend = make_backend(spec, args.device, args.threads)
+        name = name or backend.name  # an unnamed backend answers by its own name
+        if name in models:
             raise InputError("--backend", item, "give each expert of one server its own name: NAME=hf:... NAME2=...")
-        models[name] = make_backend(spec, args.device, args.threads)
+        models[name] = backend
     meter = make_meter(args.meter)
     limits = Limits.for_models(models, args.max_body_bytes, args.max_prompt_tokens, args.max_tokens, args.queue)
-    server = CompletionServer(create_app(models, meter, args.slots, limits), args.host, args.port, sock=sock)
+    experts = ExpertServer(models, meter, args.slots, limits, key)
+    server = CompletionServer(experts, args.host, args.port, sock=sock)
     stop = threading.Event()
     caught: list[str] = []
 
@@ -130,7 +162,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"serving {', '.join(f'{n}: {b.name}' for n, b in models.items())} on "
           f"http://{args.host}:{server.port} "
           f"(meter {meter.name if meter else 'none: energy not measured'}; slots {args.slots}, queue {limits.queue}, "
-          f"max_tokens {limits.max_tokens}, prompt tokens {limits.max_prompt_tokens})", flush=True)
+          f"max_tokens {limits.max_tokens}, prompt tokens {limits.max_prompt_tokens}; "
+          f"API key {'required (from ' + key_source + ')' if key else 'none'})", flush=True)
+    if key is None and args.host not in ("127.0.0.1", "::1", "localhost"):
+        print(f"hardware: warning: no API key and listening on {args.host}: anyone who reaches the port can use "
+              f"this device (--api-key-file or {API_KEY_ENV})", file=sys.stderr, flush=True)
     while not stop.wait(0.5):
         if not server.thread.is_alive():
             print("hardware: error: the server stopped unexpectedly", file=sys.stderr)
@@ -142,19 +178,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def nan_for_null(value):
-    """The strict summary back in the report's terms (it formats numbers: NaN prints as nan)."""
-    if isinstance(value, dict):
-        return {k: nan_for_null(v) for k, v in value.items()}
-    return float("nan") if value is None else value
-
-
 def cmd_live(args: argparse.Namespace) -> int:
     import signal
 
-    from moe2sim.hardware.live import JOURNALS, LiveRun, failures_html, live_summary
-    from moe2sim.experiments.outputs import OutputDir, write_json
-    from moe2sim.experiments.run import RESULT_NAMES, write_results, write_table
+    from moe2sim.hardware.live import JOURNAL, LiveRun
+    from moe2sim.report.live_summary import live_summary
+    from moe2sim.report.outputs import OutputDir
+    from moe2sim.report.publish import announce, live_results, publish
     from moe2sim.scenario import load_scenario
     from moe2sim.twin import Twin
 
@@ -168,11 +198,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         raise InputError("--endpoint", bad[0], "expected an http:// or https:// URL")
     twin = Twin.build(scenario)
     out = Path(args.out)
-    # nothing of an older run may look current: its results (and only files moe2sim wrote) go first
     output = OutputDir(out, "--out")
-    output.adopt([*RESULT_NAMES, "attempts.csv", *JOURNALS.values()], fresh=True)
-    (out / "summary.json").write_text(json.dumps({"status": "running", "interrupted": None, "scenario": scenario.name,
-                                                  "journal": list(JOURNALS.values())}, indent=2) + "\n")
+    announce(output, scenario, [JOURNAL])  # nothing of an older run may look current
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM stops the run as Ctrl-C does
         signal.signal(sig, signal.default_int_handler)
     run = LiveRun(twin, endpoints, args.speed, args.retries, args.seed, args.timeout_s, args.connect_timeout,
@@ -180,20 +207,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     queries, legs = run.run()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # writing the results: not to be cut short
     summary = live_summary(twin, run, queries, legs, args.max_failed_fraction)
-    with output.staged() as stage:
-        if summary["queries_succeeded"]:  # the report's tables and plots: of the queries that succeeded
-            ok = (queries["error"] == "").to_numpy()
-            write_results(stage, scenario, f"hardware live: {scenario.name}", queries[ok].reset_index(drop=True),
-                          legs, nan_for_null(summary), failures_html(summary))
-            write_table(queries, stage / "queries", scenario.outputs.format)  # every query, failed ones too
-        else:
-            write_table(queries, stage / "queries", scenario.outputs.format)
-            write_table(legs, stage / "legs", scenario.outputs.format)
-            if scenario.outputs.report:
-                (stage / "report.html").write_text(f"<html><body><h1>hardware live: {scenario.name}</h1>"
-                                                   f"<p>No query succeeded.</p>{failures_html(summary)}</body></html>")
-        run.attempt_table().to_csv(stage / "attempts.csv", index=False)
-        write_json(stage / "summary.json", summary)
+    publish(output, live_results(scenario, summary, queries, legs, run.attempt_table()))
     fq, fl = summary["failed_queries"], summary["failed_legs"]
     per_expert = ", ".join(f"{n} {v}" for n, v in fl["per_expert"].items() if v)
     stats = (f"accuracy {summary['accuracy']:.3f}, latency mean {summary['latency_s']['mean']:.3f} s over the "
@@ -212,30 +226,16 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import base64
-    import io
+    from moe2sim.report.compare_table import error_table, failures, failures_note, markdown, read_records
+    from moe2sim.report.outputs import OutputDir
+    from moe2sim.report.publish import COMPARE_FILES, compare_results, publish
 
-    from moe2sim.hardware.compare import cdf_plot, error_table, failures, markdown
-
-    table = error_table(args.simulated, args.measured)
-    lost = failures(args.measured)
-    note = (f"measured: {lost['failed_queries']} of {lost['queries']} queries failed ({lost['failed_legs']} of "
-            f"{lost['legs']} legs) and are excluded from the comparison (n_failed column)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "compare.csv", index=False)
-    from moe2sim.experiments.outputs import strict
-
-    (out / "compare.json").write_text(json.dumps(strict({"failures": lost, "rows": table.to_dict(orient="records")}),
-                                                 indent=2, allow_nan=False, default=float))
-    buf = io.BytesIO()
-    cdf_plot(args.simulated, args.measured).savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    md = markdown(table)
-    (out / "report.html").write_text(
-        f"<html><body><h1>Simulated vs measured</h1><p>{note}</p><pre>{md}</pre>"
-        f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"></body></html>')
-    print(md)
-    print(note)
+    out = OutputDir(Path(args.out), "--out", args.allow_existing)
+    out.check(COMPARE_FILES)
+    errors, lost = error_table(args.simulated, args.measured), failures(args.measured)
+    publish(out, compare_results(errors, lost, read_records(args.simulated)[0], read_records(args.measured)[0]))
+    print(markdown(errors))
+    print(failures_note(lost))
     return 0
 
 
@@ -246,23 +246,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"hardware: error: {message} (see {self.prog} --help)\n")
 
 
-def bounded(kind, flag: str, low: float | None = None, high: float | None = None, what: str = ""):
-    """An argparse type: a number of `kind` within [low, high], else an error naming the flag."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if (low is not None and value < low) or (high is not None and value > high) or value != value:
-            span = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
-            raise argparse.ArgumentTypeError(f"{text} is out of range ({span}{what})")
-        return value
-
-    parse.__name__ = flag
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     from typing import get_args
 
@@ -270,8 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     from moe2sim.devices.profiles import EnergyBoundary, Stack
 
     invoked = Path(sys.argv[0]).name
-    from moe2sim.cli.main import HelpFormatter  # every flag's help ends with its default
-
     parser = Parser(prog=invoked if invoked == "moe2sim-hw" else "python -m moe2sim.hardware", description=__doc__.splitlines()[0],
                     formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -284,25 +265,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, **backend)
     p.add_argument("--device", default="cpu", help="torch device of a local backend (cpu, cuda:0)")
     p.add_argument("--device-name", help="device label written into the trace")
-    p.add_argument("--threads", type=bounded(int, "--threads", 1),
+    p.add_argument("--threads", type=at_least(1),
                    help="CPU threads of a local backend (match how it will be served; default: torch's)")
     p.add_argument("--meter", **meter)
     p.add_argument("--shapes", default="64x32,256x64,512x128,1024x64,128x256", help="PROMPTxOUTPUT,...")
     p.add_argument("--scenario", help="instead of --shapes: draw --queries queries of this scenario's workload")
-    p.add_argument("--queries", type=bounded(int, "--queries", 1, 100_000), default=50,
+    p.add_argument("--queries", type=whole_in(1, 100_000), default=50,
                    help="queries drawn with --scenario (default 50)")
-    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), default=0, help="workload seed (default 0)")
+    p.add_argument("--seed", type=whole_in(0, 2**63 - 1), default=0, help="workload seed (default 0)")
     p.add_argument("--concurrency", default="1",
                    help="levels N,N,...: each request is sent as N equal copies started together, the next only "
                         "when all N have finished (a server needs as many slots as the highest level)")
     p.add_argument("--in-flight", choices=sorted(IN_FLIGHT), default="threads",
                    help="how a level's N requests run together: threads (N concurrent requests, e.g. to a server) "
                         "or batch (one batch of a local hf: backend)")
-    p.add_argument("--reps", type=bounded(int, "--reps", 1, 10_000), default=3,
+    p.add_argument("--reps", type=whole_in(1, 10_000), default=3,
                    help="repetitions per shape and level (default 3)")
-    p.add_argument("--warmup", type=bounded(int, "--warmup", 0, 10_000), default=1,
+    p.add_argument("--warmup", type=whole_in(0, 10_000), default=1,
                    help="unmeasured requests first (default 1)")
-    p.add_argument("--idle-s", type=bounded(float, "--idle-s", 0, 3600), default=2.0,
+    p.add_argument("--idle-s", type=number_in(0, 3600), default=2.0,
                    help="seconds of idle power measured before the requests (default 2)")
     p.add_argument("--out", required=True, help="device trace CSV to write")
     p.set_defaults(func=cmd_collect)
@@ -311,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("trace", help="device trace (CSV or Parquet) from collect")
     p.add_argument("--name", required=True, help="profile name")
     p.add_argument("--device-name", required=True, help="device label")
-    p.add_argument("--assume-power", type=bounded(float, "--assume-power", 0, 1e6),
+    p.add_argument("--assume-power", type=number_in(0, 1e6),
                    help="W, for traces without energy (labelled assumed; default: the trace's measured energy)")
     p.add_argument("--model", help="what is served, as the profile states it (default: the trace's model column)")
     p.add_argument("--notes", help="free text kept in the profile (default: the number of rows fitted)")
@@ -330,42 +311,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device of a local backend (default cpu)")
     p.add_argument("--meter", **meter)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=bounded(int, "--port", 0, 65535, "; 0: any free port"), default=8000,
+    p.add_argument("--port", type=whole_in(0, 65535), default=8000,
                    help="port to listen on; 0: any free port")
-    p.add_argument("--slots", type=bounded(int, "--slots", 1), default=1,
+    p.add_argument("--slots", type=at_least(1), default=1,
                    help="requests served at once per expert (they share the device's energy)")
-    p.add_argument("--queue", type=bounded(int, "--queue", 0), default=64,
+    p.add_argument("--queue", type=at_least(0), default=64,
                    help="requests that may wait per expert beyond its slots; more are answered 429 + Retry-After")
-    p.add_argument("--max-body-bytes", type=bounded(int, "--max-body-bytes", 1024),
+    p.add_argument("--max-body-bytes", type=at_least(1024),
                    help="largest request body (413 beyond); default max(1 MiB, 32 B x context)")
-    p.add_argument("--max-prompt-tokens", type=bounded(int, "--max-prompt-tokens", 1),
+    p.add_argument("--max-prompt-tokens", type=at_least(1),
                    help="longest prompt (400 beyond); default the model's context length")
-    p.add_argument("--max-tokens", type=bounded(int, "--max-tokens", 1),
+    p.add_argument("--max-tokens", type=at_least(1),
                    help="largest max_tokens (400 beyond); default the model's context length")
-    p.add_argument("--threads", type=bounded(int, "--threads", 1),
+    p.add_argument("--threads", type=at_least(1),
                    help="CPU threads of a local backend (default: torch's)")
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", metavar="KEY",
+                      help="require Authorization: Bearer KEY on every route but /health (401 without it); visible "
+                           f"to other users in the process list: prefer --api-key-file or {API_KEY_ENV} "
+                           f"(default: --api-key-file, else {API_KEY_ENV}, else none: open)")
+    keys.add_argument("--api-key-file", metavar="PATH",
+                      help=f"read the key from this file (surrounding whitespace dropped); default: {API_KEY_ENV}, "
+                           "else none")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("live", help="run a scenario's policy against real endpoints in real time")
     p.add_argument("scenario")
     p.add_argument("--endpoint", action="append", default=[], metavar="EXPERT=URL", required=True,
                    help="an expert's server (hardware serve) as NAME=http://host:port; one per expert")
-    p.add_argument("--speed", type=bounded(float, "--speed", 1e-6), default=1.0, help="arrivals this many times faster than the scenario's")
-    p.add_argument("--retries", type=bounded(int, "--retries", 0),
+    p.add_argument("--speed", type=number_in(1e-6), default=1.0, help="arrivals this many times faster than the scenario's")
+    p.add_argument("--retries", type=at_least(0),
                    help="most retries per leg (default: as many as fit in --retry-horizon-s)")
-    p.add_argument("--retry-horizon-s", type=bounded(float, "--retry-horizon-s", 0), default=30.0,
+    p.add_argument("--retry-horizon-s", type=number_in(0), default=30.0,
                    help="retry a failing leg with exponential backoff (0.25 s doubling, at most 4 s) while the next "
                         "attempt would start within this many seconds of its first (default 30)")
-    p.add_argument("--connect-timeout", type=bounded(float, "--connect-timeout", 0.001), default=5.0,
+    p.add_argument("--connect-timeout", type=number_in(0.001), default=5.0,
                    help="seconds to connect to an endpoint (default 5)")
-    p.add_argument("--read-timeout", type=bounded(float, "--read-timeout", 0.001), default=60.0,
+    p.add_argument("--read-timeout", type=number_in(0.001), default=60.0,
                    help="seconds to wait for the next data of an answer, the first token included (default 60)")
-    p.add_argument("--timeout-s", type=bounded(float, "--timeout-s", 0.001), default=300.0,
+    p.add_argument("--timeout-s", type=number_in(0.001), default=300.0,
                    help="seconds for a whole attempt (default 300)")
-    p.add_argument("--max-failed-fraction", type=bounded(float, "--max-failed-fraction", 0, 1), default=0.0,
+    p.add_argument("--max-failed-fraction", type=number_in(0, 1), default=0.0,
                    help="exit with code 3 when more than this fraction of legs failed after their retries "
                         "(default 0: any failed leg)")
-    p.add_argument("--seed", type=bounded(int, "--seed", 0, 2**63 - 1), help="override the scenario seed (default: the scenario's)")
+    p.add_argument("--seed", type=whole_in(0, 2**63 - 1), help="override the scenario seed (default: the scenario's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a scenario field")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_live)
@@ -373,14 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="simulated vs measured records -> error table and plots")
     p.add_argument("simulated", help="folder of a simulated run (moe2sim run)")
     p.add_argument("measured", help="folder of a live run (hardware live)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (compare.csv, compare.json, report.html)")
+    p.add_argument("--allow-existing", action="store_true",
+                   help="write into a non-empty folder moe2sim did not write (its files are never overwritten)")
     p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from moe2sim.cli.main import attach_values, value_flags
-
     parser = build_parser()
     args = parser.parse_args(attach_values(list(sys.argv[1:] if argv is None else argv), value_flags(parser)))
     try:

@@ -31,7 +31,7 @@ from typing import Callable, Protocol
 import numpy as np
 import pandas as pd
 
-from moe2sim.hardware.attribution import Share, SharedDevice, Span
+from moe2sim.hardware.attribution import EnergyShares, Share, Span
 from moe2sim.hardware.backends import Backend, Generation
 from moe2sim.hardware.meters import SampledCounter
 from moe2sim.errors import InputError
@@ -50,7 +50,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Plan:
+class MeasurementPlan:
     """How `collect` measures: measured repetitions and unmeasured warm-ups per (request shape, level),
     seconds of idle power before the runs, the concurrency levels and how a level's requests are kept in
     flight together (IN_FLIGHT)."""
@@ -82,27 +82,27 @@ class ThreadWaves:
 
     def __init__(self, backend: Backend, meter: SampledCounter | None, most: int):
         self.backend = backend
-        self.device = SharedDevice(meter) if meter else None
+        self.shares = EnergyShares(meter) if meter else None
         self.pool = ThreadPoolExecutor(most, thread_name_prefix="collect")
 
     def _one(self, req: Request, barrier: threading.Barrier
              ) -> tuple[Generation | None, Span | None, Exception | None]:
         barrier.wait()
-        span = self.device.begin() if self.device else None
+        span = self.shares.begin() if self.shares else None
         try:
             return self.backend.generate(req.prompt, req.prompt_tokens, req.output_tokens), span, None
         except Exception as exc:  # noqa: BLE001  re-raised once the whole wave has ended
             return None, span, exc
         finally:
-            if self.device:
-                self.device.stop(span)
+            if self.shares:
+                self.shares.stop(span)
 
     def run(self, req: Request, n: int) -> list[tuple[Generation, Share | None]]:
         barrier = threading.Barrier(n)
         futures = [self.pool.submit(self._one, req, barrier) for _ in range(n)]
         wait(futures)
         done = [f.result() for f in futures]
-        shares = [self.device.energy(span) if self.device else None for _, span, _ in done]  # read every span
+        shares = [self.shares.energy(span) if self.shares else None for _, span, _ in done]  # read every span
         failed = next((exc for _, _, exc in done if exc is not None), None)
         if failed is not None:
             raise failed
@@ -121,16 +121,16 @@ class BatchWaves:
             raise InputError("--in-flight", "batch", f"{backend.name} cannot batch requests itself: batch needs a "
                                                      "local hf: backend (use threads against a server)")
         self.backend = backend
-        self.device = SharedDevice(meter) if meter else None
+        self.shares = EnergyShares(meter) if meter else None
 
     def run(self, req: Request, n: int) -> list[tuple[Generation, Share | None]]:
-        spans = [self.device.begin() for _ in range(n)] if self.device else [None] * n
+        spans = [self.shares.begin() for _ in range(n)] if self.shares else [None] * n
         try:
             gens = self.backend.generate_batch(req.prompt, req.prompt_tokens, req.output_tokens, n)
         finally:
-            for span in spans if self.device else []:
-                self.device.stop(span)
-        return [(gen, self.device.energy(span) if self.device else None) for gen, span in zip(gens, spans)]
+            for span in spans if self.shares else []:
+                self.shares.stop(span)
+        return [(gen, self.shares.energy(span) if self.shares else None) for gen, span in zip(gens, spans)]
 
     def close(self) -> None:
         pass
@@ -141,7 +141,7 @@ IN_FLIGHT: dict[str, Callable[[Backend, SampledCounter | None, int], Waves]] = {
 
 
 def collect(backend: Backend, requests: list[Request], meter: SampledCounter | None, device: str,
-            plan: Plan = Plan()) -> pd.DataFrame:
+            plan: MeasurementPlan = MeasurementPlan()) -> pd.DataFrame:
     waves = IN_FLIGHT[plan.in_flight](backend, meter, max(plan.concurrency))
     idle_W = idle_power(meter, plan.idle_s) if meter else np.nan
     seen: set[tuple[int, int, int]] = set()

@@ -24,13 +24,11 @@ and is taken out of ttft_s, and start_s is when service began; an upstream serve
 report it leaves queue_s NaN and its queueing inside ttft_s. server_ttft_s and server_decode_s are
 the server's own timings (no network, no HTTP).
 
-Records are appended to a journal as queries complete (`Journal`), so a crash or Ctrl-C keeps what
-was done; after Ctrl-C the queries still in flight are recorded as failed ("interrupted").
+Records are appended to a journal (DIR/live.partial.jsonl, data/journal.py: records of kinds "query",
+"leg" and "attempt") as queries complete, so a crash or Ctrl-C keeps what was done; after Ctrl-C the queries still in flight are recorded as failed ("interrupted").
 """
 from __future__ import annotations
 
-import json
-import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from moe2sim.hardware.backends import BackendError, Generation, OpenAIBackend
-from moe2sim.experiments.outputs import strict
+from moe2sim.data.journal import Journal, fingerprint
 from moe2sim.policy import MixturePolicy
 from moe2sim.routing.routers import Decision
 from moe2sim.selection.budgets import budgets_of
@@ -51,7 +49,8 @@ from moe2sim.twin import Twin
 from moe2sim.workload import QueryBatch
 
 BACKOFF_S, BACKOFF_MAX_S = 0.25, 4.0
-JOURNALS = {"queries": "queries.partial.jsonl", "legs": "legs.partial.jsonl", "attempts": "attempts.partial.jsonl"}
+JOURNAL = "live.partial.jsonl"  # records of kinds "query", "leg", "attempt" (data/journal.py)
+TITLE = "moe2sim live"
 
 
 @dataclass
@@ -173,24 +172,6 @@ def attempt_rows(twin: Twin, qid: int, decision: Decision, results: list[LegResu
             for j, (n, r) in enumerate(zip(decision.experts[0], results)) for a in r.log]
 
 
-class Journal:
-    """Records appended (one JSON line each, flushed) as queries complete: what a crash or Ctrl-C keeps."""
-
-    def __init__(self, folder: Path | None):
-        self.files = {k: open(folder / name, "a", encoding="utf-8") for k, name in JOURNALS.items()} if folder else {}
-        self.lock = threading.Lock()
-
-    def write(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if table in self.files:
-            f = self.files[table]
-            f.write("".join(json.dumps(strict(r), allow_nan=False) + "\n" for r in rows))
-            f.flush()
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
 class LiveRun:
     """One live run; `run()` returns (queries, legs); `attempts`, `interrupted`, `planned`, `sent` after."""
 
@@ -203,7 +184,8 @@ class LiveRun:
         self.retry_horizon_s, self.grace_s = retry_horizon_s, grace_s
         names = [e.name for e in twin.experts]
         self.clients = [OpenAIBackend(endpoints[n], n, timeout_s, connect_timeout_s, read_timeout_s) for n in names]
-        self.journal = Journal(journal)
+        self.journal = (Journal(journal / JOURNAL, TITLE, fingerprint(twin.scenario.model_dump_json()), resume=False)
+                        if journal is not None else None)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.queries: list[dict] = []
@@ -231,9 +213,10 @@ class LiveRun:
             self.queries.append(row)
             self.legs.extend(legs)
             self.attempts.extend(attempts)
-            self.journal.write("queries", [row])
-            self.journal.write("legs", legs)
-            self.journal.write("attempts", attempts)
+            if self.journal is not None:
+                self.journal.append("query", [row])
+                self.journal.append("leg", legs)
+                self.journal.append("attempt", attempts)
 
     def serve_query(self, qid: int, batch: QueryBatch, decision: Decision, right: np.ndarray) -> None:
         twin = self.twin
@@ -299,7 +282,8 @@ class LiveRun:
                 self.record(q, one, decision, right, [LegResult(None, sent_at, now, 1, why, [Attempt(1, sent_at, now, why)])
                                                       for _ in decision.experts[0]])
         finally:
-            self.journal.close()
+            if self.journal is not None:
+                self.journal.close()
             for c in self.clients:
                 c.close()
         return self.tables()
@@ -327,87 +311,3 @@ def run_live(twin: Twin, endpoints: dict[str, str], speed: float = 1.0, retries:
              seed: int | None = None, timeout_s: float = 120.0, **options: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Replay the scenario's arrivals in (scaled) real time through the policy onto the endpoints."""
     return LiveRun(twin, endpoints, speed, retries, seed, timeout_s, **options).run()
-
-
-NO_ENERGY = "not measured: an endpoint reported no energy (no meter there, or a failed leg)"
-
-
-def live_summary(twin: Twin, run: LiveRun, queries: pd.DataFrame, legs: pd.DataFrame,
-                 max_failed_fraction: float) -> dict[str, Any]:
-    """The simulator's summary over the queries that succeeded, plus the failures counted apart:
-    failed_queries / failed_legs (per category and per expert), interrupted, exit_code. Energy that
-    was not measured is null with `energy_reason`, never 0."""
-    from moe2sim.experiments.run import twin_summary
-
-    names = [e.name for e in twin.experts]
-    cats = [c.name for c in twin.scenario.categories]
-    failed_q = queries["error"] != "" if len(queries) else pd.Series(dtype=bool)
-    ok_ids = set(queries.loc[~failed_q, "query_id"]) if len(queries) else set()
-    ok_q = queries[~failed_q] if len(queries) else queries
-    ok_legs = legs[legs["query_id"].isin(ok_ids)] if len(legs) else legs
-    run_s = float(queries["finish_s"].max()) if len(queries) else run.clock()
-    if len(ok_q):
-        summary = twin_summary(twin, ok_q, ok_legs, run_s)
-    else:
-        summary = {"scenario": twin.scenario.name, "seed": twin.scenario.seed, "queries": 0, "accuracy": None,
-                   "latency_s": None, "run_s": run_s, "categories": {}, "experts": {n: {"legs": 0} for n in names}}
-    leg_failed = legs["error"] != "" if len(legs) else pd.Series(dtype=bool)
-    leg_cat = (legs[["query_id"]].merge(queries[["query_id", "category"]], on="query_id", how="left")["category"]
-               .astype(str).to_numpy() if len(legs) else np.array([]))
-    n_legs, n_failed = int(len(legs)), int(leg_failed.sum())
-    failed_fraction = n_failed / n_legs if n_legs else 0.0
-    per_expert = {n: int((leg_failed & (legs["expert"].astype(str) == n)).sum()) if n_legs else 0 for n in names}
-    per_cat_legs = {c: int((leg_failed.to_numpy() & (leg_cat == c)).sum()) if n_legs else 0 for c in cats}
-    per_cat_q = {c: int((failed_q & (queries["category"].astype(str) == c)).sum()) if len(queries) else 0
-                 for c in cats}
-    summary["queries"] = int(len(ok_q))  # the statistics' population: queries that succeeded
-    summary.update({
-        "status": "interrupted" if run.interrupted else "complete", "interrupted": run.interrupted,
-        "queries_planned": run.planned, "queries_sent": run.sent, "queries_recorded": int(len(queries)),
-        "queries_succeeded": int(len(ok_q)),
-        "failed_queries": {"total": int(failed_q.sum()) if len(queries) else 0, "per_category": per_cat_q},
-        "failed_legs": {"total": n_failed, "legs": n_legs, "fraction": failed_fraction, "per_expert": per_expert,
-                        "per_category": per_cat_legs},
-        "max_failed_fraction": max_failed_fraction,
-        "statistics_note": "accuracy, latency and energy are over the queries that succeeded; failed queries "
-                           "(any leg failed after its retries) are counted in failed_queries / failed_legs",
-    })
-    for n, block in summary["experts"].items():
-        block["failed_legs"] = per_expert.get(n, 0)
-        block["attempts"] = int(legs.loc[legs["expert"].astype(str) == n, "attempts"].sum()) if n_legs else 0
-    for c, block in summary.get("categories", {}).items():
-        block["failed_queries"] = per_cat_q.get(c, 0)
-        block["failed_legs"] = per_cat_legs.get(c, 0)
-    measured = len(ok_q) > 0 and bool(np.isfinite(ok_q["energy_J"].to_numpy(float)).all())
-    if not measured:  # pandas sums NaN to 0: say "not measured" instead
-        summary["energy_reason"] = NO_ENERGY
-        for key in ("energy_J_per_query", "energy_J_active_total", "energy_J_total"):
-            if key in summary:
-                summary[key] = None
-        for block in summary.get("categories", {}).values():
-            block["energy_J_per_query"] = block["energy_J_active_total"] = None
-        for block in summary["experts"].values():
-            if "energy_J_active" in block:
-                block["energy_J_active"] = None
-    else:
-        summary["energy_reason"] = None
-    code = 130 if run.interrupted else (3 if failed_fraction > max_failed_fraction else 0)
-    summary["exit_code"] = code
-    return strict(summary)
-
-
-def failures_html(summary: dict[str, Any]) -> str:
-    import html
-
-    fq, fl = summary["failed_queries"], summary["failed_legs"]
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{v}</td></tr>" for n, v in fl["per_expert"].items())
-    cats = "".join(f"<tr><td>{html.escape(c)}</td><td>{fq['per_category'][c]}</td><td>{v}</td></tr>"
-                   for c, v in fl["per_category"].items())
-    state = ("<p><b>The run was interrupted</b>: "
-             f"{summary['queries_sent']} of {summary['queries_planned']} queries were sent.</p>"
-             if summary["interrupted"] else "")
-    return (f"<h2>Failures</h2>{state}<p>{fq['total']} of {summary['queries_recorded']} queries failed "
-            f"({fl['total']} of {fl['legs']} legs, {100 * fl['fraction']:.1f} %); they are left out of the "
-            f"accuracy, latency and energy above. Errors: the <code>error</code> column of queries/legs, every "
-            f"attempt in attempts.csv.</p><table><tr><th>expert</th><th>failed legs</th></tr>{rows}</table>"
-            f"<table><tr><th>category</th><th>failed queries</th><th>failed legs</th></tr>{cats}</table>")

@@ -17,7 +17,7 @@ import yaml
 
 from conftest import assert_same_data
 from moe2sim.hardware.backends import HFBackend, OpenAIBackend
-from moe2sim.hardware.collect import Plan, collect, fit, queued_note, shape_grid
+from moe2sim.hardware.collect import MeasurementPlan, collect, fit, queued_note, shape_grid
 from moe2sim.hardware.meters import SampledCounter
 from moe2sim.hardware.serve import serve
 
@@ -87,7 +87,7 @@ def test_concurrent_requests_share_the_metered_energy():
     server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2)
     try:
         trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
-                        "cpu", Plan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
+                        "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
     finally:
         server.shutdown()
         meter.close()
@@ -115,7 +115,7 @@ def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded
     meter = SampledCounter(joules, "step-40-50W", 40.0)
     try:
         trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
-                        "cpu", Plan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
+                        "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
     finally:
         server.shutdown()
         meter.close()
@@ -135,7 +135,7 @@ def test_a_server_with_fewer_slots_than_the_level_is_reported():
     server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=1)
     try:
         trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("16x128"), None,
-                        "cpu", Plan(reps=2, warmup=0, idle_s=0, concurrency=(2,)))
+                        "cpu", MeasurementPlan(reps=2, warmup=0, idle_s=0, concurrency=(2,)))
     finally:
         server.shutdown()
     assert "--slots 2" in queued_note(trace)

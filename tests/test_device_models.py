@@ -15,7 +15,7 @@ from moe2sim.devices.profiles import Spread, load_profile
 from moe2sim.cli import main
 from moe2sim.errors import InputError
 from moe2sim.devices.service import NoisyService, ProfileService, TraceReplayService
-from moe2sim.experiments.run import twin_summary
+from moe2sim.report.summary import run_summary
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
 
@@ -151,7 +151,7 @@ def test_experts_on_one_device_time_share_it(write_scenario, write_profile):
     assert running.max() == 2
     assert (legs["decode_s"] > 1.0 + 1e-9).mean() > 0.2  # sharing slowed some of them down
     assert legs["decode_s"].max() <= 2.0 + 1e-9          # never below half speed with two running
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["energy_J_idle_total"] == pytest.approx(10.0 * summary["run_s"])
 
 
@@ -163,7 +163,7 @@ def test_summary_flags_mixed_energy_boundaries(write_scenario):
     raw["categories"][0]["prompt_tokens"] = {"dist": "fixed", "mean": 100}
     twin = Twin.build(load_scenario(write_scenario(base=raw)))
     result, queries, legs = twin.simulate()
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["energy_boundaries"] == {"e": "gpu", "orin": "module"}
     assert summary["mixed_boundaries"] is True
     assert "not comparable" in summary["energy_boundary_note"]
@@ -179,7 +179,7 @@ def test_a_stated_reason_turns_the_boundary_warning_into_a_note(write_scenario):
     raw["mixed_boundaries"] = "a GPU board meter beside a module meter, on purpose"
     twin = Twin.build(load_scenario(write_scenario(base=raw)))
     result, queries, legs = twin.simulate()
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["mixed_boundaries"] is True and summary["energy_boundary_note"] == ""
     assert summary["energy_boundary_reason"].endswith("a GPU board meter beside a module meter, on purpose")
 

@@ -1,14 +1,17 @@
 """Issue 15: the end-of-day drain (a backlog left at the episode's end is charged), the replay model of
-logged days (moe2sim.envs.replay) and policy-gradient training in it (moe2sim.envs.replay_train)."""
+logged days (moe2sim.agents.replay) and policy-gradient training in it (moe2sim.agents.replay_train)."""
 from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
 import moe2sim.envs  # noqa: F401  (registers the ids)
-from moe2sim.envs.agents import Constant, TorchAgent, run_episode
-from moe2sim.envs.replay import REPLAY_KEYS, collect
+from moe2sim.agents import Constant, TorchAgent, run_episode
+from moe2sim.agents.network import policy_network
+from moe2sim.agents.replay import REPLAY_KEYS, collect_replay
+from moe2sim.agents.replay_train import ReplayPGConfig, train_replay
 
 RATIONING = "moe2sim/Suite-Rationing-v0"
 
@@ -42,7 +45,7 @@ def test_answers_in_flight_at_the_end_count_in_the_last_reward():
 def test_replay_of_a_constant_earns_what_the_env_paid(rationing):
     """Outcomes attributed to the arrival window add up to the env's day (Rationing has no energy price),
     and the rebuilt observation shows the subset in force."""
-    model = collect(rationing, [0, 1])
+    model = collect_replay(rationing, [0, 1])
     n = model.members.shape[1]
     start = sum(rationing.observation_space[k].shape[0] for k in REPLAY_KEYS[:REPLAY_KEYS.index("subset")])
     for a in range(1, rationing.action_space.n):
@@ -56,10 +59,7 @@ def test_replay_of_a_constant_earns_what_the_env_paid(rationing):
 def test_replay_training_beats_the_best_constant_on_held_out_days(rationing):
     """A small budget of replay-PG (3 logged days, 60 updates) beats the untrained policy and the best
     constant of the training days on days it never saw."""
-    pytest.importorskip("torch")
-    from moe2sim.envs.replay_train import ReplayPGConfig, train_replay
-
-    model = collect(rationing, [0, 1, 2])
+    model = collect_replay(rationing, [0, 1, 2])
     best = int(np.argmax(model.totals.mean(0))) + 1
     cfg = ReplayPGConfig(updates=60, group=8)
     untrained = TorchAgent(train_replay(model, cfg=ReplayPGConfig(updates=0), log=lambda s: None), "x.pt")
@@ -72,12 +72,9 @@ def test_replay_training_beats_the_best_constant_on_held_out_days(rationing):
 
 
 def test_torch_agent_acts_only_among_its_actions(rationing):
-    torch = pytest.importorskip("torch")
-    from moe2sim.envs.ppo import mlp
-
     n = rationing.action_space.n
     keys = ["time_of_day"]
-    net = mlp(2, 4, n)
+    net = policy_network(2, 4, n)
     with torch.no_grad():
         net[-1].bias[:] = torch.tensor([100.0] + [0.0] * (n - 1))  # hold would win
     payload = {"obs_keys": keys, "obs_mean": [0.0, 0.0], "obs_std": [1.0, 1.0], "action": "subset", "hidden": 4,

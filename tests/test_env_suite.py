@@ -9,9 +9,12 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 
+from moe2sim.agents import SiteRule, TorchAgent, run_episode
+from moe2sim.agents.network import policy_network
+from moe2sim.agents.ppo import OBS_KEYS, clone, obs_stats
 from moe2sim.envs import SUITE, BudgetEnv
-from moe2sim.envs.agents import SiteRule, run_episode
 from moe2sim.errors import InputError
 from moe2sim.scenario import load_scenario
 from moe2sim.sim.site import SiteSchedule
@@ -183,15 +186,11 @@ def test_site_rule_avoids_the_down_expert():
 
 
 def test_behaviour_cloning_copies_the_teacher(subset_env):
-    """moe2sim.envs.ppo.clone: the policy PPO starts from in the suite benchmark takes the rule's actions."""
-    torch = pytest.importorskip("torch")
-    from moe2sim.envs.agents import TorchAgent
-    from moe2sim.envs.ppo import OBS_KEYS, clone, mlp, obs_stats
-
+    """moe2sim.agents.ppo.clone: the policy PPO starts from in the suite benchmark takes the rule's actions."""
     torch.manual_seed(0)
     keys = [k for k in OBS_KEYS if k in subset_env.observation_space.spaces]
     mean, std = obs_stats(subset_env, keys, [0])
-    pi = mlp(len(mean), 16, subset_env.action_space.n)
+    pi = policy_network(len(mean), 16, subset_env.action_space.n)
     ranking = list(range(subset_env.action_space.n - 1, 0, -1))
     assert clone(pi, subset_env, SiteRule(subset_env, ranking), keys, mean, std, [1, 2], steps=200) == 1.0
     agent = TorchAgent({"format": "moe2sim-agent", "version": 1, "obs_keys": keys, "obs_mean": mean.tolist(),

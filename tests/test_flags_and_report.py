@@ -37,6 +37,9 @@ def call(capsys, args: list[str]) -> tuple[int, str, str]:
     (["eval-gate", "--options", "mmlu=1"], "--options"),
     (["rollout", "budget_env", "--windows", "0"], "--windows"),
     (["run", "quickstart", "--seed", "-1"], "--seed"),
+    (["run", "quickstart", "--replications", "1000000000"], "--replications"),   # was: grows until the OOM killer
+    (["run", "paper", "--set", "sweep.methods=[]"], "sweep.methods"),             # was: KeyError 'axis'
+    (["run", "paper", "--set", "sweep.energy_budget_J=[]", "--set", "sweep.latency_scale=[]"], "sweep"),
     (["run", "quickstart", "--set", "policy.k=["], "--set"),
     (["train-gate", "--epochs", "0"], "--epochs"),
     (["train-gate", "--hidden", "-4"], "--hidden"),
@@ -50,6 +53,12 @@ def test_a_bad_flag_is_one_line_naming_it(capsys, args, flag):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("moe2sim: error: ") and flag in lines[0], err
     assert "scenarios/quickstart.yaml" not in lines[0] and "further information" not in lines[0]
+
+
+def test_rollout_of_a_scenario_without_an_env_block_is_refused(capsys):
+    """Was: exit 0, `queries: 2000` ignored and a 288-window day simulated."""
+    code, _, err = call(capsys, ["rollout", "quickstart", "--out", "/tmp/never-written"])
+    assert code == 2 and err.count("\n") == 1 and "quickstart.yaml: env:" in err
 
 
 def test_every_flag_states_its_default():

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from moe2sim.hardware.attribution import SharedDevice
+from moe2sim.hardware.attribution import EnergyShares
 from moe2sim.hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
-from moe2sim.hardware.collect import Plan, collect, fit, shape_grid
-from moe2sim.hardware.compare import error_table
+from moe2sim.hardware.collect import MeasurementPlan, collect, fit, shape_grid
+from moe2sim.report.compare_table import error_table
 from moe2sim.hardware.live import run_live
 from moe2sim.hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
 from moe2sim.hardware.serve import serve
@@ -160,7 +160,7 @@ def test_concurrent_requests_share_the_device_energy(step_s):
     """Three overlapping requests on a 200 W device: each gets the energy of the intervals it ran in,
     divided by how many ran then; together they get the device's energy over their union, not more."""
     meter, _ = steady_counter(200.0, step_s)
-    device = SharedDevice(meter)
+    device = EnergyShares(meter)
     time.sleep(0.15)
     a = device.begin()
     time.sleep(0.1)
@@ -215,7 +215,7 @@ def test_serve_splits_energy_between_concurrent_requests():
 def tiny_trace() -> pd.DataFrame:
     """`collect` on a real tiny Llama on this CPU, over a grid of shapes (no meter here)."""
     trace = collect(HFBackend("tiny-llama"), shape_grid("16x8,48x8,16x24,48x24"), None, "cpu",
-                    Plan(reps=2, warmup=1, idle_s=0))
+                    MeasurementPlan(reps=2, warmup=1, idle_s=0))
     assert trace["energy_J"].isna().all()  # no meter: NaN, not 0
     return trace
 

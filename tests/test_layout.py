@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # Lowest first: a module may import its own package and lower layers only (see docs/ARCHITECTURE.md).
 LAYERS = [{"errors", "bundled"}, {"data"}, {"scenario"}, {"devices", "workload"}, {"routing"}, {"selection"},
-          {"policy"}, {"sim", "report"}, {"twin"}, {"envs"}, {"experiments"}, {"cli"}]
+          {"policy"}, {"sim"}, {"twin"}, {"report"}, {"envs"}, {"agents"}, {"experiments"}, {"cli"}]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 
@@ -83,3 +83,28 @@ def test_bundled_data_is_found(relative):
     from moe2sim.data.bundled import bundled_path
 
     assert bundled_path(relative).exists()
+
+
+def architecture_rows() -> set[str]:
+    """The first column of docs/ARCHITECTURE.md's "Where each concern lives" table: `pkg/` or `module.py`."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = text.split("## Where each concern lives", 1)[1].split("\n## ", 1)[0]
+    return {line.split("|")[1].strip().strip("`") for line in table.splitlines()
+            if line.startswith("| `")}
+
+
+def test_architecture_lists_every_package_and_only_those():
+    """Every sub-package of moe2sim (and hardware/) has its row, and every row names one that exists."""
+    on_disk = {f"{p.parent.name}/" for p in (ROOT / "moe2sim").glob("*/__init__.py")} | {"hardware/"}
+    on_disk |= {p.name for p in (ROOT / "moe2sim").glob("*.py") if p.stem not in ("__init__", "__main__")}
+    assert architecture_rows() == on_disk
+
+
+def test_only_report_builds_pages():
+    """Every page is report/'s (report/pages/, written by report/publish.py): no HTML anywhere else."""
+    import re
+
+    tag = re.compile(r"<(html|body|h[1-6]|table|img|pre|p)[ >]")
+    elsewhere = [p for p in [*(ROOT / "moe2sim").rglob("*.py"), *(ROOT / "hardware").rglob("*.py")]
+                 if (ROOT / "moe2sim" / "report") not in p.parents and tag.search(p.read_text())]
+    assert not elsewhere, f"HTML built outside moe2sim/report/: {elsewhere}"

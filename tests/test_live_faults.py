@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from moe2sim.hardware.backends import HFBackend
-from moe2sim.hardware.live import LiveRun, live_summary
+from moe2sim.data import journal
+from moe2sim.hardware.live import JOURNAL, LiveRun
+from moe2sim.report.live_summary import live_summary
 from moe2sim.hardware.serve import serve
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
@@ -152,8 +154,7 @@ def test_a_faulty_endpoint_fails_its_legs_visibly(tmp_path, tiny_server, fault):
     assert len(attempts) == int(legs["attempts"].sum())  # every attempt kept, with its time and error
     assert (attempts.loc[attempts["expert"] == "a", "error"] != "").all()
     # the journal holds every query already (what a crash would have kept)
-    lines = (tmp_path / "queries.partial.jsonl").read_text().splitlines()
-    assert sorted(json.loads(x)["query_id"] for x in lines) == list(range(6))
+    assert sorted(r["query_id"] for r in journaled_queries(tmp_path)) == list(range(6))
     summary = live_summary(twin, run, queries, legs, 0.0)
     assert summary["failed_queries"]["total"] == 6 and summary["queries_succeeded"] == 0
     assert summary["failed_legs"]["per_expert"] == {"a": 6, "b": 0}
@@ -162,6 +163,11 @@ def test_a_faulty_endpoint_fails_its_legs_visibly(tmp_path, tiny_server, fault):
     assert summary["exit_code"] == 3 and summary["energy_reason"]
     assert live_summary(twin, run, queries, legs, 0.5)["exit_code"] == 0  # half the legs: within 50 %
     json.dumps(summary, allow_nan=False)
+
+
+def journaled_queries(folder) -> list[dict]:
+    """The query records a live run has journaled so far."""
+    return [r for kind, r in journal.read(folder / JOURNAL)[1] if kind == "query"]
 
 
 def start_serve(port: int = 0) -> tuple[subprocess.Popen, int]:
@@ -186,9 +192,8 @@ def test_killed_restarted_and_never_restarted_endpoints(tmp_path):
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     restarted = None
     try:
-        journal = out / "queries.partial.jsonl"
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().splitlines()) >= 3):
+        while time.monotonic() < deadline and len(journaled_queries(out)) < 3:
             time.sleep(0.1)
         pa.kill()
         pb.kill()
@@ -233,9 +238,8 @@ def test_ctrl_c_keeps_what_was_done(tmp_path, tiny_server):
     live = subprocess.Popen([*HW, "live", str(scenario_file(tmp_path, 60, 3.0)), "--endpoint", f"a={tiny_server}",
                              "--endpoint", f"b={tiny_server}", "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    journal = out / "queries.partial.jsonl"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
+    while time.monotonic() < deadline and len(journaled_queries(out)) < 2:
         time.sleep(0.05)
     assert not (out / "queries.csv").exists()  # the older run is gone as soon as this one starts
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
@@ -258,13 +262,12 @@ def test_a_crash_leaves_the_journal_and_a_running_summary(tmp_path, tiny_server)
     live = subprocess.Popen([*HW, "live", str(scenario_file(tmp_path, 60, 4.0)), "--endpoint", f"a={tiny_server}",
                              "--endpoint", f"b={tiny_server}", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    journal = out / "queries.partial.jsonl"
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (journal.exists() and len(journal.read_text().splitlines()) >= 2):
+    while time.monotonic() < deadline and len(journaled_queries(out)) < 2:
         time.sleep(0.05)
     live.kill()
     live.wait(10)
     assert json.loads((out / "summary.json").read_text())["status"] == "running"
-    rows = [json.loads(x) for x in journal.read_text().splitlines()]
+    rows = journaled_queries(out)
     assert len(rows) >= 2 and {"query_id", "latency_s", "error"} <= set(rows[0])
     assert not (out / "queries.parquet").exists()

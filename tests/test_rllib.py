@@ -1,4 +1,4 @@
-"""Issue 15: RLlib PPO on a suite env, on a real local Ray instance with two env runners (moe2sim.envs.rllib, the
+"""Issue 15: RLlib PPO on a suite env, on a real local Ray instance with two env runners (moe2sim.agents.rllib, the
 config of examples/rllib_ppo.py). Skipped only where Ray is not installed; CI installs the `ray` extra."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def local_ray():
 
 
 def test_ppo_trains_one_iteration_on_two_env_runners(local_ray):
-    from moe2sim.envs.rllib import GreedyModule, ppo_config
+    from moe2sim.agents.rllib import GreedyModule, ppo_config
 
     algo = ppo_config(ENV, env_runners=2, batch=64, minibatch=32, epochs=1, hidden=16).build_algo()
     try:

@@ -4,7 +4,9 @@ Retry-After, a client that goes away frees its slot, every route answers, flags 
 signals stop the server cleanly."""
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import re
 import signal
 import socket
@@ -46,7 +48,7 @@ def slow_server():
 def wait_idle(url: str, timeout_s: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while True:
-        state = httpx.get(f"{url}/health").json()["experts"]["default"]
+        state = next(iter(httpx.get(f"{url}/health").json()["experts"].values()))
         if state["running"] == 0 and state["waiting"] == 0 or time.monotonic() > deadline:
             return state
         time.sleep(0.05)
@@ -79,7 +81,7 @@ def test_oversized_and_broken_http_requests(server):
 
 def test_routes_stream_and_end_with_done(server):
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert models["data"][0]["id"] == "default" and models["data"][0]["max_model_len"] == 2048
+    assert models["data"][0]["id"] == "tiny-llama" and models["data"][0]["max_model_len"] == 2048
     for path, body in (("/v1/completions", {"prompt": "hi", "max_tokens": 3}),
                        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})):
         plain = httpx.post(f"{server.url}{path}", json=body).json()
@@ -107,7 +109,7 @@ def test_a_full_queue_is_429_and_a_gone_client_frees_its_slot(slow_server):
             waiter = threading.Thread(target=impatient)
             waiter.start()
             deadline = time.monotonic() + 5
-            while httpx.get(f"{url}/health").json()["experts"]["default"]["waiting"] < 1:
+            while httpx.get(f"{url}/health").json()["experts"]["smollm2-135m"]["waiting"] < 1:
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
             r3 = httpx.post(f"{url}/v1/completions", json={"prompt": "z", "max_tokens": 2})
@@ -141,3 +143,80 @@ def test_flags_are_checked_and_signals_stop_cleanly(tmp_path):
         stdout, stderr = proc.communicate(timeout=20)
         assert proc.returncode == 0 and stderr == "", stderr
         assert stdout.strip().splitlines() == [f"stopped on {sig.name}: 0 requests served"]
+
+
+def hold_the_slot(url: str, client: httpx.Client):
+    """A long stream that holds the only slot of `slow_server` while the test fills its queue."""
+    response = client.send(client.build_request("POST", f"{url}/v1/completions",
+                                                json={"prompt": "x", "max_tokens": 1500, "stream": True}), stream=True)
+    lines = response.iter_lines()
+    next(lines)  # it is generating
+    return response, lines
+
+
+def test_counters_count_queued_streams_whose_clients_all_leave_at_once():
+    """40 streams queue behind a long one and their clients drop at once: every one is counted, as
+    cancelled, and the counts add up (received = invalid + rejected + admitted; admitted = served + failed
+    + cancelled once idle)."""
+    backend = HFBackend("smollm2-135m")
+    srv = serve(backend, None, "127.0.0.1", 0, slots=1, limits=Limits.for_models({"m": backend}, queue=64))
+    url, dropped = srv.url, 40
+    try:
+        httpx.post(f"{url}/v1/completions", content=b"{oops")  # one invalid request, counted too
+
+        async def queue_and_drop() -> None:
+            async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=dropped + 1)) as client:
+                body = {"prompt": "q", "max_tokens": 5, "stream": True}
+                streams = [await client.send(client.build_request("POST", f"{url}/v1/completions", json=body),
+                                             stream=True) for _ in range(dropped)]
+                assert all(r.status_code == 200 for r in streams)
+                await asyncio.gather(*(r.aclose() for r in streams))  # every client leaves at once
+
+        with httpx.Client(timeout=30) as holder:
+            response, _ = hold_the_slot(url, holder)
+            deadline = time.monotonic() + 10
+            asyncio.run(queue_and_drop())
+            while httpx.get(f"{url}/health").json()["experts"]["smollm2-135m"]["cancelled"] < dropped:
+                assert time.monotonic() < deadline, httpx.get(f"{url}/health").json()
+                time.sleep(0.05)
+            response.close()
+        state = wait_idle(url)
+        health = httpx.get(f"{url}/health").json()
+        assert state["cancelled"] == dropped + 1 and state["admitted"] == dropped + 1, state  # the holder left too
+        assert state["served"] == state["failed"] == state["rejected"] == 0 and state["waiting"] == state["running"] == 0
+        requests = health["requests"]
+        assert requests["received"] == dropped + 2 and requests["invalid"] == 1
+        assert requests["received"] == requests["invalid"] + state["rejected"] + state["admitted"]
+    finally:
+        srv.shutdown()
+
+
+def test_retry_after_comes_from_the_measured_service_time(slow_server):
+    """A fresh server's 429 says to come back once its queue has drained at the model's speed measured at
+    start (it said 1 s a request before: 64 s for 64 short requests that drain in a few seconds); each
+    answered request then moves the estimate halfway to what it measured (the prior weighs as one answer)."""
+    url = slow_server.url
+    health = lambda: httpx.get(f"{url}/health").json()["experts"]["smollm2-135m"]  # noqa: E731
+    prior = health()["service_estimate"]
+    assert prior["source"].startswith("measured at start") and prior["observed"] == 0
+    assert 0 < prior["first_token_s"] and 0 < prior["per_token_s"]
+    answers: list[dict] = []
+    with httpx.Client(timeout=120) as holder:
+        response, _ = hold_the_slot(url, holder)
+        waiter = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{url}/v1/completions", json={"prompt": "y", "max_tokens": 3}, timeout=120).json()))
+        waiter.start()  # the queue of one: full once it waits
+        deadline = time.monotonic() + 30
+        while health()["waiting"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = httpx.post(f"{url}/v1/completions", json={"prompt": "z", "max_tokens": 2})
+        response.close()  # the slot frees: the waiting request runs
+        waiter.join()
+    assert refused.status_code == 429  # one request of 3 tokens waits: S(3) = first + 2 x per token
+    assert int(refused.headers["Retry-After"]) == max(1, math.ceil(prior["first_token_s"] + 2 * prior["per_token_s"]))
+    served = answers[0]["x_moe2sim"]
+    after = wait_idle(url)["service_estimate"]
+    assert after["observed"] == 1
+    assert after["first_token_s"] == pytest.approx((prior["first_token_s"] + served["ttft_s"]) / 2)
+    assert after["per_token_s"] == pytest.approx((prior["per_token_s"] + served["decode_s"] / 2) / 2)

@@ -33,10 +33,11 @@ import pytest  # noqa: E402
 
 from moe2sim.cli import main  # noqa: E402
 from moe2sim.experiments import sweep as sweep_module  # noqa: E402
-from moe2sim.experiments.journal import NAME as JOURNAL  # noqa: E402
+from moe2sim.experiments.sweep import JOURNAL  # noqa: E402
 from moe2sim.experiments.replications import replicate  # noqa: E402
-from moe2sim.experiments.outputs import OutputDir  # noqa: E402
-from moe2sim.experiments.sweep import paired, sweep_rows, sweep_to, table  # noqa: E402
+from moe2sim.report.outputs import OutputDir  # noqa: E402
+from moe2sim.experiments.sweep import sweep_rows, sweep_to  # noqa: E402
+from moe2sim.report.sweep_table import paired, table  # noqa: E402
 
 TINY = ["queries=60", "outputs.report=false",
         "sweep={energy_budget_J: [300, 900], latency_scale: [1.0], methods: [moe2, best_single], simulate: true}"]
@@ -72,7 +73,7 @@ def test_a_restarted_sweep_recomputes_only_what_the_journal_lacks(tmp_path, monk
     first, _ = sweep_to(tiny(), out, jobs=1, progress=False, replications=2)
     lines = (out.path / JOURNAL).read_text().splitlines()
     assert json.loads(lines[0])["journal"] == "moe2sim sweep" and len(lines) == 1 + 12
-    dropped = [json.loads(lines[i]) for i in (2, 7, 11)]
+    dropped = [json.loads(lines[i])["record"] for i in (2, 7, 11)]
     (out.path / JOURNAL).write_text("\n".join(l for i, l in enumerate(lines) if i not in (2, 7, 11)) + "\n")
     calls = []
     real = sweep_module.evaluate
@@ -96,7 +97,7 @@ def test_a_changed_scenario_starts_the_journal_afresh(tmp_path):
     changed = load_scenario(QUICKSTART, [*TINY, "queries=70"])
     df, _ = sweep_to(changed, out, jobs=1, progress=False)
     lines = (out.path / JOURNAL).read_text().splitlines()
-    assert len(lines) == 1 + 6 and all(json.loads(l)["seed"] == 0 for l in lines[1:])
+    assert len(lines) == 1 + 6 and all(json.loads(l)["record"]["seed"] == 0 for l in lines[1:])
     assert len(df) == 6
 
 
@@ -107,8 +108,8 @@ def test_ray_backend_gives_the_local_backend_table():
     here = replicate(twin, 3, jobs=1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, backend_name="ray")
-        there = replicate(twin, 3, backend_name="ray", jobs=2)
+        remote = sweep_rows(tiny(), replications=2, jobs=2, progress=False, executor_name="ray")
+        there = replicate(twin, 3, executor_name="ray", jobs=2)
     finally:
         ray.shutdown()
     assert here[0] == there[0]
@@ -134,16 +135,16 @@ def test_address_needs_the_ray_backend(tmp_path, capsys):
 
 def test_a_ray_actor_builds_each_group_state_once():
     """GroupWorker is the actor's body: the context it was given, one prepare per group, whatever the calls."""
-    from moe2sim.experiments.backends import GroupWorker, Job, LocalBackend
+    from moe2sim.experiments.executors import GroupWorker, LocalExecutor, WorkSpec
 
     built = []
-    job = Job(10, lambda ctx, group: built.append(group) or f"{group}@{ctx}",
+    job = WorkSpec(10, lambda ctx, group: built.append(group) or f"{group}@{ctx}",
               lambda ctx, state, items: [f"{state}:{i}" for i in items])
     worker = GroupWorker(job.context, job.prepare, job.work)
     assert worker.run(("a", [1, 2])) == ["a@10:1", "a@10:2"]
     assert worker.run(("b", [3])) == ["b@10:3"] and worker.run(("a", [4])) == ["a@10:4"]
     assert built == ["a", "b"]
     built.clear()
-    with LocalBackend(jobs=1) as local:  # in process: the same once-per-group rule
+    with LocalExecutor(jobs=1) as local:  # in process: the same once-per-group rule
         assert list(local.run(job, [("a", [1]), ("a", [2]), ("b", [3])])) == [["a@10:1"], ["a@10:2"], ["b@10:3"]]
     assert built == ["a", "b"]

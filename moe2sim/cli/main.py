@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from moe2sim import __version__
-from moe2sim.cli.argtypes import at_least, positive_float, positive_floats, whole
+from moe2sim.cli.argtypes import (HelpFormatter, at_least, attach_values, positive_float, positive_floats,
+                                  value_flags, whole)
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
+MAX_REPLICATIONS = 10_000  # each replication keeps its summary in memory
 
 
 def _print_table(rows: list[list[object]], header: list[str]) -> None:
@@ -22,7 +24,7 @@ def _print_table(rows: list[list[object]], header: list[str]) -> None:
 
 
 def _output(args: argparse.Namespace, default: Path):
-    from moe2sim.experiments.outputs import OutputDir
+    from moe2sim.report.outputs import OutputDir
 
     return OutputDir(Path(args.out) if args.out else default, "--out", args.allow_existing)
 
@@ -43,16 +45,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from moe2sim.experiments.run import run_scenario
-    from moe2sim.report.html import SUMMARY_HEADER, summary_rows
+    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows, unreliable_note
     from moe2sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.set)
     out = _output(args, Path("runs") / scenario.name)
     _check_backend(args)
     summary = run_scenario(scenario, out, seed=args.seed, progress=not args.quiet, replications=args.replications,
-                           backend_name=args.backend, jobs=args.jobs, address=args.address)
+                           executor_name=args.backend, jobs=args.jobs, address=args.address)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
-    print(f"intervals: 95 % ({summary['interval_method']})")
+    print(f"intervals: 95 % ({summary['interval_method']}){unreliable_note(summary)}")
     print(f"energy total {summary['energy_J_total'] / 1e3:.1f} kJ "
           f"(idle {summary['energy_J_idle_total'] / 1e3:.1f} kJ) over {summary['run_s']:.0f} s; wrote {out.path}/")
     print("energy boundary per expert: " + ", ".join(f"{n} {b}" for n, b in summary["energy_boundaries"].items()))
@@ -65,9 +67,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _strict_json(obj) -> str:
     """JSON for --json: no NaN or Infinity (they become null), as every JSON moe2sim writes."""
-    from moe2sim.experiments.outputs import strict
+    from moe2sim.data.strict import dumps
 
-    return json.dumps(strict(obj), indent=2, allow_nan=False)
+    return dumps(obj, indent=2)
 
 
 def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
@@ -129,7 +131,7 @@ def _check_file_out(path: Path, flag: str) -> None:
     """Before any work: a file to write must not be a folder, and its folder must be writable."""
     import os
 
-    from moe2sim.experiments.outputs import usable_name
+    from moe2sim.report.outputs import usable_name
 
     usable_name(path, flag)
     if path.is_dir():
@@ -199,13 +201,14 @@ def _check_backend(args: argparse.Namespace) -> None:
     if args.address is not None and args.backend != "ray":
         raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
     if args.backend == "ray":
-        from moe2sim.experiments.backends import import_ray
+        from moe2sim.experiments.executors import import_ray
 
         import_ray()
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from moe2sim.experiments.sweep import comparison, sweep_to, versus_moe2
+    from moe2sim.experiments.sweep import sweep_to
+    from moe2sim.report.sweep_table import comparison, versus_moe2
     from moe2sim.scenario import load_scenario
 
     flags = [(flag, f"{key}={json.dumps(getattr(args, dest))}") for dest, (flag, key) in SWEEP_FLAGS.items()
@@ -216,7 +219,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _check_backend(args)
     out = _output(args, Path("runs") / f"{scenario.name}-sweep")
     df, diffs = sweep_to(scenario, out, jobs=args.jobs, progress=not args.quiet, replications=args.replications,
-                         backend_name=args.backend, address=args.address)
+                         executor_name=args.backend, address=args.address)
     table = comparison(df)
     if table.empty:
         print("no method found a subset within the budgets at any sweep point (see the report's table)")
@@ -235,10 +238,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from moe2sim.experiments.run import rollout
-    from moe2sim.report.html import SUMMARY_HEADER, summary_rows
+    from moe2sim.report.pages.run import SUMMARY_HEADER, summary_rows
     from moe2sim.scenario import load_scenario
 
-    load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built
+    scenario = load_scenario(args.scenario, args.set)  # bad input fails here, before anything is built
+    if scenario.env is None:  # an episode is env.windows × env.window_s long: queries/duration_s would be ignored
+        raise InputError(scenario.file, "env", "the scenario has no env block (window_s, windows, action), so it "
+                         "defines no episode: add one, or simulate it with `moe2sim run`")
     out = _output(args, Path("runs") / f"rollout-{Path(args.agent).stem}")
     summary = rollout(args.scenario, args.set, args.agent, out, args.seed, args.windows)
     _print_table(summary_rows(summary), SUMMARY_HEADER)
@@ -271,20 +277,6 @@ def _names(text: str) -> list[str]:
     return names
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """Every flag's help ends with its default, unless the help already states it."""
-
-    EMPTY = {False: "off", None: "none"}
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "default" in text or not action.option_strings or action.required or action.default is argparse.SUPPRESS:
-            return text
-        default = action.default if action.default != [] else None
-        shown = self.EMPTY.get(default, "%(default)s") if isinstance(default, (bool, type(None))) else "%(default)s"
-        return f"{text} (default: {shown})"
-
-
 class Parser(argparse.ArgumentParser):
     """Bad flags: one line naming the command and the flag, exit 2 (as for every other input error)."""
 
@@ -299,9 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     overrides = dict(action="append", default=[], metavar="KEY=VALUE",
                      help="override a scenario field, e.g. policy.k=3 or categories.gsm8k.latency_budget_s=5")
-    replications = dict(type=POSITIVE_INT, default=1, metavar="R",
-                        help="independent replications (seeds: the scenario seed + 0..R-1); every metric gets a 95 %% "
-                             "Student-t interval across them (R = 1: batch means within the run)")
+    replications = dict(type=at_least(1, MAX_REPLICATIONS), default=1, metavar="R",
+                        help=f"independent replications, 1 to {MAX_REPLICATIONS:,} (seeds: the scenario seed + 0..R-1); "
+                             "every metric gets a 95 %% Student-t interval across them (R = 1: sectioning within the "
+                             "run, flagged where the run is too short to trust it)")
     backend_flag = dict(choices=["local", "ray"], default="local",
                         help="local: a process pool on this machine; ray: a Ray cluster (extra: pip install "
                              "'moe2sim[ray]')")
@@ -408,24 +401,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="training seed of --leave-task-out")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
-
-
-def value_flags(parser: argparse.ArgumentParser) -> set[str]:
-    """The flags of every sub-command that take a value (not switches like --quiet)."""
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices.values()
-    return {flag for p in subs for a in p._actions if a.nargs is None and a.option_strings for flag in a.option_strings}
-
-
-def attach_values(argv: list[str], flags: set[str]) -> list[str]:
-    """`--flag -1e3` as `--flag=-1e3`: a value that starts with '-' is the flag's value, not another flag
-    (argparse only takes plain negative integers and decimals that way)."""
-    out: list[str] = []
-    for item in argv:
-        if out and out[-1] in flags and item.startswith("-") and item not in flags and item != "--":
-            out[-1] = f"{out[-1]}={item}"
-        else:
-            out.append(item)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

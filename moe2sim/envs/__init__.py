@@ -12,13 +12,18 @@ the module named before the colon (Gymnasium 1.x loads no plugin entry points).
 
 Keyword arguments of gymnasium.make: scenario, overrides, window_s, windows, action
 ("box" | "discrete" | "subset"); anything else is a TypeError naming it.
+
+Modules: budget_env (the env), handler (spaces, observation, reward), actions (the subset action table),
+window (what one window measured, and the meter that measures it). Agents that act in it and their
+trainers: moe2sim.agents.
 """
 from gymnasium.envs.registration import register, registry
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.envs.actions import ActionTable
 from moe2sim.envs.budget_env import BudgetEnv
-from moe2sim.envs.handler import BudgetHandler, WindowStats
+from moe2sim.envs.handler import BudgetHandler
+from moe2sim.envs.window import WindowMeter, WindowStats
 
 SUITE = {
     "moe2sim/Suite-Paper-v0": dict(scenario="suite_paper.yaml"),
@@ -44,4 +49,5 @@ def register_envs() -> None:
 
 register_envs()
 
-__all__ = ["ActionTable", "BudgetEnv", "BudgetHandler", "WindowStats", "ENV_IDS", "SUITE", "register_envs"]
+__all__ = ["ActionTable", "BudgetEnv", "BudgetHandler", "WindowMeter", "WindowStats", "ENV_IDS", "SUITE",
+           "register_envs"]

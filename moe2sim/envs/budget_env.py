@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.envs.actions import ActionTable, action_table
-from moe2sim.envs.handler import BudgetHandler, WindowStats
-from moe2sim.envs.meter import WindowMeter
+from moe2sim.envs.handler import BudgetHandler
+from moe2sim.envs.window import WindowMeter, WindowStats
 from moe2sim.errors import InputError, from_validation
 from moe2sim.scenario import EnvConfig, Scenario, load_scenario
 from moe2sim.selection.budgets import budgets_of

@@ -29,40 +29,16 @@ a backlog left at the end is charged, not dropped.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from gymnasium import spaces
 
 from moe2sim.envs.actions import HOLD, ActionTable
+from moe2sim.envs.window import WindowStats
 from moe2sim.scenario import EnvConfig, Scenario
 from moe2sim.selection.budgets import Budgets
 from moe2sim.sim.site import SiteSchedule
 
 DAY_S = 86_400.0
-
-
-@dataclass
-class WindowStats:
-    """What the simulation measured in one window."""
-
-    duration_s: float
-    start_s: float
-    end_s: float               # inf for the drain after the episode's last window
-    arrivals: np.ndarray        # (M,)
-    queue: np.ndarray           # (N,)
-    busy_s: np.ndarray          # (N,) slot-seconds
-    latencies: list[np.ndarray]  # per category, of answers completed in the window
-    correct: int
-    late: int
-    completed: int
-    energy_J: float             # active energy of the answers completed in the window
-    energy_cum_J: float
-
-    @classmethod
-    def empty(cls, m: int, n: int, duration_s: float) -> "WindowStats":
-        """Before the first window: nothing measured yet."""
-        return cls(duration_s, 0.0, 0.0, np.zeros(m), np.zeros(n), np.zeros(n), [np.empty(0)] * m, 0, 0, 0, 0.0, 0.0)
 
 
 def _lerp_log(a: np.ndarray, lo: float, hi: float) -> np.ndarray:

@@ -1,2 +1,2 @@
-"""Experiments: running a scenario, rolling out an agent, budget sweeps, and the output folder
-contract they all write through."""
+"""Experiments: running a scenario, rolling out an agent, budget sweeps and replications, on this machine
+or a Ray cluster (executors); what they write is report/'s (report/publish.py)."""

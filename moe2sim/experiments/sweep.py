@@ -10,40 +10,37 @@ weights: no gate).
 
 Replications: a unit of work is (point, seed); replication i runs with the seed of
 experiments/replications.py (scenario seed + i), the same seed for every method and budget, so the
-methods see the same arrivals and prompts (common random numbers). `table` gives per (point, method)
-each simulated metric's mean and, with R ≥ 2, its 95 % Student-t interval across replications;
-`paired` the interval of MoE² − baseline from the per-seed differences. Units run on a backend
-(experiments/backends.py: local process pool or Ray), grouped by method so a worker builds a method's
-twin once, and are journaled as they finish (experiments/journal.py).
+methods see the same arrivals and prompts (common random numbers); report/sweep_table.py turns the rows
+into the sweep table and the paired differences. Units run on an executor (experiments/executors.py:
+local process pool or Ray), grouped by method so a worker builds a method's twin once, and are
+journaled as they finish (data/journal.py).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any, Iterable, get_args
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from moe2sim.experiments.backends import Job, Task, backend
-from moe2sim.experiments.journal import NAME as JOURNAL, Journal, fingerprint, normalise
-from moe2sim.experiments.outputs import OutputDir
-from moe2sim.experiments.replications import replication_seeds, run_summary
-from moe2sim.report.intervals import t_interval
+from moe2sim.data.journal import Journal, fingerprint, roundtrip
+from moe2sim.experiments.executors import Task, WorkSpec, executor
+from moe2sim.experiments.replications import replication_seeds
+from moe2sim.report.outputs import OutputDir
+from moe2sim.report.publish import SWEEP_FILES, publish, sweep_results
+from moe2sim.report.summary import run_summary
+from moe2sim.report.sweep_table import paired, table
 from moe2sim.routing.routers import UniformRouter
-from moe2sim.scenario import Scenario, SweepMethod
+from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets, budgets_of
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.twin import Twin
 from moe2sim.twin.factory import moe2_selection, selecting, subset_utility
 
-METHODS = get_args(SweepMethod)
-# columns of sweep.csv even when no point is feasible (the rest depend on the categories and on `simulate`)
-ALWAYS = ("axis", "value", "method", "energy_budget_J", "feasible", "reason", "within_budget", "subset", "size",
-          "U_validation", "accuracy_test", "worst_energy_J")
-KEY = ["axis", "value", "method"]
+JOURNAL = "sweep.partial.jsonl"
+TITLE = "moe2sim sweep"
+ROW = "row"  # the journal's record kind
 
 
 @dataclass(frozen=True)
@@ -151,25 +148,24 @@ def journal_fingerprint(scenario: Scenario) -> str:
 
 
 def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = None, progress: bool = True,
-               sweep_points: Iterable[SweepPoint] | None = None, backend_name: str = "local",
-               address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
-    """One row per (point, replication), in sweep order. Units already in `journal` (same fingerprint) are
-    not run again; the others run on the backend and are appended to it as their task finishes."""
+               sweep_points: Iterable[SweepPoint] | None = None, executor_name: str = "local",
+               address: str | None = None, journal: Journal | None = None) -> pd.DataFrame:
+    """One row per (point, replication), in sweep order. Units whose rows `journal` holds (see `sweep_to`)
+    are not run again; the others run on the executor and are appended to it as their task finishes."""
     todo = units(scenario, replications, sweep_points)
-    log = Journal(journal, journal_fingerprint(scenario), row_key) if journal is not None else None
-    done = {k: r for k, r in (log.rows.items() if log else ())}
+    done = {row_key(r): r for r in (journal.records(ROW) if journal is not None else ())}
     wanted = {u.key for u in todo}
     rows = [r for k, r in done.items() if k in wanted]
     missing = [u for u in todo if u.key not in done]
     bar = tqdm(total=len(todo), initial=len(rows), desc="sweep", unit="run", disable=None if progress else True,
                leave=False)
     if missing:
-        with backend(backend_name, jobs, address) as engine:
-            job = Job(scenario, method_twin, _work)
-            for group in engine.run(job, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
-                group = [normalise(r) for r in group]
-                if log is not None:
-                    log.append(group)
+        with executor(executor_name, jobs, address) as engine:
+            spec = WorkSpec(scenario, method_twin, _work)
+            for group in engine.run(spec, tasks_of(missing, engine.workers, engine.tasks_per_worker)):
+                group = [roundtrip(r) for r in group]
+                if journal is not None:
+                    journal.append(ROW, group)
                 rows += group
                 bar.update(len(group))
     bar.close()
@@ -177,106 +173,25 @@ def sweep_rows(scenario: Scenario, replications: int = 1, jobs: int | None = Non
     return pd.DataFrame(sorted(rows, key=lambda r: order[row_key(r)]))
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    order = {m: i for i, m in enumerate(METHODS)}
-    return df.sort_values(["axis", "method", "value"], key=lambda c: c.map(order) if c.name == "method" else c,
-                          ignore_index=True, kind="stable")
-
-
-def table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (axis, value, method): the point's columns, `replications`, and each simulated metric (sim_*) as its
-    mean over replications, with `<metric>_low`/`_high`, the 95 % Student-t interval, when R ≥ 2."""
-    sim = [c for c in rows.columns if c.startswith("sim_")]
-    with_interval = rows.groupby(KEY, sort=False).size().max() >= 2
-    out = []
-    for _, g in rows.groupby(KEY, sort=False):
-        row = {**g.iloc[0].drop(["replication", "seed", *sim]).to_dict(), "replications": len(g)}
-        for c in sim:
-            iv = t_interval(g[c].to_numpy(float))
-            row[c] = iv.mean if iv else math.nan
-            if with_interval:
-                row[f"{c}_low"], row[f"{c}_high"] = (iv.low, iv.high) if iv and iv.n >= 2 else (math.nan, math.nan)
-        out.append(row)
-    df = pd.DataFrame(out)
-    return _sorted(df.reindex(columns=[*df.columns, *(c for c in ALWAYS if c not in df.columns)]))
-
-
-def paired(rows: pd.DataFrame, reference: str = "moe2") -> pd.DataFrame:
-    """Per point, baseline and simulated metric: reference − baseline on common random numbers. The per-seed
-    differences d_r (same seed, same arrivals and prompts) give diff_mean and its 95 % Student-t interval."""
-    sim = [c for c in rows.columns if c.startswith("sim_")]
-    out = []
-    for (axis, value), g in rows.groupby(["axis", "value"], sort=False):
-        ref = g[g["method"] == reference].set_index("seed")
-        for method, b in g[g["method"] != reference].groupby("method", sort=False):
-            b = b.set_index("seed")
-            common = ref.index.intersection(b.index)
-            for c in sim:
-                iv = t_interval((ref.loc[common, c] - b.loc[common, c]).to_numpy(float))
-                if iv is not None:
-                    out.append({"axis": axis, "value": value, "method": reference, "baseline": method, "metric": c,
-                                "diff_mean": iv.mean, "low": iv.low if iv.n >= 2 else math.nan,
-                                "high": iv.high if iv.n >= 2 else math.nan, "n": iv.n})
-    cols = ["axis", "value", "method", "baseline", "metric", "diff_mean", "low", "high", "n"]
-    return pd.DataFrame(out, columns=cols)
-
-
 def run_sweep(scenario: Scenario, jobs: int | None = None, progress: bool = True,
-              sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, backend_name: str = "local",
-              address: str | None = None, journal: Path | None = None) -> pd.DataFrame:
-    """The sweep table (see `table`) of every point of the sweep (or `sweep_points`)."""
-    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, backend_name, address, journal))
-
-
-def comparison(df: pd.DataFrame) -> pd.DataFrame:
-    """Per axis and method: mean test accuracy over the points where the method's subset keeps the budgets."""
-    feasible = df[df["feasible"].fillna(False).astype(bool) & df["within_budget"].fillna(False).astype(bool)]
-    out = feasible.groupby(["axis", "method"], sort=False)["accuracy_test"].mean().unstack("method")
-    return out.reindex(columns=[m for m in METHODS if m in out.columns])
-
-
-def versus_moe2(df: pd.DataFrame, tie: float = 0.0005) -> pd.DataFrame:
-    """Per axis and baseline, over the budget points where both MoE² and the baseline keep the budgets:
-    mean test accuracy of each, MoE²'s wins / ties (|difference| < `tie`) / losses, and its best margin."""
-    kept = df[df["feasible"] & df["within_budget"].fillna(False).astype(bool)]
-    acc = kept.pivot_table(index=["axis", "value"], columns="method", values="accuracy_test")
-    if "moe2" not in acc.columns:
-        return pd.DataFrame()
-    rows = []
-    for method in [m for m in METHODS if m in acc.columns and m != "moe2"]:
-        for axis in acc.index.get_level_values("axis").unique():
-            both = acc.loc[axis, ["moe2", method]].dropna()
-            if both.empty:
-                continue
-            diff = both["moe2"] - both[method]
-            rows.append({"axis": axis, "baseline": method, "points": len(both), "moe2": both["moe2"].mean(),
-                         "baseline_mean": both[method].mean(), "wins": int((diff >= tie).sum()),
-                         "ties": int((diff.abs() < tie).sum()), "losses": int((diff <= -tie).sum()),
-                         "best_margin": float(diff.max())})
-    return pd.DataFrame(rows)
+              sweep_points: Iterable[SweepPoint] | None = None, replications: int = 1, executor_name: str = "local",
+              address: str | None = None) -> pd.DataFrame:
+    """The sweep table (report/sweep_table.py) of every point of the sweep (or `sweep_points`)."""
+    return table(sweep_rows(scenario, replications, jobs, progress, sweep_points, executor_name, address))
 
 
 def sweep_to(scenario: Scenario, out: OutputDir, jobs: int | None = None, progress: bool = True,
-             replications: int = 1, backend_name: str = "local", address: str | None = None
+             replications: int = 1, executor_name: str = "local", address: str | None = None
              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`moe2sim sweep`: run the scenario's sweep, journaling rows in `out`/sweep.partial.jsonl (a restart on
-    the same folder resumes), and write sweep.csv, paired.csv (R ≥ 2) and report.html. Returns the table and
+    the same folder resumes), and publish sweep.csv, paired.csv (R ≥ 2) and report.html. Returns the table and
     the paired differences."""
-    from moe2sim.report.html import setup_rows, sweep_section, sweep_setup_rows, write_report
-
-    names = ("sweep.csv", "paired.csv", "report.html")
-    out.check((*names, JOURNAL))
+    out.check((*SWEEP_FILES, JOURNAL))
     if scenario.sweep.simulate:  # before any worker starts: queries must arrive in the simulations
         Twin.build(scenario, solve=False).check_arrivals()
     out.adopt([JOURNAL])
-    rows = sweep_rows(scenario, replications, jobs, progress, None, backend_name, address, out.path / JOURNAL)
+    with Journal(out.path / JOURNAL, TITLE, journal_fingerprint(scenario)) as journal:
+        rows = sweep_rows(scenario, replications, jobs, progress, None, executor_name, address, journal)
     df, diffs = table(rows), paired(rows)
-    with out.staged(keep=[JOURNAL]) as stage:
-        df.to_csv(stage / "sweep.csv", index=False)
-        if replications >= 2:
-            diffs.to_csv(stage / "paired.csv", index=False)
-        write_report(stage / "report.html", f"moe2sim sweep: {scenario.name}", None, None, {}, scenario.description,
-                     sweep_section(df, [e.name for e in scenario.experts], [c.name for c in scenario.categories],
-                                   diffs),
-                     [*setup_rows(scenario), *sweep_setup_rows(scenario, moe2_selection(scenario))])
+    publish(out, sweep_results(scenario, df, diffs, replications, moe2_selection(scenario)), keep=[JOURNAL])
     return df, diffs

@@ -1,2 +1,3 @@
-"""What a run reports: summary metrics from the records (summary) and the self-contained HTML
-report with its figures (html)."""
+"""Every statistic and every file a run writes: summaries and intervals from records of any source, the
+sweep, live and compare tables, the pages (pages/), the output contract (outputs) and `publish`, the one
+way each command writes its results."""

@@ -6,13 +6,28 @@ Utilisation of an expert = its busy slot-seconds / (slots * run length).
 Energies are within each expert's profile boundary (module rails, GPU board, wall plug):
 energy_boundaries names each expert's, and mixed_boundaries is true when the totals add
 energies measured within different boundaries (then they are not one physical quantity).
+
+Intervals (`interval_block`): with R ≥ 2 replications every metric's interval is the Student-t interval
+across the R runs (report/intervals.py), and every printed figure is the mean over the runs; with R = 1,
+sectioning within the one run (per-query metrics only): the whole run's value, with an interval from
+batches that span the queue's memory, each entry flagged `reliable: false` (and why) where the run is too
+short for one. The summary says which in `interval_method` and lists the flagged metrics in
+`intervals_unreliable`.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from moe2sim.report.intervals import across, flatten, sectioned
+
+if TYPE_CHECKING:
+    from moe2sim.twin import Twin
+
+BATCHES = 20
+WARMUP = 0.05
 
 
 def _mean_or_none(value: float) -> float | None:
@@ -93,3 +108,48 @@ def summarize(queries: pd.DataFrame, legs: pd.DataFrame, idle_power_W: dict[str,
     overall["mixed_boundaries"] = len(set(boundaries.values())) > 1
     overall["energy_boundary_note"], overall["energy_boundary_reason"] = boundary_note(boundaries, mixed_boundaries)
     return overall
+
+
+def run_summary(twin: Twin, queries: pd.DataFrame, legs: pd.DataFrame, run_s: float) -> dict[str, Any]:
+    """summary.json's metrics of one run of `twin`, the run length at least the last finish."""
+    return summarize(queries, legs, {e.name: e.idle_power_W for e in twin.experts},
+                     {e.name: e.slots for e in twin.experts}, max(run_s, float(queries["finish_s"].max())),
+                     {e.name: p.boundary for e, p in zip(twin.experts, twin.profiles)}, twin.scenario.mixed_boundaries)
+
+
+def per_query_metrics(queries: pd.DataFrame) -> dict[str, Any]:
+    """The metrics of summary.json that are averages or quantiles over queries (overall and per category):
+    accuracy, latency_s (mean and percentiles), energy_J_per_query, budget_violations.rate. Counts and totals have no batch values."""
+    def keep(block: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy": block["accuracy"], "latency_s": {k: v for k, v in block["latency_s"].items() if k != "max"},
+                "energy_J_per_query": block["energy_J_per_query"],
+                "budget_violations": {"rate": block["budget_violations"]["rate"]}}
+
+    metrics = query_metrics(queries)
+    return {**keep(metrics), "categories": {c: keep(b) for c, b in metrics["categories"].items()}}
+
+
+def interval_block(runs: list[dict[str, Any]], first_queries: pd.DataFrame) -> dict[str, Any]:
+    """`interval_method`, `intervals` and `intervals_unreliable` for summary.json: across the runs if there are
+    two or more, else sectioning of the one run's queries (the busiest slot's utilisation bounds how long the
+    run remembers a busy spell)."""
+    if len(runs) >= 2:
+        return {"interval_method": f"replications ({len(runs)})",
+                "intervals": across([flatten(r) for r in runs]), "intervals_unreliable": []}
+    load = max((e.get("utilisation") or 0.0 for e in runs[0].get("experts", {}).values()), default=0.0)
+    intervals = sectioned(first_queries, per_query_metrics, BATCHES, WARMUP, load=load)
+    return {"interval_method": f"sectioning (whole-run estimate; up to {BATCHES} batches, each spanning 10 "
+                               f"autocorrelation times; first {WARMUP:.0%} of queries dropped)",
+            "intervals": intervals,
+            "intervals_unreliable": sorted(k for k, v in intervals.items() if not v["reliable"])}
+
+
+def replicated_summary(scenario_name: str, seeds: list[int], runs: list[dict[str, Any]],
+                       first_queries: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    """summary.json of R replications (replication 0's metrics at the top level, as a single run writes
+    them, plus the interval block and the seeds; `seeds[0]` the scenario's seed) and replications.csv
+    (one row of flattened metrics per replication)."""
+    table = pd.DataFrame([{"replication": i, "seed": s, **flatten(r)} for i, (s, r) in enumerate(zip(seeds, runs))])
+    summary = {"scenario": scenario_name, "seed": seeds[0], **runs[0], **interval_block(runs, first_queries),
+               "replications": {"n": len(runs), "seeds": seeds}}
+    return summary, table

@@ -216,8 +216,14 @@ class SweepConfig(Strict):
 
     energy_budget_J: list[PositiveFloat] = Field(default_factory=list)
     latency_scale: list[PositiveFloat] = Field(default_factory=list, description="x each category's latency budget")
-    methods: list[SweepMethod] = list(get_args(SweepMethod))
+    methods: list[SweepMethod] = Field(default_factory=lambda: list(get_args(SweepMethod)), min_length=1)
     simulate: bool = True
+
+    @model_validator(mode="after")
+    def _points(self) -> "SweepConfig":
+        if not self.energy_budget_J and not self.latency_scale:
+            raise ValueError("a sweep needs at least one energy_budget_J or latency_scale value (or no sweep block)")
+        return self
 
 
 class RewardWeights(Strict):

@@ -1,16 +1,41 @@
-"""The environment's window meter: per-window measurements from the simulation, as it runs.
+"""One control window of the environment: what the simulation measured in it (WindowStats) and the
+WindowMeter that measures it from the simulation's plans, as it runs.
 
 Finish times and latencies come from moe2sim.sim.records (the same definitions as the records).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from moe2sim.envs.handler import WindowStats
 from moe2sim.sim.engine import EdgeSimulation
 from moe2sim.sim.entities import Plan
 from moe2sim.sim.records import finish_times, leg_end
 from moe2sim.sim.site import DailyProfile
+
+
+@dataclass
+class WindowStats:
+    """What the simulation measured in one window."""
+
+    duration_s: float
+    start_s: float
+    end_s: float               # inf for the drain after the episode's last window
+    arrivals: np.ndarray        # (M,)
+    queue: np.ndarray           # (N,)
+    busy_s: np.ndarray          # (N,) slot-seconds
+    latencies: list[np.ndarray]  # per category, of answers completed in the window
+    correct: int
+    late: int
+    completed: int
+    energy_J: float             # active energy of the answers completed in the window
+    energy_cum_J: float
+
+    @classmethod
+    def empty(cls, m: int, n: int, duration_s: float) -> "WindowStats":
+        """Before the first window: nothing measured yet."""
+        return cls(duration_s, 0.0, 0.0, np.zeros(m), np.zeros(n), np.zeros(n), [np.empty(0)] * m, 0, 0, 0, 0.0, 0.0)
 
 
 class WindowMeter:

@@ -1,5 +1,5 @@
-"""`hardware compare`: simulated vs measured (live or collected) records of the same workload ->
-error table (mean and p95 latency, energy per query; per category and per expert) and plots.
+"""`hardware compare`'s statistics: simulated vs measured (live or collected) records of the same workload ->
+error table (mean and p95 latency, energy per query; per category and per expert).
 
 Per expert, the service time (TTFT + decode) is also split the way LLM-serving benchmarks report
 it, TTFT and time per output token (decode / (output tokens − 1)), next to the wait in the
@@ -13,15 +13,16 @@ visibly: the `n_failed` column counts them per row and `failures()` says how man
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from moe2sim.errors import InputError
 
-def _read(folder) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from pathlib import Path
 
-    from moe2sim.errors import InputError
-
+def read_records(folder: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A run folder's query and leg records (parquet or CSV; an empty `error` read back as '')."""
     folder = Path(folder)
     tables = []
     for stem in ("queries", "legs"):
@@ -39,9 +40,9 @@ def _failed(table: pd.DataFrame) -> pd.Series:
     return table["error"] != "" if "error" in table.columns else pd.Series(False, index=table.index)
 
 
-def failures(real_dir) -> dict[str, int]:
+def failures(real_dir: str | Path) -> dict[str, int]:
     """How many measured queries and legs failed (and are left out of the comparison)."""
-    rq, rl = _read(real_dir)
+    rq, rl = read_records(real_dir)
     return {"queries": int(len(rq)), "failed_queries": int(_failed(rq).sum()),
             "legs": int(len(rl)), "failed_legs": int(_failed(rl).sum())}
 
@@ -50,9 +51,11 @@ def _pct(sim: float, real: float) -> float:
     return float((sim - real) / real * 100) if real and np.isfinite(real) and np.isfinite(sim) else np.nan
 
 
-def error_table(sim_dir, real_dir) -> pd.DataFrame:
-    sq, sl = _read(sim_dir)
-    rq_all, rl_all = _read(real_dir)
+def error_table(sim_dir: str | Path, real_dir: str | Path) -> pd.DataFrame:
+    """Per level (all, category, expert service time, queue wait, TTFT, time per output token): simulated and
+    measured mean and p95 latency and mean energy, and their signed relative errors in %."""
+    sq, sl = read_records(sim_dir)
+    rq_all, rl_all = read_records(real_dir)
     q_failed, l_failed = _failed(rq_all), _failed(rl_all)
     # a failed query's latency is a give-up time and its legs' timings are partial: left out, counted
     rq, rl = rq_all[~q_failed], rl_all[~rl_all["query_id"].isin(rq_all.loc[q_failed, "query_id"])]
@@ -105,18 +108,6 @@ def markdown(table: pd.DataFrame) -> str:
     return head + "\n".join("| " + " | ".join(fmt(r[c]) for c in cols) + " |" for _, r in table.iterrows())
 
 
-def cdf_plot(sim_dir, real_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sq, _ = _read(sim_dir)
-    rq, _ = _read(real_dir)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, q in (("simulated", sq), ("measured", rq)):
-        x = np.sort(q["latency_s"].dropna().to_numpy())
-        ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=label)
-    ax.set(xlabel="query latency (s)", ylabel="fraction of queries", title="Latency CDF: simulated vs measured")
-    ax.legend()
-    return fig
+def failures_note(lost: dict[str, int]) -> str:
+    return (f"measured: {lost['failed_queries']} of {lost['queries']} queries failed ({lost['failed_legs']} of "
+            f"{lost['legs']} legs) and are excluded from the comparison (n_failed column)")

@@ -1,10 +1,10 @@
-"""Where a batch of independent tasks runs: this machine's cores, or a Ray cluster. Registry `BACKENDS`.
+"""Where a batch of independent tasks runs: this machine's cores, or a Ray cluster. Registry `EXECUTORS`.
 
-A `Job` says what to run, independently of where: a `context` shipped to workers once (a scenario), a
+A `WorkSpec` says what to run, independently of where: a `context` shipped to workers once (a scenario), a
 `prepare(context, group)` that builds a group's state once per worker (a method's twin), and a
-`work(context, state, items)` that returns one result per item. Tasks are (group, items) pairs; a
-backend yields each task's results as soon as that task finishes (any order), so the caller can journal
-them and show progress. Neither backend schedules by hand: the process pool's queue and Ray's
+`work(context, state, items)` that returns one result per item. Tasks are (group, items) pairs; an
+executor yields each task's results as soon as that task finishes (any order), so the caller can journal
+them and show progress. Neither executor schedules by hand: the process pool's queue and Ray's
 ActorPool hand tasks to whichever worker is free.
 
 - `local`: a process pool (spawn) of `jobs` workers, or this process when jobs = 1. The context is
@@ -28,27 +28,27 @@ Task = tuple[str, list[Any]]
 
 
 @dataclass(frozen=True)
-class Job:
+class WorkSpec:
     context: Any
     prepare: Callable[[Any, str], Any]
     work: Callable[[Any, Any, list[Any]], list[Any]]
 
 
-class Backend(Protocol):
+class Executor(Protocol):
     """Used as a context manager: entering connects (Ray) and fixes `workers`; leaving releases what it started."""
 
     workers: int
     tasks_per_worker: int
 
-    def __enter__(self) -> "Backend": ...
+    def __enter__(self) -> "Executor": ...
 
     def __exit__(self, *exc: object) -> None: ...
 
-    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+    def run(self, job: WorkSpec, tasks: list[Task]) -> Iterator[list[Any]]:
         """Each task's results, as tasks finish."""
 
 
-def _run_task(job: Job, task: Task) -> list[Any]:
+def _run_task(job: WorkSpec, task: Task) -> list[Any]:
     group, items = task
     return job.work(job.context, job.prepare(job.context, group), items)
 
@@ -58,7 +58,7 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class LocalBackend:
+class LocalExecutor:
     """This machine: a spawn process pool of `jobs` workers (default: all cores), or in-process for jobs = 1."""
 
     tasks_per_worker = 1
@@ -68,13 +68,13 @@ class LocalBackend:
             raise InputError("--address", address, "only the ray backend connects to a cluster")
         self.workers = jobs or os.cpu_count() or 1
 
-    def __enter__(self) -> "LocalBackend":
+    def __enter__(self) -> "LocalExecutor":
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+    def run(self, job: WorkSpec, tasks: list[Task]) -> Iterator[list[Any]]:
         if self.workers == 1 or len(tasks) <= 1:
             states: dict[str, Any] = {}
             for group, items in tasks:
@@ -125,7 +125,7 @@ def import_ray():
     return ray
 
 
-class RayBackend:
+class RayExecutor:
     """A Ray cluster at `address` (e.g. ray://head:10001 or auto), or a local instance started here and shut
     down after the run. Workers: `jobs` actors, default one per CPU the cluster has."""
 
@@ -137,7 +137,7 @@ class RayBackend:
         self.workers = jobs or 1
         self.started = False
 
-    def __enter__(self) -> "RayBackend":
+    def __enter__(self) -> "RayExecutor":
         """Connect to the cluster, or start a local instance (then shut down on exit); workers = its CPUs
         (at most `jobs`)."""
         ray = self.ray
@@ -155,7 +155,7 @@ class RayBackend:
             self.ray.shutdown()
             self.started = False
 
-    def run(self, job: Job, tasks: list[Task]) -> Iterator[list[Any]]:
+    def run(self, job: WorkSpec, tasks: list[Task]) -> Iterator[list[Any]]:
         from ray.util import ActorPool
 
         ray = self.ray
@@ -173,11 +173,11 @@ class RayBackend:
                 ray.kill(a)
 
 
-BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": RayBackend}
+EXECUTORS: dict[str, Callable[..., Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
-def backend(name: str, jobs: int | None = None, address: str | None = None) -> Backend:
-    """The backend `name` (a key of BACKENDS) with `jobs` workers."""
-    if name not in BACKENDS:
-        raise InputError("--backend", name, f"unknown backend; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[name](jobs, address)
+def executor(name: str, jobs: int | None = None, address: str | None = None) -> Executor:
+    """The executor `name` (a key of EXECUTORS; the user picks it with --backend) with `jobs` workers."""
+    if name not in EXECUTORS:
+        raise InputError("--backend", name, f"unknown backend; choose one of {', '.join(EXECUTORS)}")
+    return EXECUTORS[name](jobs, address)

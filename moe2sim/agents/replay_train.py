@@ -1,9 +1,10 @@
-"""Policy-gradient training in a replay model (moe2sim.envs.replay): model-based RL for subset envs.
+"""Policy-gradient training in a replay model (moe2sim.agents.replay): model-based RL for subset envs.
 
-A whole simulated day costs seconds, so model-free RL on the env (moe2sim.envs.ppo) gets a few hundred
+A whole simulated day costs seconds, so model-free RL on the env (moe2sim.agents.ppo) gets a few hundred
 days in minutes and, on the suite, does not improve on the rule it is cloned from. Here the env is run
-only to log every action on the training days (moe2sim.envs.replay.collect); the policy then trains on
-those logged days, where a day of a batch of policies costs milliseconds, and the result runs in the env.
+only to log every action on the training days (moe2sim.agents.replay.collect_replay); the policy then
+trains on those logged days, where a day of a batch of policies costs milliseconds, and the result runs in
+the env.
 
 Method: policy gradient over whole days. Each update rolls out `group` sampled days on every fitting
 day. A window's own reward is known for every action (the replay logged them all, from the same energy
@@ -11,11 +12,11 @@ spent), so its expectation under the policy is differentiated exactly (the advan
 is its reward minus the policy's mean); the rest of the day enters through the action taken (score
 function), as its reward-to-go minus the mean over the other rollouts of the same day at the same
 window (a valid baseline: the load is the day's, not the policy's). An entropy bonus decays to zero
-over the updates. The policy is TorchAgent's network (Linear-Tanh-Linear-Tanh-Linear) over the
-REPLAY_KEYS fields of the observation, normalised; it never holds (re-choosing the action in force is
-the same decision). The last `validation` training days are kept out of the fitting; the weights kept
-are those of the update whose greedy policy earns most on them in the model (all of this on training
-days: the held-out days are never seen).
+over the updates. The policy is moe2sim.agents.network's policy_network over the REPLAY_KEYS fields of
+the observation, normalised; it never holds (re-choosing the action in force is the same decision).
+The last `validation` training days are kept out of the fitting; the weights kept are those of the
+update whose greedy policy earns most on them in the model (all of this on training days: the held-out
+days are never seen).
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from moe2sim.envs.ppo import mlp
-from moe2sim.envs.replay import REPLAY_KEYS, ReplayModel
+from moe2sim.agents.network import agent_payload, policy_network
+from moe2sim.agents.replay import REPLAY_KEYS, ReplayModel
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,7 @@ class ReplayPGConfig:
 
 
 def train_replay(model: ReplayModel, seed: int = 0, cfg: ReplayPGConfig = ReplayPGConfig(), log=print) -> dict:
-    """Train on the model's days; returns the agent payload (moe2sim.envs.agents.TorchAgent)."""
-    import torch
-
-    from moe2sim.envs.agents import AGENT_FORMAT, AGENT_VERSION
-
+    """Train on the model's days; returns the agent payload (moe2sim.agents.network.agent_payload)."""
     if model.days <= cfg.validation:
         raise ValueError(f"{model.days} training day(s): need more than validation={cfg.validation}")
     start = time.time()
@@ -57,7 +55,7 @@ def train_replay(model: ReplayModel, seed: int = 0, cfg: ReplayPGConfig = Replay
     xs = fit.rollout(lambda x, w: rng.integers(1, n_actions, len(x)), np.arange(fit.days)).obs
     flat = xs.reshape(-1, xs.shape[-1])
     mean, std = flat.mean(0), np.maximum(flat.std(0), 1e-3)
-    pi = mlp(len(mean), cfg.hidden, n_actions)
+    pi = policy_network(len(mean), cfg.hidden, n_actions)
     opt = torch.optim.Adam(pi.parameters(), lr=cfg.lr)
     hold = torch.zeros(n_actions, dtype=torch.bool)
     hold[0] = True
@@ -107,6 +105,4 @@ def train_replay(model: ReplayModel, seed: int = 0, cfg: ReplayPGConfig = Replay
                 f"(fitting days), {v:8.0f} (validation days, in the model), entropy {entropy.item():.2f}, "
                 f"{time.time() - start:.0f} s")
     log(f"kept the weights of update {best[2]} (greedy {best[0]:.0f} on the validation days, in the model)")
-    return {"format": AGENT_FORMAT, "version": AGENT_VERSION, "obs_keys": list(REPLAY_KEYS),
-            "obs_mean": mean.tolist(), "obs_std": std.tolist(), "action": "subset", "hidden": cfg.hidden,
-            "n_outputs": int(n_actions), "actions": list(range(1, n_actions)), "state_dict": best[1]}
+    return agent_payload(best[1], REPLAY_KEYS, mean, std, "subset", cfg.hidden, n_actions, list(range(1, n_actions)))

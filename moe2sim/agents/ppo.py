@@ -1,11 +1,11 @@
 """PPO in torch for a discrete BudgetEnv (the trainer of examples/train_budget_agent.py and of
 benchmarks/bench_env_suite.py); the result is a `moe2sim-agent` payload that TorchAgent runs.
 
-Model: clipped PPO (ε = 0.2) with a separate value network and GAE (γ = 0.99, λ = 0.95); the policy is
-Linear-Tanh-Linear-Tanh-Linear over the flattened, normalised observation (moe2sim.envs.agents.flatten,
-keys OBS_KEYS present in the env). Two variance reductions, both valid baselines because the load is
-exogenous (the env draws it from its own stream): (1) every training day (seed) is rolled out GROUP times
-and each advantage is taken relative to the mean of the other rollouts of that day at the same window;
+Model: clipped PPO (ε = 0.2) with a separate value network of the same shape and GAE (γ = 0.99, λ = 0.95);
+the policy is moe2sim.agents.network's policy_network over the flattened, normalised observation (keys
+OBS_KEYS present in the env). Two variance reductions, both valid baselines because the load is exogenous
+(the env draws it from its own stream): (1) every training day (seed) is rolled out GROUP times and each
+advantage is taken relative to the mean of the other rollouts of that day at the same window;
 (2) the value network also sees the arrival rate of the window being scored. Rollouts run in worker
 processes (one torch thread each); a given seed gives the same weights for the same number of updates.
 Optionally the policy starts as a clone of a teacher agent (behaviour cloning on its days, cross-entropy
@@ -18,7 +18,13 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass
 
+import gymnasium as gym
 import numpy as np
+import torch
+from torch import nn
+
+import moe2sim.envs  # noqa: F401  (registers the ids in this process: the workers' too)
+from moe2sim.agents.network import agent_payload, flat_observation, policy_network
 
 OBS_KEYS = ["arrival_rate", "queue", "utilisation", "latency_p50", "latency_p95", "accuracy", "energy_spent",
             "time_of_day", "budgets", "subset", "expert_speed", "latency_target", "energy_price", "progress"]
@@ -40,17 +46,8 @@ class PPOConfig:
     reward_scale: float = 0.01
 
 
-def mlp(d: int, h: int, out: int):
-    from torch import nn
-
-    return nn.Sequential(nn.Linear(d, h), nn.Tanh(), nn.Linear(h, h), nn.Tanh(), nn.Linear(h, out))
-
-
-def make_env(env_id: str, kwargs: dict):
-    import gymnasium as gym
-
-    import moe2sim.envs  # noqa: F401  (registers the ids in this process)
-
+def make_env(env_id: str, kwargs: dict) -> gym.Env:
+    """The bare env of a registered id."""
     return gym.make(env_id, **kwargs).unwrapped
 
 
@@ -58,22 +55,16 @@ class RolloutWorker:
     """One process's env and policy copy: rolls out days with the sampling policy."""
 
     def __init__(self, env_id: str, kwargs: dict, keys: list[str], mean: np.ndarray, std: np.ndarray, hidden: int):
-        import torch
-
-        from moe2sim.envs.agents import flatten
-
         torch.set_num_threads(1)
-        self.torch, self.flatten = torch, flatten
         self.env = make_env(env_id, kwargs)
         self.keys, self.mean, self.std = keys, mean, std
-        self.pi = mlp(len(mean), hidden, self.env.action_space.n)
+        self.pi = policy_network(len(mean), hidden, self.env.action_space.n)
 
     def x(self, obs) -> np.ndarray:
-        return (self.flatten(obs, self.keys) - self.mean) / self.std
+        return (flat_observation(obs, self.keys) - self.mean) / self.std
 
     def rollout(self, state_dict, seed: int, sample_seed: int):
         """Normalised observations (T+1), actions, log-probs and rewards of one day."""
-        torch = self.torch
         self.pi.load_state_dict(state_dict)
         gen = torch.Generator().manual_seed(sample_seed)
         obs, _ = self.env.reset(seed=seed)
@@ -129,15 +120,13 @@ class Workers:
 
 def obs_stats(env, keys: list[str], seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of the flattened observation over days of uniformly random actions."""
-    from moe2sim.envs.agents import flatten
-
     xs, rng = [], np.random.default_rng(seeds[0])
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
         done = False
         while not done:
             obs, _, terminated, truncated, _ = env.step(int(rng.integers(env.action_space.n)))
-            xs.append(flatten(obs, keys))
+            xs.append(flat_observation(obs, keys))
             done = terminated or truncated
     return np.mean(xs, 0).astype(np.float32), np.maximum(np.std(xs, 0), 1e-3).astype(np.float32)
 
@@ -146,17 +135,13 @@ def clone(pi, env, teacher, keys: list[str], mean: np.ndarray, std: np.ndarray, 
           smoothing: float = 0.1, steps: int = 300) -> float:
     """Fit pi to the teacher's actions on these days (cross-entropy, label smoothing); returns the
     share of the teacher's actions pi then takes greedily."""
-    import torch
-
-    from moe2sim.envs.agents import flatten
-
     xs, acts = [], []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
         done = False
         while not done:
             a = int(teacher.act(obs))
-            xs.append((flatten(obs, keys) - mean) / std)
+            xs.append((flat_observation(obs, keys) - mean) / std)
             acts.append(a)
             obs, _, terminated, truncated, _ = env.step(a)
             done = terminated or truncated
@@ -185,12 +170,7 @@ def train_ppo(env_id: str, kwargs: dict | None = None, *, episodes: int = 600, m
               log=print) -> dict:
     """Train on days seed·100000 + k; stop after `episodes` rollouts or `minutes` of wall time (the
     learning-rate schedule assumes `episodes`). `teacher`: a function env -> agent to clone first (on
-    `clone_days` of those days). Returns the agent payload (moe2sim.envs.agents.TorchAgent)."""
-    import torch
-    from torch import nn
-
-    from moe2sim.envs.agents import AGENT_FORMAT, AGENT_VERSION
-
+    `clone_days` of those days). Returns the agent payload (moe2sim.agents.network.agent_payload)."""
     kwargs = dict(kwargs or {})
     start = time.time()
     env = make_env(env_id, kwargs)
@@ -199,7 +179,7 @@ def train_ppo(env_id: str, kwargs: dict | None = None, *, episodes: int = 600, m
     n_actions, n_arr = env.action_space.n, env.observation_space["arrival_rate"].shape[0]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    pi, vf = mlp(len(mean), cfg.hidden, n_actions), mlp(len(mean) + n_arr, cfg.hidden, 1)
+    pi, vf = policy_network(len(mean), cfg.hidden, n_actions), policy_network(len(mean) + n_arr, cfg.hidden, 1)
     if teacher is not None:
         agree = clone(pi, env, teacher(env), keys, mean, std, [seed * 100_000 + k for k in range(clone_days)])
         log(f"{env_id}: cloned the teacher ({agree:.0%} of its actions), {(time.time() - start) / 60:.1f} min")
@@ -247,6 +227,4 @@ def train_ppo(env_id: str, kwargs: dict | None = None, *, episodes: int = 600, m
                     f"{(time.time() - start) / 60:.1f} min")
     finally:
         pool.close()
-    return {"format": AGENT_FORMAT, "version": AGENT_VERSION, "obs_keys": keys, "obs_mean": mean.tolist(),
-            "obs_std": std.tolist(), "action": env.cfg.action, "hidden": cfg.hidden, "n_outputs": int(n_actions),
-            "state_dict": pi.state_dict()}
+    return agent_payload(pi.state_dict(), keys, mean, std, env.cfg.action, cfg.hidden, n_actions)

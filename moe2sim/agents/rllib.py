@@ -15,7 +15,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.algorithms.ppo import PPOConfig as RLlibPPOConfig
 from ray.rllib.connectors.env_to_module import FlattenObservations
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
@@ -27,7 +27,7 @@ from ray.tune.registry import register_env
 ENV_NAME = "moe2sim-env"  # the name the env creator is registered under with Ray
 
 
-def make_env(config: dict[str, Any]) -> gym.Env:
+def env_creator(config: dict[str, Any]) -> gym.Env:
     """Ray's env creator: config {"id": a registered moe2sim id, "reward_scale": the factor on rewards}."""
     env = gym.make(f"moe2sim.envs:{config['id']}")
     scale = float(config["reward_scale"])
@@ -40,11 +40,11 @@ def flatten_observations(env: gym.Env, spaces: Any, device: Any) -> FlattenObser
 
 
 def ppo_config(env_id: str, *, env_runners: int = 2, batch: int = 1152, minibatch: int = 288, epochs: int = 5,
-               lr: float = 1e-3, hidden: int = 64, reward_scale: float = 0.01, seed: int = 0) -> PPOConfig:
+               lr: float = 1e-3, hidden: int = 64, reward_scale: float = 0.01, seed: int = 0) -> RLlibPPOConfig:
     """PPO on `env_id` (e.g. "moe2sim/Suite-Outage-v0") with `env_runners` remote env runners of one env each;
     `batch` env steps per training iteration, `epochs` passes over it in minibatches of `minibatch`."""
-    register_env(ENV_NAME, make_env)
-    return (PPOConfig()
+    register_env(ENV_NAME, env_creator)
+    return (RLlibPPOConfig()
             .environment(ENV_NAME, env_config={"id": env_id, "reward_scale": reward_scale})
             .env_runners(num_env_runners=env_runners, num_envs_per_env_runner=1,
                          env_to_module_connector=flatten_observations)

@@ -11,16 +11,18 @@ run leaves DIR as it was.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
+
+import pandas as pd
 
 from moe2sim.data.atomic import write_text_atomic
+from moe2sim.data.strict import dumps
 from moe2sim.errors import InputError
 
 MANIFEST = ".moe2sim-manifest.json"
@@ -113,18 +115,14 @@ class OutputDir:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def strict(obj):
-    """The object with every non-finite float (NaN, ±inf) replaced by None, so it is valid JSON."""
-    if isinstance(obj, dict):
-        return {str(k): strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
-        return strict(obj.item())
-    return obj
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as strict JSON (NaN and ±inf as null)."""
+    path.write_text(dumps(obj, indent=2))
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(strict(obj), indent=2, allow_nan=False))
+def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    """`df` as PATH.parquet or PATH.csv (`fmt`)."""
+    if fmt == "parquet":
+        df.to_parquet(path.with_suffix(".parquet"), index=False)
+    else:
+        df.to_csv(path.with_suffix(".csv"), index=False)

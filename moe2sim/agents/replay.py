@@ -1,7 +1,7 @@
 """A replay model of a subset-action BudgetEnv, built from logged days, and policy rollouts in it.
 
 The load is exogenous (the env draws it from its own stream), so every action can be logged on the same
-day. `collect` runs each subset action as a constant for a whole day, for each day (seed), and keeps, per
+day. `collect_replay` runs each subset action as a constant for a whole day, for each day (seed), and keeps, per
 action and window, what the queries that *arrived* in that window earned (quality·correct −
 latency_violation·late − energy price · kJ; answers finished after the day count, as in the env)
 and the active energy they used, plus the observation fields that do not depend on the actions
@@ -67,7 +67,7 @@ class ReplayModel:
         return np.concatenate([own[key] if key in own else self.fields[key][day, w]
                                for key in REPLAY_KEYS], axis=1).astype(np.float32)
 
-    def rollout(self, act, day: np.ndarray) -> "Rollout":
+    def rollout(self, act, day: np.ndarray) -> "ReplayRollout":
         """Play `act` ((B, F) observations, w -> (B,) subset actions ≥ 1; holding is not modelled) once on
         each of the days `day` (B,)."""
         spent, a = np.zeros(len(day)), None
@@ -86,11 +86,12 @@ class ReplayModel:
             acts.append(a)
         every_ = np.stack(every, 1)
         acts_ = np.stack(acts, 1)
-        return Rollout(np.stack(xs, 1), acts_, np.take_along_axis(every_, acts_[..., None] - 1, 2)[..., 0], every_)
+        taken = np.take_along_axis(every_, acts_[..., None] - 1, 2)[..., 0]
+        return ReplayRollout(np.stack(xs, 1), acts_, taken, every_)
 
 
 @dataclass(frozen=True)
-class Rollout:
+class ReplayRollout:
     """Policies played on replayed days: B rollouts of W windows."""
 
     obs: np.ndarray       # (B, W, F) the observations (REPLAY_KEYS, flattened)
@@ -134,8 +135,8 @@ def log_day(env: BudgetEnv, action: int, seed: int) -> LoggedDay:
                      fields)
 
 
-def collect(env: BudgetEnv, seeds: list[int],
-            log_days: Callable[[list[tuple[int, int]]], list[LoggedDay]] | None = None) -> ReplayModel:
+def collect_replay(env: BudgetEnv, seeds: list[int],
+                   log_days: Callable[[list[tuple[int, int]]], list[LoggedDay]] | None = None) -> ReplayModel:
     """Log every subset action on each day (seed). `log_days` maps (action, seed) jobs to LoggedDays
     (e.g. on a process pool); default: log_day in this process, on `env`."""
     table = env.action_table
