@@ -75,7 +75,9 @@ def instance(rng: np.random.Generator, n: int, utility: str = "coverage") -> tup
 
 
 def timed(solver, problem: SelectionProblem, budgets: Budgets):
+    """One solve from cold caches (U's, and the per-prompt correctness of a UtilityEstimate)."""
     problem.cache.clear()
+    getattr(problem.utility, "cache", {}).clear()
     return solver(problem, budgets)
 
 
@@ -151,6 +153,10 @@ def paper(repeats: int) -> list[dict]:
     solvers = {"monotone": solve_monotone, "exhaustive": solve_exhaustive}
     if hasattr(selection, "solve_exact") and getattr(problem, "upper_bound", None) is not None:
         solvers["exact"] = selection.solve_exact
+    for rule in getattr(selection, "PREFERENCES", {}):  # the uncertainty-aware rules and their references
+        for exhaustive in (False, True):
+            solvers[rule + ("_exhaustive" if exhaustive else "")] = \
+                lambda p, b, rule=rule, exhaustive=exhaustive: selection.solve_uncertain(p, b, rule, exhaustive)
     rows = []
     for name, solver in solvers.items():
         runs = [timed(solver, problem, budgets) for _ in range(repeats)]

@@ -36,11 +36,12 @@ def wide(tmp_path, name="wide.csv"):
 @pytest.mark.parametrize("name", ["wide.csv", "wide.parquet"])
 def test_wide_table_without_a_converter(tmp_path, name):
     path = wide(tmp_path, name)
-    outcomes = read_outcomes(OutcomeFile("gsm8k", "test", path))
+    outcomes = read_outcomes(OutcomeFile("gsm8k", "test", path)).outcomes
     assert [sorted(o.scores) for o in outcomes] == [["model-a", "model-b"]] * 4  # responses and costs are not models
     assert outcomes[0].question == "You are helpful.\nWhat is 2+2?"  # the stringified list is joined
-    prompts, quality, dropped = outcome_tables([OutcomeFile("gsm8k", "test", path)])
-    assert dropped == 1 and len(prompts) == 3  # the NaN outcome drops its prompt, counted
+    tables = outcome_tables([OutcomeFile("gsm8k", "test", path)])
+    prompts, quality = tables.prompts, tables.quality
+    assert tables.dropped == 1 and len(prompts) == 3  # the NaN outcome drops its prompt, counted
     assert set(prompts["scoring"]) == {"expected"}  # GSM8K: the published rule scores by expectation
     kept = quality.pivot(index="prompt_id", columns="expert", values="cost")
     np.testing.assert_allclose(kept["model-b"].to_numpy(), [0.01, 0.02, 0.04])
@@ -51,8 +52,9 @@ def test_long_table(tmp_path):
     path = tmp_path / "long.csv"
     pd.DataFrame({"prompt_id": ["p0", "p0", "p1", "p1"], "model": ["a", "b", "a", "b"], "score": [1, 0, 0.5, None],
                   "cost": [0.1, 0.2, 0.1, 0.2], "prompt": ["Q0", "Q0", "Q1", "Q1"]}).to_csv(path, index=False)
-    prompts, quality, dropped = outcome_tables([OutcomeFile("mmlu", "test", path)])
-    assert dropped == 1 and list(prompts["question"]) == ["Q0"]
+    tables = outcome_tables([OutcomeFile("mmlu", "test", path)])
+    prompts = tables.prompts
+    assert tables.dropped == 1 and list(prompts["question"]) == ["Q0"]
     assert prompts["scoring"].iloc[0] == "threshold" and prompts["options"].iloc[0] == 4
 
 

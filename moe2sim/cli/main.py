@@ -14,6 +14,7 @@ from moe2sim.cli.argtypes import (HelpFormatter, at_least, attach_values, positi
 from moe2sim.errors import InputError
 
 POSITIVE_INT = at_least(1)  # argparse type: a whole number >= 1
+FOLDS = at_least(2)  # argparse type: a number of cross-fitting folds
 MAX_REPLICATIONS = 10_000  # each replication keeps its summary in memory
 
 
@@ -91,21 +92,62 @@ def _checked(flag: str, item: str, text: str, parse) -> object:
         raise InputError(flag, item, str(exc)) from None
 
 
+def _scoring_rule(text: str) -> str:
+    """An argparse type: a scoring rule (data/quality.SCORING_RULES)."""
+    from moe2sim.data.quality import SCORING_RULES
+
+    if text not in SCORING_RULES:
+        raise argparse.ArgumentTypeError(f"unknown scoring rule {text!r}; use threshold or expected")
+    return text
+
+
+def _task_values(items: list[str], flag: str, parse) -> dict[str, object]:
+    """TASK=VALUE flags as {task: parse(value)}, each error naming the flag and the item."""
+    return {task: _checked(flag, f"{task}={value}", value, parse) for task, value in _pairs(items, flag)}
+
+
+def _print_check(data: Path) -> None:
+    from moe2sim.routing.data_check import check_data
+
+    print(f"data check of {data}/:")
+    print(check_data(data).format())
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     from moe2sim.data.outcomes import DATA_FILES, OutcomeFile, write_data_folder
+    from moe2sim.data.scoring import declarations
 
     sources = [OutcomeFile(task, split, Path(f)) for split, flag in (("train", "--train"), ("test", "--test"))
                for task, f in _pairs(getattr(args, split), flag)]
+    declared = declarations(Path(args.tasks) if args.tasks else None,
+                            _task_values(args.scoring, "--scoring", _scoring_rule),
+                            _task_values(args.options, "--options", _options_count))
     output = _output(args, Path(args.out))
     output.check(DATA_FILES)  # before any work: a user's files in the folder are never overwritten
     with output.staged() as stage:
-        folder = write_data_folder(sources, stage, args.embed_tail, progress=not args.quiet)
+        folder = write_data_folder(sources, stage, args.embed_tail, progress=not args.quiet, declared=declared)
     for warning in folder.warnings:
         print(f"moe2sim: warning: {warning}", file=sys.stderr)
+    for note in folder.notes:
+        print(f"note: {note}")
+    for rule in folder.rules:
+        print(rule)
     dropped = f"; {folder.dropped} prompts dropped for a missing outcome" if folder.dropped else ""
     cost = "; per-model cost kept" if folder.with_cost else ""
     print(f"{folder.prompts} prompts, {folder.models} models, embeddings {folder.dim}-d{dropped}{cost} -> {args.out}/")
+    _print_check(Path(args.out))
     return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from moe2sim.routing.data_check import check_data
+
+    check = check_data(Path(args.data))
+    if args.json:
+        print(_strict_json({"tasks": [f.__dict__ for f in check.figures], "flags": [f.__dict__ for f in check.flags]}))
+    else:
+        print(check.format())
+    return 1 if args.strict and check.flags else 0
 
 
 def cmd_train_gate(args: argparse.Namespace) -> int:
@@ -113,9 +155,15 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     from moe2sim.routing.gate import TrainConfig
 
     data = Path(args.data)
-    out = Path(args.out) if args.out else data / "gate.pt"
+    out = Path(args.out) if args.out else data / ("gate_crossfit.npz" if args.cross_fit else "gate.pt")
     _check_file_out(out, "--out" if args.out else "--data")
     config = TrainConfig(loss=args.loss, seed=args.seed, hidden=args.hidden, max_epochs=args.epochs)
+    if args.cross_fit:
+        from moe2sim.routing.evaluation import cross_fit_on
+
+        cross_fit_on(data, config, args.cross_fit, args.fold_seed).save(out)
+        print(f"cross-fitted logits of every train prompt ({args.cross_fit} folds, fold seed {args.fold_seed}) -> {out}")
+        return 0
     gate = train_on(data, config)
     gate.save(out)
     info = gate.info
@@ -124,6 +172,7 @@ def cmd_train_gate(args: argparse.Namespace) -> int:
     print(f"gate over {len(gate.experts)} experts, {len(gate.tasks)} tasks: validation k=1 task-mean accuracy "
           f"{info['val_task_mean_accuracy']:.3f} (prior alone {info['val_prior_only_accuracy']:.3f}; {verdict}; "
           f"{info['train_seconds']} s) -> {out}")
+    _print_check(data)
     return 0
 
 
@@ -180,7 +229,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(_strict_json(out))
         return 0
     print(f"subset  {', '.join(out['subset'])}   (method {out['method']}, top-{out['k']})")
-    print(f"U(S)    {out['U']:.4f}  validation accuracy of the gate restricted to S")
+    print(f"U(S)    {out['U']:.4f} ± {out['U_se']:.4f}  accuracy of the gate restricted to S on the "
+          f"{out['U_source']} ({out['U_prompts']} prompts), routed from the {out['routing']}")
+    for row in out["compared"][1:]:
+        print(f"        {row['U']:.4f} ± {row['U_se']:.4f}  {', '.join(row['subset'])} ({row['role']}; "
+              f"{row['U_minus_chosen']:+.4f} ± {row['U_minus_chosen_se']:.4f} paired, "
+              f"{row['worst_case_energy_J']:.0f} J)")
     print(f"binding {', '.join(out['binding']) or 'none: every expert is selected'}")
     print(f"solver  {out['sets_evaluated']} sets evaluated in {out['solver_seconds'] * 1e3:.2f} ms "
           f"(of {out['subsets_total']} subsets)")
@@ -335,8 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-query energy budget, J > 0 (default: the scenario's)")
     p.add_argument("--latency-budget", action="append", default=[], metavar="CAT=S",
                    help="a category's latency budget, s > 0; repeat per category (default: the scenario's)")
-    p.add_argument("--method", help="selection method (default: the scenario's): monotone, exact, exhaustive, "
-                                    "best_single, greedy_energy, random, all_fit")
+    p.add_argument("--method", help="selection method (default: the scenario's, significant if it has none): "
+                                    "significant, near_best, monotone, exact, exhaustive, significant_exhaustive, "
+                                    "near_best_exhaustive, best_single, greedy_energy, random, all_fit")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--set", **overrides)
 
@@ -374,11 +429,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="append", default=[], metavar="TASK=FILE", help="train-split outcome file")
     p.add_argument("--test", action="append", default=[], metavar="TASK=FILE",
                    help="test-split outcome file (test files alone make a test-only data folder)")
+    p.add_argument("--scoring", action="append", default=[], metavar="TASK=RULE",
+                   help="how a task's scores become right or wrong: threshold (right iff score > 0) or expected "
+                        "(score = P(one answer right)); repeat per task (default: the published rule of a known "
+                        "task, else inferred from the scores; embed prints each task's rule and why)")
+    p.add_argument("--options", action="append", default=[], metavar="TASK=M",
+                   help="answer choices (M >= 2) of a multiple-choice task; repeat per task (default: inferred "
+                        "from choices A., B., ... listed in the prompts, else free form)")
+    p.add_argument("--tasks", metavar="FILE", help="tasks file (YAML: {task: {scoring: RULE, options: M}}); "
+                                                    "--scoring/--options win over it")
     p.add_argument("--embed-tail", type=POSITIVE_INT, metavar="N",
                    help="embed only each prompt's last N encoder tokens (the part few-shot prompts do not share)")
     p.add_argument("--out", required=True, help="data folder to write (required)")
     p.add_argument("--allow-existing", **allow)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = command("data", None, "inspect a data folder (see moe2sim data check --help)")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("check", help="per task: prompts, models, best single model, oracle, and flags",
+                            description="per task and split: prompts, models, the best single model and the oracle, "
+                                        "and flags: a model right on every prompt, oracle equal to the best single "
+                                        "model, near-identical models, a validation part too small for U(S), "
+                                        "prompts shared between splits", formatter_class=HelpFormatter)
+    p.set_defaults(func=cmd_data_check)
+    p.add_argument("data", nargs="?", default=None, help="data folder (default: the bundled traces)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when any flag is raised")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = command("train-gate", cmd_train_gate, "train the gating network on a data folder's train split")
     p.add_argument("--data", default=None, help="folder with prompts/quality parquet and embeddings.npz "
@@ -389,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=["bce", "mixture"], default="bce",
                    help="per-expert correctness or MoE²'s mixture cross-entropy; see moe2sim/routing/gate.py")
     p.add_argument("--epochs", type=POSITIVE_INT, default=60, help="maximum epochs (early stopping on validation)")
+    p.add_argument("--cross-fit", type=FOLDS, metavar="K",
+                   help="instead of one gate: K gates, each scoring the train fold it did not train on; writes "
+                        "the cross-fitted logits U(S) is estimated from (default --out: DATA/gate_crossfit.npz)")
+    p.add_argument("--fold-seed", type=_seed, default=0, help="seed of the --cross-fit fold assignment")
 
     p = command("eval-gate", cmd_eval_gate, "test-split accuracy of the gate and the baselines, pooled and per task")
     p.add_argument("--data", default=None, help="data folder (default: the bundled traces)")

@@ -38,6 +38,7 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     replications.csv (R ≥ 2) one row of metrics per replication. A scenario with a sweep block also sweeps, with
     the same replications (sweep.csv, and paired.csv for R ≥ 2). Replications 1.. and the sweep run on the
     executor the user picks with --backend (`local`: jobs processes, default all cores; `ray`)."""
+    from moe2sim.experiments.select import selection_account
     from moe2sim.experiments.sweep import sweep_rows
 
     out = OutputDir.of(out)
@@ -46,6 +47,7 @@ def run_scenario(scenario: Scenario, out: OutputDir | Path, seed: int | None = N
     twin = preflight(scenario, out)
     moe2_method = moe2_selection(scenario)
     summary, queries, legs, per_replication = replicate(twin, replications, progress, executor_name, jobs, address)
+    summary = {**summary, "selection": selection_account(scenario, twin.policy)}
     rows = (sweep_rows(scenario, replications, jobs, progress, None, executor_name, address)
             if scenario.sweep is not None else None)
     publish(out, run_results(scenario, summary, queries, legs, twin.policy.subset, per_replication, rows, moe2_method))

@@ -87,7 +87,7 @@ def evaluate(scenario: Scenario, twin: Twin, point: SweepPoint, simulate: bool, 
     test_u, _ = subset_utility(scenario, twin.quality, twin.policy.router, twin.policy.aggregator, twin.workload)
     row.update({"feasible": True, "within_budget": problem.feasible(sel.mask, budgets),
                 "subset": "|".join(sel.subset(problem.names)), "size": sel.mask.bit_count(),
-                "U_validation": sel.utility, "accuracy_test": test_u(sel.mask),
+                "U_validation": sel.utility, "U_se": problem.utility.se(sel.mask), "accuracy_test": test_u(sel.mask),
                 "worst_energy_J": problem.energy_of(sel.mask)})
     row.update({f"worst_delay_s[{c}]": d for c, d in zip(problem.categories, problem.delay_of(sel.mask))})
     if simulate:

@@ -16,7 +16,7 @@ from moe2sim.report.outputs import OutputDir, write_json, write_table
 from moe2sim.report.pages.compare import compare_section
 from moe2sim.report.pages.live import failures_section
 from moe2sim.report.pages.page import Page
-from moe2sim.report.pages.run import results_section, setup_rows
+from moe2sim.report.pages.run import results_section, selection_rows, setup_rows
 from moe2sim.report.pages.sweep import sweep_section, sweep_setup_rows
 from moe2sim.report.pages.windows import windows_section
 from moe2sim.report.sweep_table import paired, table
@@ -86,7 +86,7 @@ def run_results(scenario: Scenario, summary: dict[str, Any], queries: pd.DataFra
     block the sweep's tables and figures (report/sweep_table.py; `moe2_method`: MoE²'s selection method in it)."""
     replications = len(per_replication)
     tables = {"replications": (per_replication, "csv")} if replications >= 2 else {}
-    setup, sections = setup_rows(scenario, subset), []
+    setup, sections = [*setup_rows(scenario, subset), *(selection_rows(summary["selection"]) if "selection" in summary else [])], []
     if sweep_rows is not None:
         more, section, sweep_setup = _sweep(scenario, table(sweep_rows), paired(sweep_rows), replications, moe2_method)
         tables, setup, sections = {**tables, **more}, [*setup, *sweep_setup], [section]

@@ -2,7 +2,9 @@
 
 Evaluation on the held-out test split, pooled over all test prompts and per task:
 random expert (expected accuracy), best single expert and best expert per task (both chosen
-on train), the gate at k = 1, 2, 3 (top-k of all experts, weighted vote), and the oracle
+on train; on a test-only folder, the best single expert of the tasks the gate was trained on),
+the best single expert per task in hindsight, the gate at k = 1, 2, 3 (top-k of all experts,
+weighted vote; with the task label too where the gate knows some test task), and the oracle
 (right if any expert is right; an upper bound).
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from moe2sim.data.embeddings import ENCODER, load_embeddings
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.errors import InputError
 from moe2sim.routing.aggregation import Outcomes, WeightedVote, expected_correct
+from moe2sim.routing.crossfit import CrossFit, cross_fit
 from moe2sim.routing.gate import Gate, TrainConfig, train_gate
 from moe2sim.routing.routers import topk_in_subset
 
@@ -63,6 +66,13 @@ def train_on(data: Path, config: TrainConfig, experts: list[str] | None = None,
                       config)
 
 
+def cross_fit_on(data: Path, config: TrainConfig, folds: int, fold_seed: int) -> CrossFit:
+    """Cross-fitted logits of the train split of `data` (routing/crossfit.py)."""
+    train = GateData.load(data, "train")
+    return cross_fit(train.x, train.tasks, train.p, train.quality.prompt_ids, list(train.quality.experts), config,
+                     folds, fold_seed)
+
+
 def _by_task(p_correct: np.ndarray, tasks: np.ndarray) -> dict[str, float]:
     """Accuracy pooled over prompts, per task, and as the mean over tasks (how RouterDC reports), with the
     standard error of that mean: SE = sqrt(Σ_t var_t / n_t) / T, var_t the per-prompt variance of the
@@ -97,7 +107,7 @@ def evaluate(gate: Gate, data: Path, options: dict[str, int] | None = None, vote
     rows = np.arange(len(tasks))
     table: dict[str, dict[str, float]] = {"random expert": _by_task(p.mean(axis=1), tasks)}
     train = _train_split(data, gate)
-    if train is not None:  # a test-only data folder has no train split to choose baselines on
+    if train is not None:  # the baselines chosen on this folder's train split
         p_train, train_tasks = train.p, train.tasks
         best = int(p_train.mean(axis=0).argmax())
         table[f"best single expert ({gate.experts[best]})"] = _by_task(p[:, best], tasks)
@@ -107,9 +117,19 @@ def evaluate(gate: Gate, data: Path, options: dict[str, int] | None = None, vote
             choice = int(p_train[in_train].mean(axis=0).argmax()) if in_train.any() else best
             per_task[tasks == task] = p[tasks == task, choice]
         table["best expert per task (chosen on train)"] = _by_task(per_task, tasks)
+    else:  # a test-only folder: the best single expert of the tasks the gate was trained on (its A[t, n])
+        best = int(gate.net.task_acc.numpy().mean(axis=0).argmax())
+        table[f"best single expert of the training tasks ({gate.experts[best]})"] = _by_task(p[:, best], tasks)
+    hindsight = np.empty(len(tasks))
+    for task in dict.fromkeys(tasks):
+        rows_t = tasks == task
+        hindsight[rows_t] = p[rows_t, int(p[rows_t].mean(axis=0).argmax())]
+    table["best single expert per task in hindsight (chosen on test)"] = _by_task(hindsight, tasks)
     vote = WeightedVote.assumed_answers(len(gate.experts), test.quality.options(options), vote_seed)
     everyone = np.ones(len(gate.experts), bool)
-    for label, given in (("", None), (" (with the task label)", tasks)):
+    # the label-aware rows only where the gate knows some test task's label (else they repeat the label-free ones)
+    variants = [("", None)] + ([(" (with the task label)", tasks)] if set(tasks) & set(gate.tasks) else [])
+    for label, given in variants:
         logits = gate.logits(test.x, given)
         for k in (1, 2, 3)[:len(gate.experts)]:
             experts, weights = topk_in_subset(logits, everyone, k)

@@ -159,11 +159,16 @@ class Diurnal(Strict):
 
 
 class Replay(Strict):
-    """Timestamps (and optionally categories) from a CSV/Parquet file: columns time_s[, category]."""
+    """Arrivals from a file: CSV/Parquet with columns time_s[, category][, prompt_tokens, output_tokens], or a
+    production trace in a known format (workload.generator.REPLAY_FORMATS). A request without a category
+    column gets `category`, else one drawn by the mix; with token columns, its own prompt and output length."""
 
     process: Literal["replay"]
     file: PathText
     time_scale: PositiveFloat = 1.0
+    format: Literal["moe2sim", "azure_llm_2023"] = "moe2sim"
+    category: str | None = Field(None, description="the scenario category of every request of a file without a "
+                                                   "category column (default: drawn by the mix)")
 
     def peak_rate_per_s(self) -> None:
         return None  # the file's length bounds the run
@@ -175,8 +180,8 @@ class Replay(Strict):
 Arrivals = Annotated[Union[Poisson, Diurnal, Replay], Field(discriminator="process")]
 
 
-SelectionMethod = Literal["none", "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random",
-                          "all_fit"]
+SelectionMethod = Literal["none", "significant", "significant_exhaustive", "near_best", "near_best_exhaustive",
+                          "monotone", "exact", "exhaustive", "best_single", "greedy_energy", "random", "all_fit"]
 # A sweep's methods: MoE² (the gate under the scenario's selection method, `exact` where it has none),
 # the selection baselines, and the uniform vote over MoE²'s subset (no gate).
 SweepMethod = Literal["moe2", "best_single", "greedy_energy", "random", "all_fit", "uniform_vote"]
@@ -185,15 +190,20 @@ SweepMethod = Literal["moe2", "best_single", "greedy_energy", "random", "all_fit
 class SelectionConfig(Strict):
     """The coarse level: which subset S the policy may use, re-solved whenever the budgets change.
 
-    monotone: MoE²'s discrete monotonic optimisation (exact when U is monotone); exact: the same search
-    with a bound valid for any U; exhaustive: the reference; the rest are baselines
-    (moe2sim/selection.py); none: the whole `subset` (or all experts), budgets ignored.
+    significant (MoE²'s default in sweeps and `select`): the optimum of U(S), but a mixture only where it
+    beats the best single expert by z paired standard errors; near_best: the cheapest such subset not
+    significantly worse than the optimum; monotone: MoE²'s discrete monotonic optimisation (exact when U
+    is monotone); exact: the same search with a bound valid for any U (the paper's rule on the point
+    estimate); exhaustive, *_exhaustive: the references; the rest are baselines
+    (moe2sim/selection/solvers.py); none: the whole `subset` (or all experts), budgets ignored.
     """
 
     method: SelectionMethod = "none"
     quantile: Annotated[float, Field(gt=0, le=1)] = Field(
         0.95, description="prompt/output length quantile that defines an expert's worst case")
     seed: Seed = Field(0, description="seed of the random baseline")
+    z: NonNegativeFloat = Field(1.96, description="significant, near_best: a difference in U(S) counts only beyond "
+                                                  "z paired standard errors")
 
 
 class PolicyConfig(Strict):
@@ -203,6 +213,11 @@ class PolicyConfig(Strict):
 
     name: Literal["gate", "prior_accuracy", "fixed_subset", "uniform"] = "gate"
     gate: PathText = "gate.pt"
+    cross_fit: PathText | None = Field(
+        "gate_crossfit.npz", description="cross-fitted gate logits of the train split (`moe2sim train-gate "
+        "--cross-fit`) that U(S) is estimated from; null: the gate itself on the validation part of the train split")
+    task_label: bool = Field(False, description="give the gate each prompt's task label (label-aware); default: "
+                                                "route from the prompt alone")
     k: Annotated[int, Field(ge=1)] = 2
     subset: list[str] | None = Field(None, description="allowed experts (names); all if unset")
     aggregation: Literal["weighted_vote", "highest_weight", "oracle"] = "weighted_vote"
@@ -330,6 +345,8 @@ class Traces(Strict):
     prompts: PathText = "prompts.parquet"
     quality: PathText = "quality.parquet"
     embeddings: PathText = "embeddings.npz"
+    leakage: PathText | None = Field("leakage.csv", description="declared overlaps between an expert's training "
+                                     "data and a task's train split (data/leakage.py); null: none declared")
     split: Literal["train", "test"] = "test"
 
 

@@ -5,9 +5,9 @@ lengths (q = 1 would be the longest prompt in the data, which no budget survives
     D[n, m] = up_n(bytes(p_q)) + ttft_n(p_q) + o_q / r_decode,n + down_n(bytes(o_q)) + aggregation
     E[n]    = max_m  active energy of (p_q, o_q) on n
 Queueing is not part of the worst case (MoE²'s delay model is transmission + compute +
-aggregation); the simulator measures it. U(S) is the validation accuracy — a part of the train
-split, never test — of the frozen gate restricted to S (top-min(k,|S|), the scenario's
-aggregation), averaged over categories with the scenario mix.
+aggregation); the simulator measures it. U(S) is the held-out accuracy on the train split —
+never test — of the frozen gate restricted to S (top-min(k,|S|), the scenario's aggregation),
+averaged over categories with the scenario mix, with its standard error (selection/estimate.py).
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from moe2sim.routing.aggregation import Aggregator, Outcomes, expected_correct
-from moe2sim.routing.routers import topk_in_subset
+from moe2sim.routing.aggregation import Outcomes
 from moe2sim.scenario import Scenario
 from moe2sim.selection.budgets import Budgets
 from moe2sim.workload import BYTES_PER_TOKEN, Workload, token_lengths
@@ -34,6 +33,7 @@ class SelectionProblem:
     utility: Callable[[int], float]  # U of a subset given as a bitmask over experts
     upper_bound: Callable[[int], float] | None = None  # ≥ U(T) for every T ⊆ the argument (for solve_exact)
     allowed: int = -1  # bitmask of the experts the selection may choose from (policy.subset); -1: all
+    z: float = 1.96    # near_best: a paired difference within z standard errors is no difference
     cache: dict[int, float] = field(default_factory=dict)
     touched: set[int] = field(default_factory=set)  # subsets whose U the current solve looked up
 
@@ -108,25 +108,6 @@ def worst_case(scenario: Scenario, twin_profiles: list, workload: Workload, quan
     return delay, energy.max(axis=1)
 
 
-def validation_utility(logits: np.ndarray, aggregator: Aggregator, outcomes: Outcomes, prompts: np.ndarray,
-                       weights: np.ndarray, k: int):
-    """U(mask): weighted expected accuracy of top-min(k, |S|) within S on validation prompts, under each
-    task's scoring rule (exact: aggregation.expected_correct).
-
-    logits (n_val, N) of the validation prompts, prompts (n_val,) their rows in the outcome tables,
-    weights (n_val,) per-prompt weights summing to 1 (the scenario mix spread over each category's prompts).
-    """
-    n = logits.shape[1]
-
-    def utility(mask: int) -> float:
-        allowed = np.zeros(n, bool)
-        allowed[members(mask)] = True
-        experts, w = topk_in_subset(logits, allowed, min(k, int(allowed.sum())))
-        return float((expected_correct(aggregator, outcomes, prompts, experts, w) * weights).sum())
-
-    return utility
-
-
 def oracle_coverage(outcomes: Outcomes, prompts: np.ndarray, weights: np.ndarray):
     """bound(mask): weighted probability that some member answers right, 1 − Π_{j∈mask}(1 − p_j) —
     ≥ U(T) for every T ⊆ mask (an aggregate can only be right where some chosen answer is)."""
@@ -145,7 +126,7 @@ def selection_problem(scenario: Scenario, profiles: list, workload: Workload, ut
     names = [e.name for e in scenario.experts]
     allowed = to_mask(names.index(n) for n in scenario.allowed_experts)
     return SelectionProblem(names, [c.name for c in scenario.categories], delay, energy, scenario.policy.k, utility,
-                            upper_bound, allowed)
+                            upper_bound, allowed, scenario.policy.selection.z)
 
 
 def mix_weights(categories: np.ndarray, mix: np.ndarray) -> np.ndarray:

@@ -17,17 +17,20 @@ from pydantic import ValidationError
 
 from moe2sim.data.bundled import bundled_path
 from moe2sim.data.embeddings import load_embeddings
+from moe2sim.data.leakage import read_leakage, without_leaks
 from moe2sim.data.quality import QualityData, QualityTables, validation_mask
 from moe2sim.devices.profiles import DeviceProfile, Sourced, load_profile
 from moe2sim.devices.service import NoisyService, ProfileService, ServiceModel, TraceReplayService
 from moe2sim.devices.batching_law import DeviceLaw
 from moe2sim.errors import InputError
 from moe2sim.policy import MixturePolicy
+from moe2sim.routing.crossfit import CrossFit
 from moe2sim.routing.aggregation import Aggregator, HighestWeight, Oracle, Outcomes, WeightedVote
 from moe2sim.routing.routers import FixedRouter, GateRouter, PriorRouter, Router, UniformRouter
 from moe2sim.scenario import Scenario, SelectionMethod, SweepMethod
 from moe2sim.selection.budgets import budgets_of
-from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem, validation_utility
+from moe2sim.selection.estimate import UtilityEstimate, prompt_correctness
+from moe2sim.selection.problem import mix_weights, oracle_coverage, selection_problem
 from moe2sim.selection.selector import Selector
 from moe2sim.selection.solvers import InfeasibleBudgets
 from moe2sim.sim.entities import SimulatedExpert
@@ -133,11 +136,18 @@ def prompt_categories(quality: QualityData, scenario: Scenario) -> np.ndarray:
     return cats
 
 
+def routing_input(scenario: Scenario) -> str:
+    """What the gate routes from: the prompt alone (default) or the prompt and its task label."""
+    return "prompt and task label" if scenario.policy.task_label else "prompt alone"
+
+
 def _gate_router(inputs: Inputs, quality: QualityData) -> Router:
+    """The gate's logits from the prompt's embedding; the task label is read only with `policy.task_label`."""
     gate = inputs.gate
     x = load_embeddings(inputs.scenario.path(inputs.scenario.traces.embeddings), quality.prompt_ids, gate.dim)
     columns = [gate.experts.index(m) for m in quality.experts]
-    return GateRouter(gate.logits(x, quality.tasks)[:, columns])
+    tasks = quality.tasks if inputs.scenario.policy.task_label else None
+    return GateRouter(gate.logits(x, tasks)[:, columns])
 
 
 def _fixed_router(inputs: Inputs, quality: QualityData) -> Router:
@@ -168,9 +178,9 @@ AGGREGATORS: dict[str, Callable[[Scenario, QualityData], Aggregator]] = {
 
 
 def moe2_selection(scenario: Scenario) -> SelectionMethod:
-    """MoE²'s coarse level: the scenario's selection method, `exact` where it names none."""
+    """MoE²'s coarse level: the scenario's selection method, `significant` where it names none."""
     method = scenario.policy.selection.method
-    return "exact" if method == "none" else method
+    return "significant" if method == "none" else method
 
 
 def selecting(scenario: Scenario, method: SweepMethod = "moe2") -> Scenario:
@@ -191,9 +201,11 @@ def build_aggregator(scenario: Scenario, quality: QualityData) -> Aggregator:
 
 
 def subset_utility(scenario: Scenario, quality: QualityData, router: Router, aggregator: Aggregator,
-                   workload: Workload, rows: np.ndarray | None = None):
-    """U(mask) and its oracle upper bound on the given prompt rows of `quality` (default: all rows
-    of the scenario's categories), averaged over categories with the scenario mix."""
+                   workload: Workload, rows: np.ndarray | None = None, source: str = "test split",
+                   outcomes: Outcomes | None = None) -> tuple[UtilityEstimate, Callable[[int], float]]:
+    """U(S) with its SE and U's oracle upper bound on the given prompt rows of `quality` (default: all rows of
+    the scenario's categories), averaged over categories with the scenario mix; `outcomes` default: the
+    measured ones."""
     cats = prompt_categories(quality, scenario)
     rows = np.flatnonzero(cats >= 0) if rows is None else rows[cats[rows] >= 0]
     if len(rows) == 0:
@@ -201,19 +213,43 @@ def subset_utility(scenario: Scenario, quality: QualityData, router: Router, agg
     ones = np.ones(len(rows), np.int64)
     batch = QueryBatch(arrival_s=np.zeros(len(rows)), category=cats[rows], prompt=rows,
                        prompt_tokens=ones, output_tokens=ones, prompt_bytes=ones)
-    weights = mix_weights(cats[rows], workload.mix)
     logits = np.asarray(router.logits(batch, np.random.default_rng(scenario.seed)))
-    outcomes = outcomes_of(quality)
-    utility = validation_utility(logits, aggregator, outcomes, rows, weights, scenario.policy.k)
-    return utility, oracle_coverage(outcomes, rows, weights)
+    outcomes = outcomes_of(quality) if outcomes is None else outcomes
+    correct = prompt_correctness(logits, aggregator, outcomes, rows, scenario.policy.k)
+    estimate = UtilityEstimate(correct, cats[rows], np.asarray(workload.mix, float), source)
+    return estimate, oracle_coverage(outcomes, rows, mix_weights(cats[rows], workload.mix))
+
+
+def held_out_router(inputs: Inputs, train: QualityData) -> tuple[Router, np.ndarray, str]:
+    """The router U(S) is measured with, the train rows it is measured on, and what they are: the gate's
+    cross-fitted logits on every train prompt (policy.cross_fit), else the scenario's router on the
+    validation part of the train split."""
+    sc = inputs.scenario
+    if sc.policy.name == "gate" and sc.policy.cross_fit is not None:
+        path = sc.path(sc.policy.cross_fit)
+        logits = CrossFit.load(path).rows(path, train.prompt_ids, list(train.experts), sc.policy.task_label)
+        return GateRouter(logits), np.arange(len(train.prompts)), "train split, cross-fitted"
+    val = np.flatnonzero(validation_mask(train.prompt_ids))
+    return build_router(inputs, train), val, "validation part of the train split"
+
+
+def train_outcomes(inputs: Inputs) -> Outcomes:
+    """P(right) on the train split, each declared leak corrected (data/leakage.py; traces.leakage)."""
+    sc, train = inputs.scenario, inputs.train
+    measured = outcomes_of(train)
+    if sc.traces.leakage is None:
+        return measured
+    return Outcomes(without_leaks(measured.p, train.tasks, list(train.experts), read_leakage(sc.path(sc.traces.leakage))))
 
 
 def build_selector(inputs: Inputs, profiles: list[DeviceProfile], workload: Workload) -> Selector:
-    """The selection problem, U measured on the validation part of the train split."""
+    """The selection problem, U(S) measured on held-out train prompts (held_out_router), leaks corrected."""
     sc = inputs.scenario
     train = inputs.train
-    val = np.flatnonzero(validation_mask(train.prompt_ids))
-    utility, bound = subset_utility(sc, train, build_router(inputs, train), build_aggregator(sc, train), workload, val)
+    router, rows, source = held_out_router(inputs, train)
+    source += "" if sc.traces.leakage is None else f", declared leaks corrected ({sc.traces.leakage})"
+    utility, bound = subset_utility(sc, train, router, build_aggregator(sc, train), workload, rows, source,
+                                    train_outcomes(inputs))
     problem = selection_problem(sc, profiles, workload, utility, sc.policy.selection.quantile, bound)
     return Selector(problem, sc.policy.selection.method, sc.policy.selection.seed)
 

@@ -99,7 +99,8 @@ def build(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     sources = [OutcomeFile(task, split, data / "routerdc" / name)
                for task, names in FILES.items() for split, name in zip(SPLITS, names)]
-    prompts, quality, _ = outcome_tables(sources, subject)
+    tables = outcome_tables(sources, subject)
+    prompts, quality = tables.prompts, tables.quality
     if failures:
         raise SystemExit(f"{len(failures)} MMLU questions without a unique subject:\n" + "\n".join(failures))
     prompts["subject"] = pd.Categorical(prompts["subject"], categories=sorted(set(prompts["subject"])))

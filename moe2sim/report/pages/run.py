@@ -134,6 +134,19 @@ def setup_rows(scenario: Scenario, subset: list[str] | None = None) -> list[list
     return rows
 
 
+def selection_rows(account: dict[str, Any]) -> list[list[str]]:
+    """The report's set-up rows of a selection account."""
+    rows = [["routing input", account["routing"]]]
+    if "U" not in account:
+        return rows
+    rows.append(["U(S) of the subset used", f"{account['U']:.4f} ± {account['U_se']:.4f} (SE; {account['U_source']}, "
+                                            f"{account['U_prompts']} prompts)"])
+    rows += [[f"U(S): {row['role']}", f"{row['U']:.4f} ± {row['U_se']:.4f}; {', '.join(row['subset'])}; "
+              f"{row['U_minus_chosen']:+.4f} ± {row['U_minus_chosen_se']:.4f} paired vs the subset used; "
+              f"{row['worst_case_energy_J']:.0f} J worst case"] for row in account["compared"][1:]]
+    return rows
+
+
 def run_figures(summary: dict[str, Any], queries: pd.DataFrame, budgets: dict[str, float]) -> list[Figure]:
     return [(lambda: latency_cdf(queries, budgets), "Latency CDF per category with each category's budget"),
             (lambda: accuracy_per_category(summary), "Accuracy per category and overall"),
