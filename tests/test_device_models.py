@@ -179,7 +179,7 @@ def test_a_stated_reason_turns_the_boundary_warning_into_a_note(write_scenario):
     raw["mixed_boundaries"] = "a GPU board meter beside a module meter, on purpose"
     twin = Twin.build(load_scenario(write_scenario(base=raw)))
     result, queries, legs = twin.simulate()
-    summary = twin_summary(twin, queries, legs, result.run_s)
+    summary = run_summary(twin, queries, legs, result.run_s)
     assert summary["mixed_boundaries"] is True and summary["energy_boundary_note"] == ""
     assert summary["energy_boundary_reason"].endswith("a GPU board meter beside a module meter, on purpose")
 
