@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import yaml
 
@@ -119,3 +120,24 @@ def assert_same_data(built: Any, shipped: Any, where: str, rel: float = 1e-9) ->
         assert built is shipped, where
     else:
         assert built == pytest.approx(shipped, rel=rel, abs=1e-12), where
+
+
+# The Gymnasium env's shared test set-up (tests/test_envs.py, tests/test_agents.py): two module-scoped envs of
+# budget_env.yaml, 12 windows each (building one costs ~1.3 s: traces, gate, selector).
+W = 12  # windows of the shared envs' episodes
+N_EXPERTS, N_CATS = 7, 4  # of budget_env.yaml
+BASE_LATENCY = np.array([3.0, 6.0, 3.0, 6.0])
+
+
+@pytest.fixture(scope="module")
+def box_env():
+    from moe2sim.envs import BudgetEnv
+
+    return BudgetEnv(windows=W)
+
+
+@pytest.fixture(scope="module")
+def disc_env():
+    from moe2sim.envs import BudgetEnv
+
+    return BudgetEnv(windows=W, action="discrete")

@@ -9,25 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import W, N_EXPERTS, N_CATS, BASE_LATENCY
 from moe2sim.agents import (AGENT_FORMAT, AGENT_VERSION, AGENTS, FixedBudgets, QueueRule, TorchAgent, build_agent,
                             run_episode)
 from moe2sim.agents.network import agent_payload, policy_network
 from moe2sim.envs import BudgetEnv
 from moe2sim.errors import InputError
 
-W = 12  # windows of the shared envs' episodes
-N_EXPERTS, N_CATS = 7, 4  # of budget_env.yaml
-BASE_LATENCY = np.array([3.0, 6.0, 3.0, 6.0])
-
-
-@pytest.fixture(scope="module")
-def box_env() -> BudgetEnv:
-    return BudgetEnv(windows=W)
-
-
-@pytest.fixture(scope="module")
-def disc_env() -> BudgetEnv:
-    return BudgetEnv(windows=W, action="discrete")
 
 
 def test_fixed_budgets_box(box_env):

@@ -83,14 +83,7 @@ def test_concurrent_requests_share_the_metered_energy():
     """With a meter, each request of a wave gets its share of the device's energy (hardware/attribution):
     on a device drawing a steady 40 W, idle power is 40 W, every active energy is ~0, and the two
     requests of a wave together get no more than the device's energy over the wave."""
-    meter = steady_meter(40.0)
-    server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2)
-    try:
-        trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
-                        "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
-    finally:
-        server.shutdown()
-        meter.close()
+    trace = collect_two_levels(serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2), steady_meter(40.0))
     assert trace["idle_power_W"].iloc[0] == pytest.approx(40.0, rel=1e-3)
     assert trace["energy_J"].gt(0).all()
     assert np.abs(trace["active_energy_J"]).max() < 1e-2 * trace["energy_J"].min()
@@ -99,6 +92,17 @@ def test_concurrent_requests_share_the_metered_energy():
         assert wave["energy_J"].sum() <= 40.0 * (wave["latency_s"].max() + 0.05)
         assert wave["energy_J"].sum() >= 40.0 * wave["latency_s"].min()
     assert queued_note(trace) is None
+
+
+def collect_two_levels(server, meter: SampledCounter) -> pd.DataFrame:
+    """`collect` of one 32x16 shape at concurrency 1 and 2 (2 repetitions, 1 warm-up) from a real server on
+    loopback, metered by `meter`; the server and the meter are closed after."""
+    try:
+        return collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
+                       "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
+    finally:
+        server.shutdown()
+        meter.close()
 
 
 def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded_limit(tmp_path):
@@ -112,13 +116,7 @@ def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded
         t = time.perf_counter() - start
         return 40.0 * min(t, 1.0) + 50.0 * max(t - 1.0, 0.0)
 
-    meter = SampledCounter(joules, "step-40-50W", 40.0)
-    try:
-        trace = collect(OpenAIBackend(f"http://127.0.0.1:{server.server_address[1]}"), shape_grid("32x16"), meter,
-                        "cpu", MeasurementPlan(reps=2, warmup=1, idle_s=0.2, concurrency=(1, 2)))
-    finally:
-        server.shutdown()
-        meter.close()
+    trace = collect_two_levels(server, SampledCounter(joules, "step-40-50W", 40.0))
     assert trace["idle_power_W"].iloc[0] == pytest.approx(40.0, rel=1e-2)
     assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)  # the runs take seconds
     path = tmp_path / "trace.csv"

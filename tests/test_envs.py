@@ -23,26 +23,13 @@ import pytest
 import yaml
 from gymnasium.utils.env_checker import check_env
 
-from conftest import SCENARIOS, TRACES
+from conftest import SCENARIOS, TRACES, W, N_EXPERTS, N_CATS, BASE_LATENCY
 from moe2sim.envs import ENV_IDS, BudgetEnv, register_envs
 from moe2sim.errors import InputError
 from moe2sim.scenario import load_scenario
 from moe2sim.selection.budgets import Budgets
 
 BUDGET_YAML = SCENARIOS / "budget_env.yaml"
-W = 12  # windows of the shared envs' episodes
-N_EXPERTS, N_CATS = 7, 4  # of budget_env.yaml
-BASE_LATENCY = np.array([3.0, 6.0, 3.0, 6.0])
-
-
-@pytest.fixture(scope="module")
-def box_env() -> BudgetEnv:
-    return BudgetEnv(windows=W)
-
-
-@pytest.fixture(scope="module")
-def disc_env() -> BudgetEnv:
-    return BudgetEnv(windows=W, action="discrete")
 
 
 def rollout(env, seed, actions) -> list[tuple]:
