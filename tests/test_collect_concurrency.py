@@ -70,7 +70,10 @@ def test_collect_at_two_levels_then_fit_a_batching_block(tmp_path, two_slot_serv
     batching = fitted["batching"]
     assert batching["max_batch"] == 2
     assert batching["decode_slowdown"]["provenance"] == "derived" and batching["decode_slowdown"]["value"] >= 0
-    assert batching["prefill_slowdown"]["value"] >= 0
+    # the fit keeps β_p only where it beats the parameter-free "tokens" law (moe2sim.devices.concurrency): either
+    # law may win on a few noisy CPU rows, and the block says which
+    assert (batching["prefill_law"] == "tokens" and "prefill_slowdown" not in batching) or \
+        (batching.get("prefill_law", "slowdown") == "slowdown" and batching["prefill_slowdown"]["value"] >= 0)
     assert batching["power_growth_W"]["provenance"] == "assumed"  # no meter: power growth not measured
 
 
