@@ -109,19 +109,21 @@ def collect_two_levels(server, meter: SampledCounter) -> pd.DataFrame:
 
 
 def test_idle_is_measured_before_and_after_and_fit_takes_p_max_from_the_recorded_limit(tmp_path):
-    """A device whose idle draw rises from 40 to 50 W while the runs go on: collect keeps both idle powers
-    (active energy subtracts the one before); `fit` writes the power limit that collect recorded beside the
-    trace (`<trace>.device.json` power_limit_W) as the measured P_max of the batching block."""
+    """A device whose idle draw rises from 40 to 50 W once it has served a request: collect keeps both idle
+    powers (active energy subtracts the one before); `fit` writes the power limit that collect recorded beside
+    the trace (`<trace>.device.json` power_limit_W) as the measured P_max of the batching block."""
     server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2)
-    start = time.perf_counter()
+    state = {"t": time.perf_counter(), "J": 0.0}
 
-    def joules() -> float:  # 40 W for the first second (the 0.2 s idle window, with room for a loaded machine)
-        t = time.perf_counter() - start
-        return 40.0 * min(t, 1.0) + 50.0 * max(t - 1.0, 0.0)
+    def joules() -> float:  # ∫ P dt with P = 40 W until the server has served a request, 50 W after
+        now = time.perf_counter()
+        state["J"] += (50.0 if server.served() else 40.0) * (now - state["t"])
+        state["t"] = now
+        return state["J"]
 
     trace = collect_two_levels(server, SampledCounter(joules, "step-40-50W", 40.0))
     assert trace["idle_power_W"].iloc[0] == pytest.approx(40.0, rel=1e-2)
-    assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)  # the runs take seconds
+    assert trace["idle_power_after_W"].iloc[0] == pytest.approx(50.0, rel=1e-2)
     path = tmp_path / "trace.csv"
     trace.to_csv(path, index=False)
     path.with_suffix(".device.json").write_text(json.dumps({"power_limit_W": 300.0}))
