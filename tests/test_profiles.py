@@ -199,3 +199,22 @@ def test_the_tolerant_comparison_still_catches_a_changed_value():
                     {"a": {"value": 0.01015135064376975, "source": "slope 0.0102 W"}, "b": [1, 2, 3]}):
         with pytest.raises(AssertionError):
             assert_same_data(changed, shipped, "changed")
+
+
+@pytest.mark.parametrize("field,value", [("decode_slowdown", 1e20), ("decode_slowdown_per_kilotoken", 1e300),
+                                         ("prefill_slowdown", 1e20), ("power_growth_W", 1e300)])
+def test_a_batching_value_beyond_physics_is_refused_naming_it(tmp_path, field, value):
+    """Was: the shared device's fluid model looped until killed (β, κ of 1e20-1e300), or a run exited 0 with
+    3e299 J per query (g = 1e300 without a power cap)."""
+    raw = profile_dict()
+    raw["batching"] = {"max_batch": 4, "decode_slowdown": {"value": 0.1, "provenance": "assumed", "source": "test"},
+                       "prefill_slowdown": {"value": 0.1, "provenance": "assumed", "source": "test"},
+                       "power_growth_W": {"value": 5.0, "provenance": "assumed", "source": "test"}}
+    raw["batching"][field] = {"value": value, "provenance": "assumed", "source": "test"}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match=field):
+        load_profile(path)
+    raw["batching"][field]["value"] = 0.5  # within range: accepted
+    path.write_text(yaml.safe_dump(raw))
+    assert load_profile(path).batching is not None

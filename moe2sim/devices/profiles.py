@@ -62,6 +62,11 @@ class Sourced(BaseModel):
 # the range of each value a profile may hold (rates in tokens/s, times in s, powers in W)
 PHYSICAL = {"ttft_base_s": (0.0, 1e6), "prefill_tokens_per_s": (1e-3, 1e15), "decode_tokens_per_s": (1e-3, 1e15),
             "prefill_power_W": (0.0, 1e7), "decode_power_W": (0.0, 1e7), "idle_power_W": (0.0, 1e7)}
+# the range of each batching value: slowdowns per extra request (κ per 1,000 prompt tokens), powers in W
+BATCHING_PHYSICAL = {"decode_slowdown": (0.0, 100.0), "decode_slowdown_per_kilotoken": (0.0, 100.0),
+                     "prefill_slowdown": (0.0, 100.0), "power_growth_W": (0.0, 1e5), "max_power_W": (0.0, 1e7)}
+
+
 class Batching(BaseModel):
     """The shared-device law (see the module docstring): slowdowns β_d, β_p (dimensionless, per extra
     running request), power growth g (W per extra request) and the power cap P_max (W, whole device).
@@ -80,6 +85,10 @@ class Batching(BaseModel):
 
     @model_validator(mode="after")
     def _prefill(self) -> "Batching":
+        for f, (low, high) in BATCHING_PHYSICAL.items():  # beyond these the fluid model's speeds underflow
+            value = getattr(self, f)
+            if value is not None and not low <= value.value <= high:
+                raise ValueError(f"{f} = {value.value:g} is outside [{low:g}, {high:g}]")
         if self.prefill_law == "slowdown" and self.prefill_slowdown is None:
             raise ValueError("prefill_slowdown is required with prefill_law 'slowdown'")
         if self.prefill_law == "tokens" and self.prefill_slowdown is not None:
