@@ -37,7 +37,9 @@ def call(capsys, args: list[str]) -> tuple[int, str, str]:
     (["eval-gate", "--options", "mmlu=1"], "--options"),
     (["rollout", "budget_env", "--windows", "0"], "--windows"),
     (["run", "quickstart", "--seed", "-1"], "--seed"),
-    (["run", "quickstart", "--replications", "1000000000"], "--replications"),   # was: grows until the OOM killer
+    (["run", "quickstart", "--replications", "1000000000"], "--replications"),
+    (["run", "quickstart", "--backend", "ray", "--address", "nonsense:1"], "--address"),  # was: retried for ever
+    (["sweep", "quickstart", "--energy-budgets", "400", "--backend", "ray", "--address", "127.0.0.1:1"], "--address"),   # was: grows until the OOM killer
     (["run", "paper", "--set", "sweep.methods=[]"], "sweep.methods"),             # was: KeyError 'axis'
     (["run", "paper", "--set", "sweep.energy_budget_J=[]", "--set", "sweep.latency_scale=[]"], "sweep"),
     (["run", "quickstart", "--set", "policy.k=["], "--set"),

@@ -251,13 +251,16 @@ SWEEP_FLAGS = {"energy_budgets": ("--energy-budgets", "sweep.energy_budget_J"),
 
 
 def _check_backend(args: argparse.Namespace) -> None:
-    """--address only with --backend ray; Ray not installed: one line, exit 2, before anything is built."""
+    """--address only with --backend ray; Ray not installed, or nothing answering at --address: one line, exit 2,
+    before anything is built."""
     if args.address is not None and args.backend != "ray":
         raise InputError("--address", args.address, "only the ray backend connects to a cluster (add --backend ray)")
     if args.backend == "ray":
-        from moe2sim.experiments.executors import import_ray
+        from moe2sim.experiments.executors import import_ray, reachable
 
         import_ray()
+        if args.address is not None:
+            reachable(args.address)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import signal
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -125,6 +126,24 @@ def import_ray():
     return ray
 
 
+CONNECT_TIMEOUT_S = 10.0
+
+
+def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within `timeout_s`, a Ray address (host:port or ray://host:port) nothing listens on: ray.init
+    itself retries an unreachable head for ever. `auto` (the cluster this machine belongs to) is left to Ray."""
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InputError("--address", address, "expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError("--address", address, f"nothing answers there within {timeout_s:g} s ({exc}): start the "
+                         "head with `ray start --head` and pass the address it prints") from None
+
+
 class RayExecutor:
     """A Ray cluster at `address` (e.g. ray://head:10001 or auto), or a local instance started here and shut
     down after the run. Workers: `jobs` actors, default one per CPU the cluster has."""
@@ -141,6 +160,8 @@ class RayExecutor:
         """Connect to the cluster, or start a local instance (then shut down on exit); workers = its CPUs
         (at most `jobs`)."""
         ray = self.ray
+        if self.address:
+            reachable(self.address)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"address": self.address} if self.address else {
                 "num_cpus": self.jobs or os.cpu_count() or 1, "include_dashboard": False}
