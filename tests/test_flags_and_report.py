@@ -118,3 +118,31 @@ def test_env_reset_refuses_options_and_bad_seeds():
     with pytest.raises(TypeError, match="seed"):
         env.reset(seed=-1)
     env.reset(seed=0)
+
+
+@pytest.mark.parametrize("delay_s", [3.0, 8.0])
+def test_ctrl_c_during_replications_exits_130_without_traceback_or_workers(tmp_path, delay_s):
+    """SIGINT to the process group while replications run in the worker pool. Was: a traceback
+    (AttributeError in the pool's clean-up), exit 1, and a worker still alive after exit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "moe2sim", "run", "paper", "--replications", "6", "--jobs", "2",
+                             "--out", str(tmp_path / "out"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    time.sleep(delay_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the interrupt on this machine")
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    for _ in range(20):  # the pool's workers and resource tracker are gone within seconds
+        alive = subprocess.run(["pgrep", "-a", "-g", str(proc.pid)], capture_output=True, text=True).stdout.strip()
+        if not alive:
+            break
+        time.sleep(0.5)
+    assert not alive, f"processes of the run still alive: {alive}"
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -92,10 +92,13 @@ class LocalExecutor:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
                     yield future.result()
-        except BaseException:
+        except BaseException:  # Ctrl-C or an error: no orphan workers (shutdown forgets them, so take them first)
+            workers = list((getattr(pool, "_processes", None) or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(getattr(pool, "_processes", {}).values()):  # no orphan workers after Ctrl-C
+            for proc in workers:
                 proc.terminate()
+            for proc in workers:
+                proc.join(timeout=5)
             raise
         pool.shutdown()
 
