@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 import time
 from pathlib import Path
 
@@ -267,8 +266,9 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def env_specs(args) -> list[EnvSpec]:
-    """The suite names and scenario files asked for; a scenario without an `env` block is refused."""
+def env_specs(args, p: argparse.ArgumentParser) -> list[EnvSpec]:
+    """The suite names and scenario files asked for; a bad scenario, or one without an `env` block, is a
+    one-line error (exit 2)."""
     from moe2sim.errors import InputError
     from moe2sim.scenario import load_scenario
 
@@ -277,9 +277,9 @@ def env_specs(args) -> list[EnvSpec]:
         try:
             sc = load_scenario(path, [])
         except InputError as exc:
-            sys.exit(f"--scenario: {exc}")
+            p.error(f"--scenario: {exc}")
         if sc.env is None:
-            sys.exit(f"--scenario {path}: no `env` block (the benchmark needs an env; see scenarios/suite_*.yaml)")
+            p.error(f"--scenario {path}: no `env` block (the benchmark needs an env; see scenarios/suite_*.yaml)")
         specs.append((Path(path).stem, str(Path(path).resolve()), ()))
     return specs
 
@@ -308,7 +308,7 @@ def main() -> None:
         args.envs = [] if args.scenario else SUITE[:4]
     if len(args.eval_days) < 2:
         p.error("--eval-days: at least two days (a 95 % interval needs them)")
-    specs = env_specs(args)
+    specs = env_specs(args, p)
     single_threaded()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
