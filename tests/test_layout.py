@@ -108,3 +108,15 @@ def test_only_report_builds_pages():
     elsewhere = [p for p in [*(ROOT / "moe2sim").rglob("*.py"), *(ROOT / "hardware").rglob("*.py")]
                  if (ROOT / "moe2sim" / "report") not in p.parents and tag.search(p.read_text())]
     assert not elsewhere, f"HTML built outside moe2sim/report/: {elsewhere}"
+
+
+def test_every_bundled_data_file_ships_in_the_wheel():
+    """Every file under traces/ (but the build scripts) matches a package-data pattern, so a wheel user's run
+    finds it (a leakage table once shipped in the repository only and broke the installed package)."""
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    shipped = patterns["moe2sim.bundled.traces"]
+    data = [p.relative_to(ROOT / "traces") for p in (ROOT / "traces").rglob("*")
+            if p.is_file() and "build" not in p.parts and "__pycache__" not in p.parts and p.suffix != ".py"]
+    missing = [str(p) for p in data if not any(p.match(pattern) and len(p.parts) == len(Path(pattern).parts)
+                                               for pattern in shipped)]
+    assert not missing, f"bundled data a wheel would leave out: {missing}"
