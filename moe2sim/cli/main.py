@@ -407,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=_names, metavar="M,M,...",
                    help="of moe2, best_single, greedy_energy, random, all_fit, uniform_vote "
                         "(default: the scenario's sweep block, else all)")
-    p.add_argument("--replications", **replications)
+    p.add_argument("--replications", **{**replications, "help": (
+        f"independent replications of every point, 1 to {MAX_REPLICATIONS:,} (seeds: the scenario seed + 0..R-1, "
+        "the same for every method: common random numbers); R >= 2: each simulated metric gets its 95 %% "
+        "Student-t interval across them in sweep.csv, and paired.csv the paired MoE² − baseline "
+        "differences; R = 1: point values only")})
     p.add_argument("--backend", **backend_flag)
     p.add_argument("--address", **address_flag)
     p.add_argument("--jobs", type=POSITIVE_INT, help="workers (default: all cores; ray: all CPUs of the cluster)")
@@ -501,6 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"moe2sim: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
               file=sys.stderr)
     except KeyboardInterrupt:
-        print("moe2sim: interrupted; nothing was written", file=sys.stderr)
+        print("moe2sim: interrupted; no result file was written (a sweep keeps its finished rows in its journal, "
+              "OUT/sweep.partial.jsonl: run it again to resume)", file=sys.stderr)
         return 130
     return 2
