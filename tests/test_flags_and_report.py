@@ -146,3 +146,9 @@ def test_ctrl_c_during_replications_exits_130_without_traceback_or_workers(tmp_p
         time.sleep(0.5)
     assert not alive, f"processes of the run still alive: {alive}"
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_run_of_a_randomized_site_is_refused_naming_it(capsys):
+    """Was: `moe2sim run` simulated the nominal site of a site.random scenario, silently."""
+    code, _, err = call(capsys, ["run", "suite_outage_random", "--out", "/tmp/never-written-random"])
+    assert code == 2 and err.count("\n") == 1 and "site.random" in err

@@ -69,7 +69,14 @@ class Twin:
 
     def check_arrivals(self, seed: int | None = None) -> None:
         """Refuse, before simulating, a run in which no query would arrive (the first chunk of arrivals of
-        this seed is empty: a duration shorter than the first gap, replayed times all past it)."""
+        this seed is empty: a duration shorter than the first gap, replayed times all past it), and a run of a
+        randomized site: only the gym environment draws one (per episode), a run would silently take the
+        nominal site."""
+        site = self.scenario.site
+        if site is not None and site.random is not None:
+            raise InputError(self.scenario.file, "site.random", "a randomized site is drawn per episode by the gym "
+                             "environment (moe2sim rollout, BudgetEnv); `run` and `sweep` simulate one fixed site: "
+                             "give it with site.outages / site.energy_price")
         if next(self.workload.batches(self.streams(seed)[0]), None) is None:
             self._no_queries("the run")
 
