@@ -43,6 +43,7 @@ journal is refused: an earlier journal is never overwritten.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -221,6 +222,21 @@ def _restored(record: dict[str, Any]) -> dict[str, Any]:
     return {k: np.nan if v is None else v for k, v in record.items()}
 
 
+def endpoint_keys(twin: Twin) -> list[str | None]:
+    """Each expert's bearer key, read from the environment variable its scenario entry names (`api_key_env`);
+    None where it names none. A named variable that is unset or blank is an error naming the field (never
+    the key)."""
+    keys = []
+    for i, expert in enumerate(twin.scenario.experts):
+        var = expert.api_key_env
+        key = os.environ.get(var, "").strip() if var else None
+        if var and not key:
+            raise InputError(twin.scenario.file, f"experts.{i}.api_key_env",
+                             f"the environment variable {var} is not set (or blank): export the endpoint's key in it")
+        keys.append(key)
+    return keys
+
+
 class LiveRun:
     """One live run; `run()` returns (queries, legs); `attempts`, `interrupted`, `planned`, `sent` after.
     `interrupt()` (a signal handler may call it) stops it as Ctrl-C does."""
@@ -233,7 +249,9 @@ class LiveRun:
         self.policy = twin.policy  # the very policy object the simulator uses
         self.retry_horizon_s, self.grace_s, self.resume = retry_horizon_s, grace_s, resume
         names = [e.name for e in twin.experts]
-        self.clients = [OpenAIBackend(endpoints[n], n, timeout_s, connect_timeout_s, read_timeout_s) for n in names]
+        keys = endpoint_keys(twin)
+        self.clients = [OpenAIBackend(endpoints[n], n, timeout_s, connect_timeout_s, read_timeout_s, api_key=key)
+                        for n, key in zip(names, keys)]
         self.mark = journal_fingerprint(twin, seed, speed)
         self.folder = Path(journal) if journal is not None else None
         if self.folder is not None:

@@ -19,6 +19,7 @@ from moe2sim.hardware.attribution import EnergyShares
 from moe2sim.hardware.backends import BackendError, Generation, HFBackend, OpenAIBackend
 from moe2sim.hardware.collect import MeasurementPlan, collect, fit, shape_grid
 from moe2sim.report.compare_table import error_table
+from moe2sim.errors import InputError
 from moe2sim.hardware.live import run_live
 from moe2sim.hardware.meters import MeterUnavailable, SampledCounter, jetson_meter, open_meter, rapl_meter
 from moe2sim.hardware.serve import serve
@@ -450,3 +451,31 @@ def test_cli_bad_input_exit_code_2(tmp_path):
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("hardware: error:")
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_live_sends_each_endpoint_the_key_its_scenario_names(tmp_path, tiny_profile, monkeypatch):
+    """A server that requires a key (serve --api-key): the scenario names the variable holding it
+    (experts.N.api_key_env); live sends it, and every query is answered. Unset, the run is refused naming the
+    field before anything is sent; without a key, the server's 401s fail every leg. The key reaches no record."""
+    secret = "sk-test-0123456789abcdef"
+    server = serve(HFBackend("tiny-llama"), None, "127.0.0.1", 0, slots=2, api_key=secret)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        raw = yaml.safe_load(live_scenario(tmp_path, tiny_profile, queries=4).read_text())
+        for expert in raw["experts"]:
+            expert["api_key_env"] = "MOE2SIM_TEST_ENDPOINT_KEY"
+        keyed = tmp_path / "keyed.yaml"
+        keyed.write_text(yaml.safe_dump(raw))
+        twin = Twin.build(load_scenario(keyed))
+        monkeypatch.delenv("MOE2SIM_TEST_ENDPOINT_KEY", raising=False)
+        with pytest.raises(InputError, match=r"experts\.0\.api_key_env"):
+            run_live(twin, {"a": url, "b": url})
+        monkeypatch.setenv("MOE2SIM_TEST_ENDPOINT_KEY", secret)
+        queries, legs = run_live(twin, {"a": url, "b": url})
+        assert (queries["error"] == "").all() and len(legs) == 8
+        assert secret not in queries.to_csv() + legs.to_csv()
+        plain = Twin.build(load_scenario(live_scenario(tmp_path, tiny_profile, queries=2)))
+        queries, _ = run_live(plain, {"a": url, "b": url}, retries=0)
+        assert (queries["error"] != "").all()
+    finally:
+        server.shutdown()

@@ -76,6 +76,10 @@ class Expert(Strict):
     idle_power_W: Annotated[float, Field(ge=0, le=1e7)] | None = Field(None, description=(
         "a freshly measured idle power of its device (W), in place of the profile's: idle drifts from day to day "
         "(the H200's rose from 121 to 129 W), and every active energy is measured above it"))
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description=(
+        "the environment variable that holds the bearer key of this expert's endpoint (hardware live; a server "
+        "started with serve --api-key, vLLM --api-key or a paid API): the key itself is never in a scenario, "
+        "record, log or report"))
 
 
 class FixedTokens(Strict):
