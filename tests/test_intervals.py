@@ -12,6 +12,7 @@ one (E = 200) [0.90, 0.99].
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import replace
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import QUICKSTART, single_expert_raw
+from conftest import QUICKSTART, ROOT, single_expert_raw
 from moe2sim.experiments.replications import replicate, replication_seeds
 from moe2sim.experiments.run import run_scenario
 from moe2sim.report.intervals import (autocorrelation_time, batch_means, flatten, mser_cut, sectioned, student_t_quantile,
@@ -132,18 +133,11 @@ def test_cli_run_with_replications_prints_and_draws_intervals(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def lindley_mm1(n: int, rho: float, rng: np.random.Generator) -> pd.DataFrame:
-    """Sojourn times of an M/M/1 queue (service rate 1) by Lindley's recursion, in arrival order."""
-    gaps, service = rng.exponential(1 / rho, n), rng.exponential(1.0, n)
-    wait = np.zeros(n)
-    for i in range(1, n):
-        wait[i] = max(0.0, wait[i - 1] + service[i - 1] - gaps[i])
-    return pd.DataFrame({"arrival_s": np.cumsum(gaps), "latency_s": wait + service})
-
-
-def latency_metrics(part: pd.DataFrame) -> dict:
-    lat = part["latency_s"].to_numpy()
-    return {"latency_s": {"mean": lat.mean(), "p95": np.percentile(lat, 95), "p99": np.percentile(lat, 99)}}
+# the M/M/1 sampler and latency metrics of benchmarks/bench_intervals.py, which records these figures
+spec = importlib.util.spec_from_file_location("bench_intervals", ROOT / "benchmarks" / "bench_intervals.py")
+bench_intervals = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench_intervals)
+lindley_mm1, latency_metrics = bench_intervals.lindley_mm1, bench_intervals.metrics
 
 
 def test_autocorrelation_time_of_independent_and_ar1_series():
