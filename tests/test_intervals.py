@@ -24,7 +24,7 @@ import pytest
 from conftest import QUICKSTART, ROOT, single_expert_raw
 from moe2sim.experiments.replications import replicate, replication_seeds
 from moe2sim.experiments.run import run_scenario
-from moe2sim.report.intervals import (autocorrelation_time, batch_means, flatten, mser_cut, sectioned, student_t_quantile,
+from moe2sim.report.intervals import (autocorrelation_time, flatten, mser_cut, sectioned, student_t_quantile,
                                       t_interval)
 from moe2sim.scenario import load_scenario
 from moe2sim.twin import Twin
@@ -52,11 +52,11 @@ def test_flatten_keeps_numbers_only():
                                                                                                     nan_ok=True)}
 
 
-def test_batch_means_of_iid_values_is_the_plain_interval():
+def test_sectioning_of_iid_values_is_the_plain_interval():
     rng = np.random.default_rng(0)
-    q = pd.DataFrame({"arrival_s": np.arange(2000.0), "x": rng.normal(5, 1, 2000)})
-    out = batch_means(q, lambda part: {"x": part["x"].mean()}, batches=20, warmup=0.0)["x"]
-    assert out["n"] == 20 and out["mean"] == pytest.approx(q["x"].mean())
+    q = pd.DataFrame({"arrival_s": np.arange(2000.0), "latency_s": rng.normal(5, 1, 2000)})
+    out = sectioned(q, lambda part: {"x": part["latency_s"].mean()}, batches=20, warmup=0.0)["x"]
+    assert out["n"] == 20 and out["mean"] == pytest.approx(q["latency_s"].mean()) and out["reliable"]
     assert out["low"] < 5 < out["high"] and out["high"] - out["low"] < 0.2
 
 

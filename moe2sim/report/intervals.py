@@ -7,13 +7,10 @@ Estimators (95 % two-sided by default):
 - **Paired differences** (`t_interval` of d_r = a_r − b_r): two methods run on common random numbers
   (the same seed, hence the same arrivals and prompts, in replication r); the differences are
   independent across r, and their variance is usually far below that of a_r or b_r alone.
-- **Batch means** (`batch_means`): one run; the per-query records (in arrival order) after a warm-up
-  fraction are cut into k consecutive batches of equal size; a metric's batch values y_1..y_k are
-  treated as independent and the interval is ȳ ± t_{k-1, 0.975} · s_y / √k. Valid when batches are
-  much longer than the correlation time of the queue. Only metrics of the queries themselves (means,
-  rates, quantiles of per-query values) have batch values; totals over the run and per-expert
-  figures need replications. For a quantile the batch values are the batches' quantiles, whose mean is
-  biased low for small batches (a p95 of 100 queries sits below the p95 of 2,000).
+- **Batch means**: one run's per-query records (in arrival order, after a warm-up) cut into k consecutive
+  batches; a metric's batch values y_1..y_k are treated as independent, valid when batches are much longer
+  than the correlation time of the queue. Only metrics of the queries themselves (means, rates, quantiles
+  of per-query values) have batch values; totals over the run and per-expert figures need replications.
 - **Sectioning** (`sectioned`; Asmussen & Glynn, *Stochastic Simulation*, 2007, §III.5a): the same
   batches give the spread, but the centre is the whole run's estimate θ̂ (a quantile of all kept
   queries): θ̂ ± t_{k-1, 0.975} · s_y / √k. The point estimate is then unbiased as the run's own, and
@@ -113,28 +110,9 @@ def across(values: list[Mapping[str, float]], level: float = LEVEL) -> dict[str,
     return out
 
 
-def batch_means(queries: pd.DataFrame, metrics: Callable[[pd.DataFrame], Mapping[str, Any]], batches: int = 20,
-                warmup: float = 0.05, level: float = LEVEL) -> dict[str, dict[str, float | int]]:
-    """Batch-means intervals of every metric `metrics(records)` gives (flattened), over `batches` consecutive
-    batches of the queries in arrival order after dropping the first `warmup` fraction."""
-    ordered = queries.sort_values("arrival_s", kind="stable")
-    kept = ordered.iloc[int(len(ordered) * warmup):]
-    if len(kept) < 2 * batches:
-        return {}
-    cuts = np.array_split(np.arange(len(kept)), batches)
-    return across([flatten(metrics(kept.iloc[idx])) for idx in cuts], level)
-
-
 TAIL_MIN = 5  # queries beyond a quantile per batch, below which a batch quantile is not a usable sample
 BATCH_TAUS = 10  # a batch spans at least this many autocorrelation times of the latencies
 MIN_BATCHES = 5
-
-
-def lag1_autocorrelation(y: np.ndarray) -> float:
-    """r₁ = Σ (y_i − ȳ)(y_{i+1} − ȳ) / Σ (y_i − ȳ)²; 0 for constant values."""
-    d = np.asarray(y, float) - np.mean(y)
-    denom = float(d @ d)
-    return float(d[:-1] @ d[1:]) / denom if denom > 0 else 0.0
 
 
 def quantile_level(name: str) -> float | None:
